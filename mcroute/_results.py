@@ -1,0 +1,224 @@
+"""Labeled results: Monte Carlo summaries, provenance and export.
+
+May import: numpy, scipy, xarray, and the array layer (``_validate``, ``_rng``, ``_version``).
+
+Conventions (DESIGN.md §4, docs/schema.md): a per-trial variable ``x`` (dim ``trial``) gets
+
+* ``x_mean`` — the Monte Carlo mean over trials;
+* ``x_se`` — its standard error, ``std(ddof=1) / sqrt(n)``;
+* ``x_ci`` — a confidence interval *of the mean* on dim ``ci_bound = ["lower", "upper"]``,
+  Student-t with ``n - 1`` degrees of freedom at level ``ci_prob``; it shrinks like 1/sqrt(n);
+* ``x_q`` — quantiles of *single draws* (single microbatches or steps) on dim ``quantile``;
+  this band describes the spread of one step and does not shrink with more trials.
+
+NaN trials (e.g. infeasible points) are skipped; a cell with no valid trial gives NaN.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+from scipy import stats
+
+from ._validate import McrouteError, check_prob
+from ._version import __version__
+
+#: Default quantile levels of the single-draw band ``<name>_q``.
+DEFAULT_QUANTILES = (0.05, 0.5, 0.95)
+
+__all__ = ["DEFAULT_QUANTILES", "summarize", "provenance", "save_dataset"]
+
+
+def _summary_arrays(x: np.ndarray, ci_prob: float, quantiles: np.ndarray):
+    """Summaries over the last axis of ``x``, NaN-aware and warning-free."""
+    valid = ~np.isnan(x)
+    n = valid.sum(axis=-1)
+    xs = np.where(valid, x, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = xs.sum(axis=-1) / n
+        dev = np.where(valid, x - mean[..., None], 0.0)
+        var = (dev**2).sum(axis=-1) / (n - 1)
+        se = np.sqrt(var / n)
+    mean = np.where(n > 0, mean, np.nan)
+    se = np.where(n > 1, se, np.nan)
+    tq = np.where(n > 1, stats.t.ppf(0.5 + ci_prob / 2, np.maximum(n - 1, 1)), np.nan)
+    half = tq * se
+    # A constant sample has se = 0 and an interval of zero width, which is exact.
+    ci = np.stack([mean - half, mean + half], axis=-1)
+    srt = np.sort(np.where(valid, x, np.inf), axis=-1)
+    qs = np.full(x.shape[:-1] + (quantiles.size,), np.nan)
+    flat_n = n.reshape(-1)
+    flat_srt = srt.reshape(-1, x.shape[-1])
+    flat_q = qs.reshape(-1, quantiles.size)
+    for i, m in enumerate(flat_n):
+        if m > 0:
+            flat_q[i] = np.quantile(flat_srt[i, :m], quantiles)
+    return mean, se, ci, flat_q.reshape(qs.shape)
+
+
+def summarize(
+    ds: xr.Dataset,
+    names,
+    *,
+    ci_prob: float = 0.95,
+    quantiles=DEFAULT_QUANTILES,
+    dim: str = "trial",
+) -> xr.Dataset:
+    """Add ``_mean``, ``_se``, ``_ci`` and ``_q`` summaries of per-trial variables.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Holds the per-trial variables, each with dim ``dim``.
+    names : iterable of str
+        Variables to summarise.
+    ci_prob : float
+        Level of the confidence interval of the mean, in (0, 1).
+    quantiles : sequence of float
+        Levels of the single-draw quantile band, each in [0, 1].
+    dim : str
+        The Monte Carlo dimension.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``ds`` with the summary variables added (coords ``ci_bound`` and ``quantile``).
+    """
+    ci_prob = check_prob("ci_prob", ci_prob)
+    q = np.asarray(quantiles, dtype=float)
+    if q.ndim != 1 or q.size == 0 or np.any(~np.isfinite(q)) or np.any((q < 0) | (q > 1)):
+        raise McrouteError(f"quantiles must be a non-empty list of levels in [0, 1], got {quantiles!r}")
+    out = ds.copy()
+    out = out.assign_coords(ci_bound=["lower", "upper"], quantile=q)
+    for name in names:
+        da = ds[name]
+        mean, se, ci, qq = xr.apply_ufunc(
+            _summary_arrays,
+            da.astype(float),
+            kwargs={"ci_prob": ci_prob, "quantiles": q},
+            input_core_dims=[[dim]],
+            output_core_dims=[[], [], ["ci_bound"], ["quantile"]],
+        )
+        units = da.attrs.get("units", "1")
+        desc = da.attrs.get("long_name", name)
+        out[f"{name}_mean"] = mean.assign_attrs(units=units, long_name=f"Monte Carlo mean of {desc}")
+        out[f"{name}_se"] = se.assign_attrs(
+            units=units, long_name=f"standard error of the mean of {desc}"
+        )
+        out[f"{name}_ci"] = ci.assign_attrs(
+            units=units,
+            long_name=f"{ci_prob:.0%} confidence interval of the mean of {desc}",
+            ci_kind="student-t",
+            ci_prob=ci_prob,
+        )
+        out[f"{name}_q"] = qq.assign_attrs(
+            units=units, long_name=f"quantiles of single draws of {desc} (spread, not uncertainty)"
+        )
+    out["ci_bound"].attrs.update(units="1", long_name="bound of a confidence interval of a mean")
+    out["quantile"].attrs.update(units="1", long_name="quantile level over single draws")
+    return out
+
+
+def _attr_value(v):
+    """Make an attribute value netCDF/JSON friendly (no bools, no None, no dicts)."""
+    if isinstance(v, (bool, np.bool_)):
+        return int(v)
+    if v is None:
+        return ""
+    if isinstance(v, (dict, list, tuple)):
+        return json.dumps(v, default=_json_default, sort_keys=True)
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def provenance(*, seed: int, n_trials: int, ci_prob: float, **specs) -> dict:
+    """Dataset attrs: version, creation time (UTC, ISO 8601), trials, ci level, seed and specs.
+
+    ``specs`` values that are dicts or lists are stored as JSON strings.
+    """
+    attrs = {
+        "mcroute_version": __version__,
+        "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "n_trials": int(n_trials),
+        "ci_prob": float(ci_prob),
+        "seed": int(seed),
+    }
+    for k, v in specs.items():
+        attrs[k] = _attr_value(v)
+    return attrs
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (_dt.datetime, _dt.date)):
+        return o.isoformat()
+    return str(o)
+
+
+def _to_tidy_frame(ds: xr.Dataset):
+    """One row per (variable, coordinate cell): columns variable, <dims...>, value, units."""
+    import pandas as pd
+
+    frames = []
+    for name, da in ds.data_vars.items():
+        df = da.to_dataframe(name=name).reset_index()
+        df = df[[*da.dims, name]] if da.dims else df[[name]]
+        df = df.rename(columns={name: "value"})
+        df.insert(0, "variable", name)
+        df["units"] = da.attrs.get("units", "")
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True, sort=False)
+
+
+def _to_json_dict(ds: xr.Dataset) -> dict:
+    d = ds.to_dict(data="list", encoding=False)
+    d["attrs"] = {k: _attr_value(v) for k, v in ds.attrs.items()}
+    return d
+
+
+def save_dataset(ds: xr.Dataset, path) -> Path:
+    """Write ``ds`` to ``.nc`` (NetCDF4 via h5netcdf), ``.csv`` (tidy) or ``.json``.
+
+    The file is written to a temporary file in the same folder and renamed into place, so an
+    existing file is never left half-written.
+    """
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in {".nc", ".csv", ".json"}:
+        raise McrouteError(f"output must end in .nc, .csv or .json, got {str(path)!r}")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise McrouteError(f"output folder {str(folder)!r} does not exist")
+    ds = ds.copy()
+    ds.attrs = {k: _attr_value(v) for k, v in ds.attrs.items()}
+    for v in ds.variables.values():
+        v.attrs = {k: _attr_value(a) for k, a in v.attrs.items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=ext, dir=folder)
+    os.close(fd)
+    try:
+        if ext == ".nc":
+            ds.to_netcdf(tmp, engine="h5netcdf")
+        elif ext == ".csv":
+            frame = _to_tidy_frame(ds)
+            with open(tmp, "w", encoding="utf-8") as fh:
+                for k, v in ds.attrs.items():
+                    fh.write(f"# {k}: {v}\n")
+                frame.to_csv(fh, index=False)
+        else:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(_to_json_dict(ds), fh, default=_json_default, allow_nan=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
