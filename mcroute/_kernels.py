@@ -4,11 +4,13 @@ May import: numpy, numba. Nothing else: no validation, no xarray, no Python obje
 globals read inside a kernel. All kernel helpers live in this one file, because numba's on-disk
 cache does not notice changes to functions in other files.
 
-Randomness: every driver takes ``seeds`` (uint32, one per chunk of ``chunk`` trials) and reseeds
-numba's per-thread generator (MT19937) at the start of each chunk; a chunk is processed
-sequentially by one thread. The numbers therefore depend on the seed and chunk index only, not on
-how chunks are spread over threads. Random integers in [0, n) are ``floor(u * n)`` with a 53-bit
-uniform ``u``; the bias is below n / 2**53 (< 1e-12 for any expert count here).
+Randomness: a small, fast generator of our own, xoshiro256+ (Blackman & Vigna, 2018), whose
+state is a ``uint64[4]`` array. Every driver takes ``states`` (uint64, one row of 4 words per
+chunk of ``chunk`` trials, from ``SeedSequence.generate_state``); each chunk copies its row and
+is processed sequentially by one thread, so the numbers depend on the seed and the chunk index
+only, never on how chunks are spread over threads. Uniform doubles use the top 53 bits. Random
+integers in [0, n) are ``floor(u * n)``; the bias is below n / 2**53 (< 1e-12 for any expert count
+here). (numba's built-in ``np.random`` was 5–7× slower per draw inside parallel loops.)
 
 Layouts: counts ``(trial, layer, expert)`` int64; assignments ``(trial, layer, token, slot)``
 int64; per-layer tables ``(layer, expert)``.
@@ -16,18 +18,125 @@ int64; per-layer tables ``(layer, expert)``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, uint64
 
 # ---------------------------------------------------------------------------------------------
-# Small helpers (inlined by numba)
+# Generator: xoshiro256+, uniforms, binomials
 # ---------------------------------------------------------------------------------------------
 
 
 @njit(cache=True, inline="always")
-def _randint(n):
-    """Uniform integer in [0, n) from one 53-bit uniform."""
-    return np.int64(np.random.random() * n)
+def _rotl(x, k):
+    return (x << uint64(k)) | (x >> uint64(64 - k))
+
+
+@njit(cache=True, inline="always")
+def next_u64(s):
+    """Advance state ``s`` (uint64[4]) and return 64 random bits (xoshiro256+)."""
+    result = s[0] + s[3]
+    t = s[1] << uint64(17)
+    s[2] ^= s[0]
+    s[3] ^= s[1]
+    s[1] ^= s[2]
+    s[0] ^= s[3]
+    s[2] ^= t
+    s[3] = _rotl(s[3], 45)
+    return result
+
+
+@njit(cache=True, inline="always")
+def uniform(s):
+    """Uniform double in [0, 1) from the top 53 bits."""
+    return (next_u64(s) >> uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+@njit(cache=True, inline="always")
+def randint(s, n):
+    """Uniform integer in [0, n) as floor(u · n)."""
+    return np.int64(uniform(s) * n)
+
+
+@njit(cache=True)
+def init_state(row):
+    """A private copy of one chunk's state row (never all zero)."""
+    s = row.copy()
+    if s[0] == 0 and s[1] == 0 and s[2] == 0 and s[3] == 0:
+        s[0] = uint64(0x9E3779B97F4A7C15)
+    return s
+
+
+@njit(cache=True)
+def binomial(s, n, p):
+    """Binomial(n, p) variate.
+
+    Inversion (sequential search from 0) when n·min(p, 1-p) < 10; otherwise BTRS, the
+    transformed rejection with squeeze of Hörmann (1993), whose acceptance rate exceeds 0.8,
+    so the loop ends after few rounds. p > 1/2 is handled by symmetry.
+    """
+    if n <= 0 or p <= 0.0:
+        return np.int64(0)
+    if p >= 1.0:
+        return np.int64(n)
+    flip = p > 0.5
+    q = 1.0 - p if flip else p
+    if n * q < 10.0:
+        while True:
+            r = (1.0 - q) ** n
+            ratio = q / (1.0 - q)
+            a = (n + 1) * ratio
+            u = uniform(s)
+            x = 0
+            while u > r and x <= n:
+                u -= r
+                x += 1
+                r *= a / x - ratio
+            if x <= n:
+                break
+    else:
+        spq = math.sqrt(n * q * (1.0 - q))
+        b = 1.15 + 2.53 * spq
+        a = -0.0873 + 0.0248 * b + 0.01 * q
+        c = n * q + 0.5
+        vr = 0.92 - 4.2 / b
+        alpha = (2.83 + 5.1 / b) * spq
+        lpq = math.log(q / (1.0 - q))
+        m = math.floor((n + 1) * q)
+        h = math.lgamma(m + 1.0) + math.lgamma(n - m + 1.0)
+        while True:
+            u = uniform(s) - 0.5
+            v = uniform(s)
+            us = 0.5 - abs(u)
+            kk = math.floor((2.0 * a / us + b) * u + c)
+            if kk < 0 or kk > n:
+                continue
+            if us >= 0.07 and v <= vr:
+                x = kk
+                break
+            v = math.log(v * alpha / (a / (us * us) + b))
+            if v <= h - math.lgamma(kk + 1.0) - math.lgamma(n - kk + 1.0) + (kk - m) * lpq:
+                x = kk
+                break
+    x = np.int64(x)
+    return n - x if flip else x
+
+
+@njit(cache=True, parallel=True)
+def binomial_many(states, chunk, n_draws, n, p):
+    """``n_draws`` Binomial(n, p) variates (for tests of the generator)."""
+    out = np.zeros(n_draws, dtype=np.int64)
+    for c in prange(states.shape[0]):
+        s = init_state(states[c])
+        for i in range(c * chunk, min(c * chunk + chunk, n_draws)):
+            out[i] = binomial(s, n, p)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Alias tables and weighted draws without replacement
+# ---------------------------------------------------------------------------------------------
 
 
 @njit(cache=True)
@@ -60,11 +169,11 @@ def build_alias(weights):
                 nl += 1
         while ns > 0 and nl > 0:
             ns -= 1
-            s = small[ns]
+            sm = small[ns]
             g = large[nl - 1]
-            prob[layer, s] = scaled[s]
-            alias[layer, s] = g
-            scaled[g] = (scaled[g] + scaled[s]) - 1.0
+            prob[layer, sm] = scaled[sm]
+            alias[layer, sm] = g
+            scaled[g] = (scaled[g] + scaled[sm]) - 1.0
             if scaled[g] < 1.0:
                 nl -= 1
                 small[ns] = g
@@ -72,15 +181,18 @@ def build_alias(weights):
         for i in range(nl):
             prob[layer, large[i]] = 1.0
         for i in range(ns):
-            # Left over only through rounding: such a column keeps itself if it has weight.
+            # Left over only through rounding: a column with weight keeps itself.
             j = small[i]
-            prob[layer, j] = 1.0 if weights[layer, j] > 0 else 0.0
-            if weights[layer, j] == 0.0:
-                alias[layer, j] = large[0] if nl > 0 else alias[layer, j]
+            if weights[layer, j] > 0.0:
+                prob[layer, j] = 1.0
+            else:
+                prob[layer, j] = 0.0
+                if nl > 0:
+                    alias[layer, j] = large[0]
     return prob, alias
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _is_chosen(e, chosen, m):
     for i in range(m):
         if chosen[i] == e:
@@ -89,28 +201,15 @@ def _is_chosen(e, chosen, m):
 
 
 @njit(cache=True)
-def _draw_weighted(prob, alias, cdf, w, chosen, m):
-    """One expert by successive sampling without replacement, given ``m`` already chosen.
+def _draw_weighted_exact(s, cdf, w, chosen, m, order):
+    """Inverse-CDF draw from the mass left after removing the ``m`` chosen experts.
 
-    Up to two alias draws from the full distribution are tried and rejected if already chosen
-    (accepted draws follow exactly the conditional law). If both are rejected, the conditional
-    law is sampled directly by inverting the CDF of the remaining mass, skipping the chosen
-    experts' intervals: O(m + log E) work, so extreme skew never makes the loop spin.
+    ``order`` is scratch space of at least ``m`` entries.
     """
     n = w.size
-    for _ in range(2):
-        u = np.random.random() * n
-        j = np.int64(u)
-        if j >= n:
-            j = n - 1
-        e = j if (u - j) < prob[j] else alias[j]
-        if not _is_chosen(e, chosen, m):
-            return e
-    # Exact fallback: chosen ids in ascending order (insertion sort of at most k entries).
-    order = np.empty(m, dtype=np.int64)
     for i in range(m):
         order[i] = chosen[i]
-    for i in range(1, m):
+    for i in range(1, m):  # insertion sort of at most k entries
         v = order[i]
         t = i - 1
         while t >= 0 and order[t] > v:
@@ -120,8 +219,8 @@ def _draw_weighted(prob, alias, cdf, w, chosen, m):
     rest = 1.0
     for i in range(m):
         rest -= w[order[i]]
-    u = np.random.random() * rest
-    for i in range(m):
+    u = uniform(s) * rest
+    for i in range(m):  # map the reduced line onto the full one, skipping chosen intervals
         c = order[i]
         if u >= cdf[c]:
             u += w[c]
@@ -133,15 +232,14 @@ def _draw_weighted(prob, alias, cdf, w, chosen, m):
             lo = mid
         else:
             hi = mid - 1
-    e = lo
-    if w[e] > 0.0 and not _is_chosen(e, chosen, m):
-        return e
-    # Only reachable through floating-point rounding at an interval edge: exact linear scan.
+    if w[lo] > 0.0 and not _is_chosen(lo, chosen, m):
+        return lo
+    # Reached only through rounding at an interval edge: exact linear scan.
     total = 0.0
     for j in range(n):
         if not _is_chosen(j, chosen, m):
             total += w[j]
-    u = np.random.random() * total
+    u = uniform(s) * total
     last = -1
     for j in range(n):
         if w[j] > 0.0 and not _is_chosen(j, chosen, m):
@@ -152,47 +250,45 @@ def _draw_weighted(prob, alias, cdf, w, chosen, m):
     return last
 
 
-# ---------------------------------------------------------------------------------------------
-# Drivers: parallel over chunks of trials
-# ---------------------------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def draw_weighted(s, prob, alias, cdf, w, chosen, m, order, chosen_mass):
+    """One expert by successive sampling without replacement, given ``m`` already chosen.
 
-
-@njit(cache=True, parallel=True)
-def counts_uniform(seeds, chunk, n_trials, n_layers, n_experts, top_k, batch, record, assign):
-    """Per-assignment uniform top-k: partial Fisher–Yates on a per-chunk permutation.
-
-    Positions ``j = 0..k-1`` each take a uniform pick among positions ``j..E-1``, so the first
-    ``k`` entries are a uniform k-subset whatever order the array was left in; no reset is
-    needed between tokens. If ``record`` is true, expert ids are written to ``assign``.
+    ``chosen_mass`` is the normalised weight of the chosen experts. While it is at most 3/4,
+    up to 32 alias draws from the full distribution are tried and rejected if already chosen
+    (acceptance >= 1/4 per try; an accepted draw follows the conditional law exactly, and the
+    try limit depends only on the chosen set, so the mixture with the fallback stays exact).
+    Otherwise, or if every try is rejected (probability < 1e-4), the conditional law is sampled
+    directly by inverse CDF in O(m + log E). Extreme skew therefore never makes the loop spin.
     """
-    counts = np.zeros((n_trials, n_layers, n_experts), dtype=np.int64)
-    for c in prange(seeds.size):
-        np.random.seed(seeds[c])
-        perm = np.arange(n_experts)
-        t0 = c * chunk
-        t1 = min(t0 + chunk, n_trials)
-        for t in range(t0, t1):
-            for layer in range(n_layers):
-                for b in range(batch):
-                    for j in range(top_k):
-                        r = j + _randint(n_experts - j)
-                        e = perm[r]
-                        perm[r] = perm[j]
-                        perm[j] = e
-                        counts[t, layer, e] += 1
-                        if record:
-                            assign[t, layer, b, j] = e
-    return counts
+    n = w.size
+    tries = 32 if chosen_mass <= 0.75 else 0
+    e = -1
+    while tries > 0:
+        u = uniform(s) * n
+        j = np.int64(u)
+        e = j if (u - j) < prob[j] else alias[j]
+        hit = 0
+        for i in range(m):
+            hit += chosen[i] == e
+        if hit == 0:
+            break
+        tries -= 1
+    if tries == 0:
+        e = _draw_weighted_exact(s, cdf, w, chosen, m, order)
+    return e
 
 
-@njit(cache=True, parallel=True)
-def counts_weighted(seeds, chunk, n_trials, weights, top_k, batch, record, assign):
-    """Per-assignment weighted top-k (Plackett–Luce) with per-layer ``weights`` (layer, expert)."""
+@njit(cache=True)
+def weighted_tables(weights):
+    """Normalised weights, CDFs (layer, expert + 1) and alias tables for per-layer weights."""
     n_layers, n_experts = weights.shape
     w = np.empty_like(weights)
     cdf = np.empty((n_layers, n_experts + 1))
     for layer in range(n_layers):
-        total = weights[layer].sum()
+        total = 0.0
+        for j in range(n_experts):
+            total += weights[layer, j]
         acc = 0.0
         cdf[layer, 0] = 0.0
         for j in range(n_experts):
@@ -200,26 +296,136 @@ def counts_weighted(seeds, chunk, n_trials, weights, top_k, batch, record, assig
             acc += w[layer, j]
             cdf[layer, j + 1] = acc
     prob, alias = build_alias(w)
-    counts = np.zeros((n_trials, n_layers, n_experts), dtype=np.int64)
-    for c in prange(seeds.size):
-        np.random.seed(seeds[c])
-        chosen = np.empty(top_k, dtype=np.int64)
-        t0 = c * chunk
-        t1 = min(t0 + chunk, n_trials)
-        for t in range(t0, t1):
-            for layer in range(n_layers):
-                for b in range(batch):
+    return w, cdf, prob, alias
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-chunk samplers (serial) and their parallel drivers (prange over chunks)
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _chunk_uniform(s, counts, t0, t1, n_experts, top_k, batch, record, assign):
+    """Uniform top-k for trials t0..t1 of one chunk.
+
+    For k <= E/4: each 64-bit draw gives two 32-bit halves, each turned into an expert by
+    Lemire's multiply-shift with rejection (exactly uniform); an expert already chosen by the
+    same token is redrawn (acceptance >= 3/4 at every draw, so <= 4/3 draws on average).
+    Otherwise partial Fisher–Yates on a per-chunk permutation: position j takes a uniform pick
+    among positions j..E-1, so the first k entries are a uniform k-subset whatever order the
+    array was in.
+    """
+    n_layers = counts.shape[1]
+    chosen = np.empty(top_k, dtype=np.int64)
+    perm = np.arange(n_experts)
+    reject = 4 * top_k <= n_experts
+    n64 = uint64(n_experts)
+    low = uint64(0xFFFFFFFF)
+    thresh = (uint64(1) << uint64(32)) % n64  # Lemire: reject the low part below 2**32 mod n
+    for t in range(t0, t1):
+        for layer in range(n_layers):
+            row = counts[t, layer]
+            for b in range(batch):
+                if reject:
+                    j = 0
+                    while j < top_k:
+                        x = next_u64(s)
+                        for half in range(2):
+                            h = (x >> uint64(32)) if half == 0 else (x & low)
+                            mm = h * n64
+                            if (mm & low) < thresh:
+                                continue
+                            e = np.int64(mm >> uint64(32))
+                            if _is_chosen(e, chosen, j):
+                                continue
+                            chosen[j] = e
+                            row[e] += 1
+                            if record:
+                                assign[t, layer, b, j] = e
+                            j += 1
+                            if j == top_k:
+                                break
+                else:
                     for j in range(top_k):
-                        e = _draw_weighted(prob[layer], alias[layer], cdf[layer], w[layer], chosen, j)
-                        chosen[j] = e
-                        counts[t, layer, e] += 1
+                        r = j + randint(s, n_experts - j)
+                        e = perm[r]
+                        perm[r] = perm[j]
+                        perm[j] = e
+                        row[e] += 1
                         if record:
                             assign[t, layer, b, j] = e
-    return counts
 
 
 @njit(cache=True, parallel=True)
-def counts_uniform_countspace(seeds, chunk, n_trials, n_layers, n_experts, top_k, batch):
+def counts_uniform(states, chunk, n_trials, n_layers, n_experts, top_k, batch, record, assign):
+    """Per-assignment uniform top-k counts (trial, layer, expert); ids to ``assign`` if record."""
+    counts = np.zeros((n_trials, n_layers, n_experts), dtype=np.int64)
+    for c in prange(states.shape[0]):
+        s = init_state(states[c])
+        _chunk_uniform(s, counts, c * chunk, min(c * chunk + chunk, n_trials), n_experts, top_k,
+                       batch, record, assign)
+    return counts
+
+
+@njit(cache=True)
+def _chunk_weighted(s, counts, t0, t1, w, cdf, prob, alias, top_k, batch, record, assign):
+    n_layers = counts.shape[1]
+    chosen = np.empty(top_k, dtype=np.int64)
+    order = np.empty(top_k, dtype=np.int64)
+    for t in range(t0, t1):
+        for layer in range(n_layers):
+            row = counts[t, layer]
+            pl = prob[layer]
+            al = alias[layer]
+            cl = cdf[layer]
+            wl = w[layer]
+            for b in range(batch):
+                cm = 0.0
+                for j in range(top_k):
+                    e = draw_weighted(s, pl, al, cl, wl, chosen, j, order, cm)
+                    chosen[j] = e
+                    cm += wl[e]
+                    row[e] += 1
+                    if record:
+                        assign[t, layer, b, j] = e
+
+
+@njit(cache=True, parallel=True)
+def counts_weighted(states, chunk, n_trials, weights, top_k, batch, record, assign):
+    """Per-assignment weighted top-k (Plackett–Luce) with per-layer ``weights`` (layer, expert)."""
+    n_layers, n_experts = weights.shape
+    w, cdf, prob, alias = weighted_tables(weights)
+    counts = np.zeros((n_trials, n_layers, n_experts), dtype=np.int64)
+    for c in prange(states.shape[0]):
+        s = init_state(states[c])
+        _chunk_weighted(s, counts, c * chunk, min(c * chunk + chunk, n_trials), w, cdf, prob,
+                        alias, top_k, batch, record, assign)
+    return counts
+
+
+@njit(cache=True)
+def _chunk_uniform_countspace(s, counts, t0, t1, top_k, batch):
+    n_layers, n_experts = counts.shape[1], counts.shape[2]
+    groups = np.zeros(top_k + 1, dtype=np.int64)
+    for t in range(t0, t1):
+        for layer in range(n_layers):
+            groups[:] = 0
+            groups[top_k] = batch
+            for e in range(n_experts):
+                rem = n_experts - e
+                load = 0
+                for r in range(1, top_k + 1):
+                    nr = groups[r]
+                    if nr > 0:
+                        x = nr if r >= rem else binomial(s, nr, r / rem)
+                        groups[r] -= x
+                        groups[r - 1] += x
+                        load += x
+                counts[t, layer, e] = load
+
+
+@njit(cache=True, parallel=True)
+def counts_uniform_countspace(states, chunk, n_trials, n_layers, n_experts, top_k, batch):
     """Exact per-expert counts of uniform top-k routing without visiting tokens.
 
     Experts are visited in order. Tokens are grouped by how many of their k slots are still
@@ -229,84 +435,65 @@ def counts_uniform_countspace(seeds, chunk, n_trials, n_layers, n_experts, top_k
     Work is O(E·k) binomial draws per microbatch, independent of the batch size.
     """
     counts = np.zeros((n_trials, n_layers, n_experts), dtype=np.int64)
-    for c in prange(seeds.size):
-        np.random.seed(seeds[c])
-        groups = np.zeros(top_k + 1, dtype=np.int64)
-        t0 = c * chunk
-        t1 = min(t0 + chunk, n_trials)
-        for t in range(t0, t1):
-            for layer in range(n_layers):
-                groups[:] = 0
-                groups[top_k] = batch
-                for e in range(n_experts):
-                    rem = n_experts - e
-                    load = 0
-                    for r in range(1, top_k + 1):
-                        nr = groups[r]
-                        if nr > 0:
-                            if r >= rem:
-                                x = nr
-                            else:
-                                x = np.random.binomial(nr, r / rem)
-                            groups[r] -= x
-                            groups[r - 1] += x
-                            load += x
-                    counts[t, layer, e] = load
+    for c in prange(states.shape[0]):
+        s = init_state(states[c])
+        _chunk_uniform_countspace(s, counts, c * chunk, min(c * chunk + chunk, n_trials), top_k,
+                                  batch)
     return counts
 
 
+@njit(cache=True)
+def _chunk_multinomial(s, counts, t0, t1, weights, batch):
+    n_layers, n_experts = weights.shape
+    for t in range(t0, t1):
+        for layer in range(n_layers):
+            left = batch
+            mass = 0.0
+            last = -1
+            for e in range(n_experts):
+                mass += weights[layer, e]
+                if weights[layer, e] > 0.0:
+                    last = e
+            for e in range(n_experts):
+                if left == 0:
+                    break
+                we = weights[layer, e]
+                if we <= 0.0:
+                    continue
+                x = left if (e == last or we >= mass) else binomial(s, left, we / mass)
+                counts[t, layer, e] = x
+                left -= x
+                mass -= we
+
+
 @njit(cache=True, parallel=True)
-def counts_multinomial(seeds, chunk, n_trials, weights, batch):
+def counts_multinomial(states, chunk, n_trials, weights, batch):
     """Exact counts of top-1 routing with per-layer weights: a multinomial drawn as sequential
     conditional binomials over experts. O(E) draws per microbatch, independent of the batch."""
     n_layers, n_experts = weights.shape
     counts = np.zeros((n_trials, n_layers, n_experts), dtype=np.int64)
-    for c in prange(seeds.size):
-        np.random.seed(seeds[c])
-        t0 = c * chunk
-        t1 = min(t0 + chunk, n_trials)
-        for t in range(t0, t1):
-            for layer in range(n_layers):
-                left = batch
-                mass = 0.0
-                for e in range(n_experts):
-                    mass += weights[layer, e]
-                for e in range(n_experts):
-                    if left == 0:
-                        break
-                    we = weights[layer, e]
-                    if we <= 0.0:
-                        continue
-                    p = we / mass
-                    if p >= 1.0:
-                        x = left
-                    else:
-                        x = np.random.binomial(left, p)
-                    counts[t, layer, e] = x
-                    left -= x
-                    mass -= we
-                if left > 0:
-                    # Rounding left a few tokens after the last positive weight: give them to it.
-                    for e in range(n_experts - 1, -1, -1):
-                        if weights[layer, e] > 0.0:
-                            counts[t, layer, e] += left
-                            break
+    for c in prange(states.shape[0]):
+        s = init_state(states[c])
+        _chunk_multinomial(s, counts, c * chunk, min(c * chunk + chunk, n_trials), weights, batch)
     return counts
 
 
+@njit(cache=True)
+def _chunk_floor(s, out, t0, t1, n_draws):
+    for t in range(t0, t1):
+        acc = 0.0
+        for _ in range(n_draws):
+            acc += uniform(s)
+        out[t] = acc
+
+
 @njit(cache=True, parallel=True)
-def uniform_floor(seeds, chunk, n_trials, n_draws):
+def uniform_floor(states, chunk, n_trials, n_draws):
     """Benchmark floor: ``n_draws`` uniforms per trial in a compiled loop, summed."""
     out = np.zeros(n_trials)
-    for c in prange(seeds.size):
-        np.random.seed(seeds[c])
-        t0 = c * chunk
-        t1 = min(t0 + chunk, n_trials)
-        for t in range(t0, t1):
-            acc = 0.0
-            for _ in range(n_draws):
-                acc += np.random.random()
-            out[t] = acc
+    for c in prange(states.shape[0]):
+        s = init_state(states[c])
+        _chunk_floor(s, out, c * chunk, min(c * chunk + chunk, n_trials), n_draws)
     return out
 
 

@@ -177,7 +177,11 @@ def _to_tidy_frame(ds: xr.Dataset):
         df.insert(0, "variable", name)
         df["units"] = da.attrs.get("units", "")
         frames.append(df)
-    return pd.concat(frames, ignore_index=True, sort=False)
+    tidy = pd.concat(frames, ignore_index=True, sort=False)
+    for dim in ds.dims:
+        if dim in tidy and dim in ds.coords and np.issubdtype(ds[dim].dtype, np.integer):
+            tidy[dim] = tidy[dim].astype("Int64")
+    return tidy
 
 
 def _to_json_dict(ds: xr.Dataset) -> dict:

@@ -6,8 +6,8 @@ Convention (SPEC 7): every stochastic public function takes ``rng=None`` and nor
 with :func:`resolve_seed`, which turns it into one non-negative 63-bit integer, the *entropy*.
 The entropy is written into results as the ``seed`` attribute; passing it back as ``rng``
 repeats the run exactly. From the entropy and a *stream key* (a tuple of non-negative ints that
-names one scenario, e.g. the index of a batch size) :func:`chunk_seeds` derives one 32-bit seed
-per fixed-size chunk of trials. Kernels reseed their generator at the start of every chunk, so the
+names one scenario, e.g. the index of a batch size) :func:`chunk_seeds` derives one generator
+state per fixed-size chunk of trials. Kernels start a fresh generator from each chunk's state, so the
 numbers depend on the entropy, the key and the chunk index only, never on the thread count.
 """
 
@@ -53,13 +53,15 @@ def n_chunks(n_trials: int) -> int:
 
 
 def chunk_seeds(entropy: int, n_trials: int, key: tuple[int, ...] = ()) -> np.ndarray:
-    """One uint32 seed per chunk of :data:`CHUNK_TRIALS` trials, for stream ``key``.
+    """Generator states for the chunks of :data:`CHUNK_TRIALS` trials of stream ``key``.
 
-    The first m seeds do not depend on ``n_trials`` (``generate_state`` is prefix-stable), so a
-    run with more trials extends a shorter one with the same seed.
+    Returns uint64 (chunk, 4): one xoshiro256+ state per chunk (see ``_kernels``). The first m
+    rows do not depend on ``n_trials`` (``generate_state`` is prefix-stable), so a run with more
+    trials extends a shorter one with the same seed.
     """
     ss = np.random.SeedSequence(entropy, spawn_key=tuple(int(k) for k in key))
-    return ss.generate_state(max(n_chunks(n_trials), 1), dtype=np.uint32)
+    m = max(n_chunks(n_trials), 1)
+    return ss.generate_state(4 * m, dtype=np.uint64).reshape(m, 4)
 
 
 def generator(entropy: int, key: tuple[int, ...] = ()) -> np.random.Generator:

@@ -28,7 +28,8 @@ class McrouteError(ValueError):
 def check_int(name: str, value, *, minimum: int | None = None, maximum: int | None = None) -> int:
     """Return ``value`` as a Python int, or raise naming ``name`` and the allowed range."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        if isinstance(value, numbers.Real) and float(value).is_integer() and math.isfinite(value):
+        if (not isinstance(value, bool) and isinstance(value, numbers.Real)
+                and math.isfinite(value) and float(value).is_integer()):
             value = int(value)
         else:
             raise McrouteError(f"{name} must be an integer{_range(minimum, maximum)}, got {value!r}")
