@@ -18,6 +18,11 @@ from ._version import __version__
 COMMAND_MODULES = [
     "mcroute._cli_simulate",
     "mcroute._cli_bench",
+    "mcroute._cli_qs",
+    "mcroute._cli_plot",
+    "mcroute._cli_throughput",
+    "mcroute._cli_cards",
+    "mcroute._cli_q",
 ]
 
 

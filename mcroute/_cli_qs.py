@@ -1,0 +1,171 @@
+"""``mcroute qs``: the MoE's decode penalty against its quality-matched dense twin.
+
+With no model: the paper's four models (DeepSeek-V3, Qwen3-235B-A22B, Grok-1, Switch-C) on the
+documented default deployment (``_qs.PAPER_CASES``), contexts 4k → 128k. This is the README's
+main job.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import xarray as xr
+
+from ._cli_common import format_table, parse_routing, parse_size_list, write_output
+from ._validate import McrouteError, check_int, check_prob
+
+
+def register(sub) -> None:
+    """Add the ``qs`` subcommand."""
+    p = sub.add_parser(
+        "qs",
+        help="MoE vs quality-matched dense twin: decode penalty with intervals",
+        description="Decode throughput of a Mixture-of-Experts model against a dense model of "
+        "q x its active parameters, with confidence intervals from the routing Monte Carlo and "
+        "the uncertainty of q. Without MODEL: the paper's four models on 8 x H200.",
+    )
+    p.add_argument("model", nargs="?", help="MoE model card (default: the paper's four models)")
+    p.add_argument("--hardware", default=None, help="hardware card (default h200)")
+    p.add_argument("--gpus", default=None, help="GPUs serving the model (default 8)")
+    p.add_argument("--dense-gpus", default=None, help="GPUs of the dense twin (default --gpus)")
+    p.add_argument("--q", default=None,
+                   help="quality factor: a number, lognormal:MEDIAN,SIGMA, uniform:LO,HI, "
+                   "estimate (default: benchmark estimate, else scaling law)")
+    p.add_argument("--context", default="4k,8k,16k,32k,64k,128k",
+                   help="comma-separated contexts (k = 1024), default 4k..128k")
+    p.add_argument("--routing", default="uniform", help="uniform | zipf:ALPHA | lognormal:SIGMA")
+    p.add_argument("--weight-dtype", default=None, help="weight dtype (default per model)")
+    p.add_argument("--kv-dtype", default="bf16", help="KV cache dtype (default bf16)")
+    p.add_argument("--hbm-fraction", default=None, type=float,
+                   help="usable share of HBM (default 0.9)")
+    p.add_argument("--dense-style", default="widen", choices=["widen", "llama"],
+                   help="how the dense twin is built (default widen: same attention and KV)")
+    p.add_argument("--dense-model", default=None,
+                   help="compare against this dense card instead of a built twin")
+    p.add_argument("--trials", default="400", help="Monte Carlo steps per context (default 400)")
+    p.add_argument("--q-samples", default="64", help="draws of an uncertain q (default 64)")
+    p.add_argument("--ci-prob", default=0.95, type=float, help="confidence level (default 0.95)")
+    p.add_argument("--seed", default="0", help="seed (default 0)")
+    p.add_argument("--output", default=None, help="write results to FILE.nc, .csv or .json")
+    p.set_defaults(func=run)
+
+
+def _int(name, text, minimum=1):
+    try:
+        v = int(str(text).strip())
+    except ValueError:
+        raise McrouteError(f"{name} must be an integer, got {text!r}") from None
+    return check_int(name, v, minimum=minimum)
+
+
+def _fmt_ci(ds, name):
+    m = float(ds[f"{name}_mean"])
+    if np.isnan(m):
+        return "—"
+    lo, hi = (float(x) for x in ds[f"{name}_ci"].values)
+    q = ds[f"{name}_q"].values
+    return f"{m:.3g} [{lo:.3g}, {hi:.3g}] ({q[0]:.3g}-{q[-1]:.3g})"
+
+
+def _print_case(ds, name, q_note, dep_note) -> None:
+    s = float(ds["s"])
+    qs = float(ds["qs_mean"]) if "qs_mean" in ds else float(ds["qs"])
+    qv = float(ds["q_mean"]) if "q_mean" in ds else float(ds["q"])
+    moe_min = int(ds["moe_min_gpus"])
+    print(f"\n== {name}: s = {s:.4f}, q = {qv:.3g} ({q_note}), q·s = {qs:.3g} "
+          f"({'< 1: MoE structurally disadvantaged' if qs < 1 else '>= 1'})")
+    print(f"   {dep_note}; MoE needs >= {moe_min if moe_min > 0 else 'none of 1..4096'} GPUs "
+          f"at the longest context")
+    rows = []
+    for L in np.atleast_1d(ds["context"].values):
+        c = ds.sel(context=L) if ds["context"].ndim else ds
+        moe_ok = bool(c["moe_feasible"])
+        dense_ok = bool(np.all(c["dense_feasible"].values))
+        if not moe_ok:
+            note = "MoE infeasible" + ("" if not dense_ok else "; dense twin fits")
+        elif not dense_ok:
+            note = "dense twin infeasible"
+        else:
+            note = ""
+        db = c["dense_batch_size"].values
+        rows.append([
+            f"{int(L) // 1024}k" if int(L) % 1024 == 0 else int(L),
+            int(c["moe_batch_size"]) if moe_ok else "—",
+            int(np.median(db)) if dense_ok else "—",
+            f"{float(c['moe_throughput_mean']):,.0f}" if moe_ok else "—",
+            f"{float(c['dense_throughput_mean']):,.0f}" if dense_ok else "—",
+            _fmt_ci(c, "penalty"), _fmt_ci(c, "reuse_penalty"),
+            f"{float(np.nanmean(c['capacity_penalty'].values)):.3g}" if moe_ok and dense_ok
+            else "—",
+            note,
+        ])
+    print(format_table(["context", "MoE B", "dense B", "MoE tok/s", "dense tok/s",
+                        "penalty mean [CI] (p5-p95)", "reuse penalty", "batch ratio", "note"],
+                       rows))
+    print(f"   crossover: {str(ds['crossover_note'].values)}"
+          + ("" if np.isnan(float(ds["crossover_context"])) else
+             f" at {float(ds['crossover_context']):,.0f} tokens"))
+
+
+def run(args) -> int:
+    """Run ``mcroute qs``."""
+    from ._cards import load_model
+    from ._qs import (PAPER_CASES, PAPER_CONTEXTS, PAPER_GPUS, PAPER_HARDWARE, default_q,
+                      qs_analysis)
+    from ._quality import as_q, parse_q
+
+    contexts = parse_size_list("--context", args.context)
+    trials = _int("--trials", args.trials, minimum=2)
+    q_samples = _int("--q-samples", args.q_samples)
+    seed = _int("--seed", args.seed, minimum=0)
+    ci_prob = check_prob("--ci-prob", args.ci_prob)
+    hardware = args.hardware or PAPER_HARDWARE
+    gpus = _int("--gpus", args.gpus) if args.gpus else PAPER_GPUS
+    dense_gpus = _int("--dense-gpus", args.dense_gpus) if args.dense_gpus else None
+    if args.model:
+        cases = [(args.model, {})]
+    else:
+        cases = list(PAPER_CASES)
+        if args.context == "4k,8k,16k,32k,64k,128k":
+            contexts = list(PAPER_CONTEXTS)
+    results = []
+    print(f"mcroute qs: {len(cases)} model(s) on {gpus} x {hardware}, {trials} trials, seed {seed}; "
+          f"mean [{ci_prob:.0%} CI of the mean] (p5-p95 of single steps)", flush=True)
+    for name, defaults in cases:
+        moe = load_model(name)
+        opts = dict(defaults)
+        if args.weight_dtype:
+            opts["weight_dtype"] = args.weight_dtype
+        opts["kv_dtype"] = args.kv_dtype
+        if args.hbm_fraction is not None:
+            opts["hbm_fraction"] = args.hbm_fraction
+        if args.dense_model:
+            q, q_note = (None if args.q is None else float(args.q)), f"dense model {args.dense_model}"
+        elif args.q is None:
+            q, q_note = default_q(moe)
+        else:
+            q = as_q(parse_q(args.q if args.q != "estimate" else f"estimate:{moe.name}"))
+            q_note = args.q
+        routing = None
+        if args.routing != "uniform":
+            routing = parse_routing(args.routing, moe.n_experts, moe.top_k)
+        ds = qs_analysis(moe, hardware, gpus, q, contexts, routing, n_trials=trials, rng=seed,
+                         ci_prob=ci_prob, dense_style=args.dense_style, dense_n_gpus=dense_gpus,
+                         n_q_samples=q_samples, dense_model=args.dense_model, **opts)
+        dep_note = (f"{gpus} x {hardware}, weights {opts.get('weight_dtype', 'bf16')}, "
+                    f"KV {opts['kv_dtype']}, dense twin: "
+                    f"{args.dense_model or args.dense_style}")
+        _print_case(ds, moe.name, q_note, dep_note)
+        sys.stdout.flush()
+        results.append(ds.expand_dims(model=[moe.name]))
+    if args.output:
+        if len(results) == 1:
+            out = results[0]
+        else:
+            keep = [r.drop_vars([v for v in r.data_vars if "q_draw" in r[v].dims or v in
+                                 ("q_samples",)], errors="ignore") for r in results]
+            out = xr.concat(keep, dim="model", coords="minimal", compat="override",
+                            combine_attrs="drop_conflicts")
+        write_output(out, args.output)
+    return 0
