@@ -85,10 +85,14 @@ def _dense_layer(index, hidden, n_heads, n_kv, ffn):
 
 def _llama_params(hidden, vocab, tied):
     """Parameters and layer count of a Llama-3-shaped model of this width."""
-    h = float(hidden)
-    slope, icpt = np.polyfit(np.log(_LLAMA_SHAPES[:, 0]), np.log(_LLAMA_SHAPES[:, 1]), 1)
-    layers = max(1, int(round(math.exp(icpt) * h**slope)))
-    ffn = int(round(_LLAMA_FFN_RATIO * h / 256)) * 256
+    # depth: piecewise power law through the family's (hidden, layers) points, extended with the
+    # end segments' slopes
+    lx, ly = np.log(_LLAMA_SHAPES[:, 0]), np.log(_LLAMA_SHAPES[:, 1])
+    x = math.log(hidden)
+    i = int(np.clip(np.searchsorted(lx, x) - 1, 0, len(lx) - 2))
+    y = ly[i] + (ly[i + 1] - ly[i]) * (x - lx[i]) / (lx[i + 1] - lx[i])
+    layers = max(1, int(round(math.exp(y))))
+    ffn = int(round(_LLAMA_FFN_RATIO * hidden / 256)) * 256
     n_heads = max(1, int(hidden // _HEAD_DIM))
     n_kv = min(_LLAMA_KV_HEADS, n_heads)
     per_layer = (_dense_layer(0, hidden, n_heads, n_kv, ffn).attn_params + 3 * hidden * ffn)
@@ -111,7 +115,8 @@ def dense_twin(model, q, style="widen", *, name=None) -> ModelSpec:
         total q·N_active; embeddings and head are kept. Encoder weights of an encoder-decoder
         MoE are not kept (the twin is decoder-only). Needs q·N_active above the attention and
         embedding parameters. ``"llama"`` builds a Llama-3-shaped model (GQA with 8 KV heads of
-        128, FFN 3.5 × hidden, depth from the Llama-3.1 family's width/depth law) of the size
+        128, FFN 3.5 × hidden, depth interpolated between the Llama-3.1 family's (width, depth)
+        points as a piecewise power law) of the size
         q·N_active, keeping the MoE's vocabulary; its KV cache per token differs from the MoE's.
     name : str, optional
         Name of the twin (default ``"<model>-dense-q<q>-<style>"``).
@@ -552,6 +557,9 @@ def qs_analysis(
                                                         "values": q_values.tolist()},
         n_q_samples=n_q_samples if q_spec is not None else 0,
     )
+    for cname, (_, _, cattrs) in coords.items():  # xr.where / apply_ufunc drop coord attrs
+        ds[cname].attrs.update(cattrs)
+    ds["ci_bound"].attrs.update(units="1", long_name="bound of a confidence interval of a mean")
     if ctx_scalar:
         ds = ds.squeeze("context", drop=False)
     if q_spec is None and q_scalar:

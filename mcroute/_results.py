@@ -171,8 +171,10 @@ def _to_tidy_frame(ds: xr.Dataset):
 
     frames = []
     for name, da in ds.data_vars.items():
-        df = da.to_dataframe(name=name).reset_index()
-        df = df[[*da.dims, name]] if da.dims else df[[name]]
+        if da.dims:
+            df = da.to_dataframe(name=name).reset_index()[[*da.dims, name]]
+        else:
+            df = pd.DataFrame({name: [da.values.item()]})
         df = df.rename(columns={name: "value"})
         df.insert(0, "variable", name)
         df["units"] = da.attrs.get("units", "")

@@ -28,3 +28,16 @@ def _check(ds):
 
 def test_simulate_schema():
     _check(mr.simulate(mr.Zipf(16, 2, 1.0), [2, 8], 20, rng=0, expert_load=True, histogram=True))
+
+
+def test_throughput_schema():
+    dep = mr.Deployment("mixtral-8x7b", "h100-sxm", 2)
+    _check(mr.decode_throughput(dep, ["1k", "8k"], n_trials=8, rng=0))
+    _check(mr.decode_throughput(dep, "1k", batch_size=[1, 4], n_trials=8, rng=0))
+
+
+def test_qs_schema():
+    _check(mr.qs_analysis("mixtral-8x7b", "h100-sxm", 2, [2.0, 3.0], ["1k", "8k"], n_trials=8,
+                          rng=0))
+    _check(mr.qs_analysis("mixtral-8x7b", "h100-sxm", 2, "lognormal:2,0.3", ["1k", "8k"],
+                          n_trials=8, n_q_samples=4, rng=0))

@@ -1,0 +1,174 @@
+"""``mcroute throughput``: decode throughput of a model on a GPU deployment, with intervals.
+
+May import: the labeled and array layers, ``_cli_common``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ._cards import load_hardware, load_model
+from ._cli_common import (
+    format_table,
+    is_tty,
+    parse_int_list,
+    parse_routing,
+    parse_size_list,
+    write_output,
+)
+from ._cost import Deployment
+from ._throughput import decode_throughput
+from ._validate import McrouteError, check_int, check_prob, check_real
+
+
+def register(sub) -> None:
+    """Add the ``throughput`` subcommand."""
+    p = sub.add_parser(
+        "throughput",
+        help="decode throughput of a model on N GPUs (roofline + routing Monte Carlo)",
+        description="Decode step time and throughput of MODEL served on --gpus GPUs of "
+        "--hardware, at each --context, with the batch the KV cache admits (or --batch), by "
+        "Monte Carlo over expert routing. Every modelling assumption is an option; see "
+        "docs/assumptions.md. Infeasible points are reported with the reason.",
+    )
+    p.add_argument("model", help="model card name (e.g. deepseek-v3) or path to a .toml card")
+    p.add_argument("--hardware", required=True, help="hardware card name (e.g. h200) or path")
+    p.add_argument("--gpus", required=True, help="GPUs serving one replica")
+    p.add_argument("--context", default="4k,32k,128k",
+                   help="comma-separated context lengths, k = 1024 (default 4k,32k,128k)")
+    p.add_argument("--batch", default="max",
+                   help="'max' (the admissible batch at each context, default) or "
+                   "comma-separated batch sizes")
+    p.add_argument("--routing", default="uniform", help="uniform | zipf:ALPHA | lognormal:SIGMA")
+    p.add_argument("--weight-dtype", default="bf16", help="weight storage dtype (default bf16)")
+    p.add_argument("--kv-dtype", default="bf16", help="KV cache dtype (default bf16)")
+    p.add_argument("--compute-dtype", default=None,
+                   help="dtype whose peak FLOP/s applies (default: weight dtype if the GPU "
+                   "lists it, else bf16)")
+    p.add_argument("--hbm-fraction", default=0.9, type=float,
+                   help="usable share of HBM for weights + KV (default 0.9)")
+    p.add_argument("--bandwidth-efficiency", default=1.0, type=float,
+                   help="achievable share of peak HBM bandwidth (default 1.0)")
+    p.add_argument("--flops-efficiency", default=1.0, type=float,
+                   help="achievable share of peak FLOP/s (default 1.0)")
+    p.add_argument("--attention", default="tensor", choices=["tensor", "data"],
+                   help="attention parallelism over the GPUs (default tensor)")
+    p.add_argument("--expert-parallel", default=None,
+                   help="expert-parallel degree (default: all GPUs)")
+    p.add_argument("--all-to-all", default="off", choices=["off", "overlap", "serial"],
+                   help="charge the expert all-to-all on the interconnect: off (default), "
+                   "overlapped with the MoE layer, or serial")
+    p.add_argument("--max-batch", default=None, help="cap on the batch size (default none)")
+    p.add_argument("--enforce-max-context", action="store_true",
+                   help="treat contexts above the model's max context as infeasible")
+    p.add_argument("--trials", default="1000", help="Monte Carlo steps per point (default 1000)")
+    p.add_argument("--ci-prob", default=0.95, type=float, help="confidence level (default 0.95)")
+    p.add_argument("--seed", default=None, help="seed (default: fresh entropy, printed)")
+    p.add_argument("--output", default=None, help="write results to FILE.nc, .csv or .json")
+    p.set_defaults(func=run)
+
+
+def _int(text, name, minimum=1) -> int:
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise McrouteError(f"{name} must be an integer, got {text!r}") from None
+    return check_int(name, value, minimum=minimum)
+
+
+def run(args) -> int:
+    """Run ``mcroute throughput``."""
+    model = load_model(args.model)
+    hardware = load_hardware(args.hardware)
+    gpus = _int(args.gpus, "--gpus")
+    contexts = parse_size_list("--context", args.context)
+    batch = "max" if str(args.batch).strip().lower() == "max" else parse_int_list(
+        "--batch", args.batch)
+    trials = _int(args.trials, "--trials", minimum=2)
+    ci_prob = check_prob("--ci-prob", args.ci_prob)
+    seed = None if args.seed is None else _int(args.seed, "--seed", minimum=0)
+    for name in ("hbm_fraction", "bandwidth_efficiency", "flops_efficiency"):
+        check_real("--" + name.replace("_", "-"), getattr(args, name), minimum=0.0, maximum=1.0,
+                   open_min=True)
+    dep = Deployment(
+        model, hardware, gpus,
+        weight_dtype=args.weight_dtype, kv_dtype=args.kv_dtype, compute_dtype=args.compute_dtype,
+        hbm_fraction=args.hbm_fraction, bandwidth_efficiency=args.bandwidth_efficiency,
+        flops_efficiency=args.flops_efficiency, attention_parallel=args.attention,
+        expert_parallel=None if args.expert_parallel is None else _int(
+            args.expert_parallel, "--expert-parallel"),
+        max_batch=None if args.max_batch is None else _int(args.max_batch, "--max-batch"),
+        charge_all_to_all=args.all_to_all != "off",
+        overlap_all_to_all=args.all_to_all == "overlap",
+        enforce_max_context=bool(args.enforce_max_context),
+    )
+    routing = None
+    if model.is_moe:
+        routing = parse_routing(args.routing, model.n_experts, model.top_k)
+    elif str(args.routing).strip().lower() != "uniform":
+        raise McrouteError(f"--routing: model {model.name!r} is dense (no routed experts)")
+    show = is_tty()
+
+    def progress(frac):
+        print(f"\r  {frac:6.1%} of trials", end="", file=sys.stderr, flush=True)
+
+    ds = decode_throughput(dep, contexts, batch, routing, trials, rng=seed, ci_prob=ci_prob,
+                           progress=progress if show else None)
+    if show:
+        print("\r" + " " * 20 + "\r", end="", file=sys.stderr, flush=True)
+    _print(ds, dep, routing, trials, ci_prob, batch == "max")
+    if args.output:
+        write_output(ds, args.output)
+    return 0
+
+
+def _print(ds, dep, routing, trials, ci_prob, b_max_mode) -> None:
+    what = repr(routing) if routing is not None else "dense model (no routing)"
+    print(f"{dep.model.name} on {dep.n_gpus} x {dep.hardware.name}, weights "
+          f"{dep.weight_dtype}, KV {dep.kv_dtype}; {what}; {trials} trials, seed "
+          f"{ds.attrs['seed']}")
+    print(f"weights {dep.weight_bytes_per_gpu / 1e9:.4g} GB on the fullest GPU of "
+          f"{dep.usable_bytes_per_gpu / 1e9:.4g} GB usable")
+    print(f"mean [{ci_prob:.0%} CI of the mean] (p5-p95 of single steps)")
+    header = ["context", "batch", "step time [ms]", "throughput [tok/s]", "tok/s/GPU",
+              "weights GB/step", "KV GB/step", "bound"]
+    flat = ds
+    for dim in ("context", "batch_size"):
+        if dim in flat.dims:
+            continue
+        if dim in flat.coords:
+            flat = flat.expand_dims(dim)
+    if b_max_mode:
+        points = [(c, None) for c in flat["context"].values]
+    else:
+        points = [(c, b) for c in flat["context"].values for b in flat["batch_size"].values]
+    rows, notes = [], []
+    for c, b in points:
+        sel = flat.sel(context=c) if b is None else flat.sel(context=c, batch_size=b)
+        batch = int(sel["batch_size"])
+        if not bool(sel["feasible"]):
+            rows.append([int(c), batch or "—", "infeasible", "—", "—", "—", "—", "—"])
+            where = f"context {int(c)}" + (f", batch {batch}" if batch else "")
+            notes.append(f"{where}: {str(sel['reason'].values)}")
+            continue
+
+        def cell(name, scale=1.0, sel=sel):
+            m = float(sel[f"{name}_mean"]) * scale
+            lo, hi = (float(x) * scale for x in sel[f"{name}_ci"].values)
+            q = sel[f"{name}_q"]
+            p5, p95 = float(q.isel(quantile=0)) * scale, float(q.isel(quantile=-1)) * scale
+            return f"{m:.4g} [{lo:.4g}, {hi:.4g}] ({p5:.4g}-{p95:.4g})"
+
+        rows.append([
+            int(c), batch, cell("step_time", 1e3), cell("throughput"),
+            f"{float(sel['throughput_per_gpu_mean']):.4g}",
+            f"{float(sel['weight_bytes_per_step_mean']) / 1e9:.4g}",
+            f"{float(sel['kv_bytes_per_step']) / 1e9:.4g}", str(sel["bound"].values),
+        ])
+    print(format_table(header, rows))
+    for n in notes:
+        print(f"infeasible: {n}")
+    for c, flag in zip(flat["context"].values, flat["exceeds_max_context"].values, strict=True):
+        if flag:
+            print(f"note: context {int(c)} exceeds the model's max_context "
+                  f"{dep.model.max_context}")
