@@ -1,4 +1,4 @@
-"""mcroute: when does a Mixture-of-Experts model lose to a quality-matched dense model at decode?
+"""mcroute: when, by how much and how surely a MoE model loses to its dense twin at decode.
 
 Monte Carlo over token-to-expert routing feeds a roofline cost model with an HBM capacity limit;
 results come with confidence intervals. See README.md and docs/.
@@ -30,6 +30,7 @@ from ._sampling import (
     sample_counts,
 )
 from ._simulate import simulate
+from ._sweep import load_sweep_spec, sweep
 from ._throughput import decode_throughput
 from ._traces import Overdispersed, PopularityTrace, Trace
 from ._traces_fit import fit_routing, fitted_routing, inspect_trace, real_batch_check
@@ -71,6 +72,7 @@ __all__ = [
     "load_hardware",
     "load_histogram",
     "load_model",
+    "load_sweep_spec",
     "load_trace",
     "microbatch_stats",
     "min_gpus",
@@ -83,4 +85,5 @@ __all__ = [
     "save_dataset",
     "save_trace",
     "simulate",
+    "sweep",
 ]

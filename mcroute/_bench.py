@@ -9,6 +9,7 @@ interleaved repetitions.
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import numba
 import numpy as np
@@ -41,7 +42,10 @@ def _numpy_counts(routing, batch, n_trials, rng):
         keys = rng.random((batch, e))
         if logw is not None:  # Gumbel-top-k over log-weights = Plackett–Luce
             keys = -(logw - np.log(-np.log(keys)))
-        top = np.argpartition(keys, k - 1, axis=1)[:, :k] if k < e else np.tile(np.arange(e), (batch, 1))
+        if k < e:
+            top = np.argpartition(keys, k - 1, axis=1)[:, :k]
+        else:
+            top = np.tile(np.arange(e), (batch, 1))
         out[t] = np.bincount(top.ravel(), minlength=e)
     return out
 
@@ -89,8 +93,8 @@ def run(quick: bool = False, out=print) -> list[tuple[str, float, str, bool]]:
             n_assign = nt * b * k
             seeds = chunk_seeds(1, nt)
             method = "auto"
-            ours = lambda: draw_counts(routing, b, nt, 1, 1, (), method)  # noqa: E731
-            floor = lambda: K.uniform_floor(seeds, CHUNK_TRIALS, nt, b * k)  # noqa: E731
+            ours = partial(draw_counts, routing, b, nt, 1, 1, (), method)
+            floor = partial(K.uniform_floor, seeds, CHUNK_TRIALS, nt, b * k)
             ours()
             floor()  # compile
             r_floor, t_ours, t_floor = _median_ratio(ours, floor, reps)
@@ -101,7 +105,7 @@ def run(quick: bool = False, out=print) -> list[tuple[str, float, str, bool]]:
                    f"({ns:.2f} ns/assignment, floor {t_floor / n_assign * 1e9:.2f} ns)")
             nt_np = max(2, int(200_000 * scale) // (b * e) + 1)
             rng = np.random.default_rng(0)
-            numpy_fn = lambda: _numpy_counts(routing, b, nt_np, rng)  # noqa: E731
+            numpy_fn = partial(_numpy_counts, routing, b, nt_np, rng)
             t_np = float(np.median(_time(numpy_fn, max(2, reps // 2))))
             np_ns = t_np / (nt_np * b * k) * 1e9
             report(f"numpy_over_ours[{label}]", np_ns / ns, ">=", 30.0,
@@ -124,7 +128,7 @@ def run(quick: bool = False, out=print) -> list[tuple[str, float, str, bool]]:
             return f
 
         r, _, _ = _median_ratio(with_threads(1), with_threads(2), reps)
-        report("threads_2_over_1[E=256,k=8,B=512,trials=%d]" % nt, r, ">=", 1.6)
+        report(f"threads_2_over_1[E=256,k=8,B=512,trials={nt}]", r, ">=", 1.6)
     else:
         out("threads_2_over_1: skipped (numba sees 1 thread)")
 
@@ -132,8 +136,8 @@ def run(quick: bool = False, out=print) -> list[tuple[str, float, str, bool]]:
     routing = Uniform(256, 8)
     for b in (4096, 65536):
         nt = CHUNK_TRIALS * (2 if b == 4096 else 1)
-        pa = lambda: draw_counts(routing, b, nt, 1, 3, (), "assignment")  # noqa: E731
-        cs = lambda: draw_counts(routing, b, nt, 1, 3, (), "counts")  # noqa: E731
+        pa = partial(draw_counts, routing, b, nt, 1, 3, (), "assignment")
+        cs = partial(draw_counts, routing, b, nt, 1, 3, (), "counts")
         pa()
         cs()
         r, _, _ = _median_ratio(pa, cs, reps)
@@ -143,8 +147,8 @@ def run(quick: bool = False, out=print) -> list[tuple[str, float, str, bool]]:
     cross = None
     for b in (8, 16, 32, 64, 128, 256, 512, 1024):
         nt = 4 * CHUNK_TRIALS
-        pa = lambda: draw_counts(routing, b, nt, 1, 3, (), "assignment")  # noqa: E731
-        cs = lambda: draw_counts(routing, b, nt, 1, 3, (), "counts")  # noqa: E731
+        pa = partial(draw_counts, routing, b, nt, 1, 3, (), "assignment")
+        cs = partial(draw_counts, routing, b, nt, 1, 3, (), "counts")
         r, _, _ = _median_ratio(pa, cs, reps)
         if r > 1.0:
             cross = b

@@ -54,7 +54,8 @@ def parse_routing(text: str, n_experts: int, top_k: int):
         try:
             value = float(arg)
         except ValueError:
-            raise McrouteError(f"--routing {kind}: parameter must be a number, got {arg!r}") from None
+            raise McrouteError(
+                f"--routing {kind}: parameter must be a number, got {arg!r}") from None
         cls = Zipf if kind == "zipf" else LogNormal
         return cls(n_experts, top_k, value)
     raise McrouteError(

@@ -111,8 +111,7 @@ def _print_case(ds, name, q_note, dep_note) -> None:
 def run(args) -> int:
     """Run ``mcroute qs``."""
     from ._cards import load_model
-    from ._qs import (PAPER_CASES, PAPER_CONTEXTS, PAPER_GPUS, PAPER_HARDWARE, default_q,
-                      qs_analysis)
+    from ._qs import PAPER_CASES, PAPER_CONTEXTS, PAPER_GPUS, PAPER_HARDWARE, default_q, qs_analysis
     from ._quality import as_q, parse_q
 
     contexts = parse_size_list("--context", args.context)
@@ -130,7 +129,8 @@ def run(args) -> int:
         if args.context == "4k,8k,16k,32k,64k,128k":
             contexts = list(PAPER_CONTEXTS)
     results = []
-    print(f"mcroute qs: {len(cases)} model(s) on {gpus} x {hardware}, {trials} trials, seed {seed}; "
+    print(f"mcroute qs: {len(cases)} model(s) on {gpus} x {hardware}, {trials} trials, "
+          f"seed {seed}; "
           f"mean [{ci_prob:.0%} CI of the mean] (p5-p95 of single steps)", flush=True)
     for name, defaults in cases:
         moe = load_model(name)
@@ -141,7 +141,8 @@ def run(args) -> int:
         if args.hbm_fraction is not None:
             opts["hbm_fraction"] = args.hbm_fraction
         if args.dense_model:
-            q, q_note = (None if args.q is None else float(args.q)), f"dense model {args.dense_model}"
+            q = None if args.q is None else float(args.q)
+            q_note = f"dense model {args.dense_model}"
         elif args.q is None:
             q, q_note = default_q(moe)
         else:

@@ -468,8 +468,11 @@ def _chunk_multinomial(s, counts, t0, t1, weights, batch):
 
 @njit(cache=True, parallel=True)
 def counts_multinomial(states, chunk, n_trials, weights, batch):
-    """Exact counts of top-1 routing with per-layer weights: a multinomial drawn as sequential
-    conditional binomials over experts. O(E) draws per microbatch, independent of the batch."""
+    """Exact counts of top-1 routing with per-layer weights.
+
+    A multinomial drawn as sequential conditional binomials over experts: O(E) draws per
+    microbatch, independent of the batch.
+    """
     n_layers, n_experts = weights.shape
     counts = np.zeros((n_trials, n_layers, n_experts), dtype=np.int64)
     for c in prange(states.shape[0]):
@@ -608,3 +611,161 @@ def pl_inclusion(w, top_k, t_nodes, t_weights):
                 le += pa * sb
             pi[e] += t_weights[i] * w[e] * np.exp(-w[e] * t) * le
     return pi
+
+
+# ---------------------------------------------------------------------------------------------
+# --- Trace resampling kernels ---
+#
+# Trace layout: ``experts`` (token, trace_layer, slot) int64 expert ids; ``layer_idx`` (layer,)
+# int64 maps each simulated layer to a trace layer. A resampled token keeps its choices at every
+# layer together. ``conc < 0`` means independent tokens; ``conc >= 0`` is the concentration of a
+# Pólya urn (Dirichlet-process / Chinese-restaurant scheme): token j of a microbatch is fresh
+# with probability conc / (conc + j), else a copy of a uniformly chosen earlier token, so the
+# per-expert inclusion indicators of two tokens have correlation 1 / (conc + 1).
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, inline="always")
+def _urn_sources(s, src, batch, conc):
+    """Fill ``src[b]``: b for a fresh token, else the index of the earlier token it copies."""
+    for b in range(batch):
+        if conc < 0.0 or b == 0 or uniform(s) * (conc + b) < conc:
+            src[b] = b
+        else:
+            src[b] = src[randint(s, b)]
+
+
+@njit(cache=True)
+def _count_trace_tokens(counts, t, tok, experts, layer_idx, batch, record, assign):
+    top_k = experts.shape[2]
+    for layer in range(layer_idx.size):
+        tl = layer_idx[layer]
+        row = counts[t, layer]
+        for b in range(batch):
+            for j in range(top_k):
+                e = experts[tok[b], tl, j]
+                row[e] += 1
+                if record:
+                    assign[t, layer, b, j] = e
+
+
+@njit(cache=True)
+def _chunk_trace_tokens(s, counts, t0, t1, experts, layer_idx, batch, conc, record, assign):
+    n_tok = experts.shape[0]
+    tok = np.empty(batch, dtype=np.int64)
+    src = np.empty(batch, dtype=np.int64)
+    for t in range(t0, t1):
+        _urn_sources(s, src, batch, conc)
+        for b in range(batch):
+            tok[b] = randint(s, n_tok) if src[b] == b else tok[src[b]]
+        _count_trace_tokens(counts, t, tok, experts, layer_idx, batch, record, assign)
+
+
+@njit(cache=True, parallel=True)
+def trace_counts_tokens(states, chunk, n_trials, experts, layer_idx, n_experts, batch, conc,
+                        record, assign):
+    """Microbatches of ``batch`` whole trace tokens drawn uniformly with replacement.
+
+    ``conc < 0``: independent tokens; otherwise a Pólya urn of concentration ``conc`` over the
+    trace tokens (see the section comment).
+    """
+    counts = np.zeros((n_trials, layer_idx.size, n_experts), dtype=np.int64)
+    for c in prange(states.shape[0]):
+        s = init_state(states[c])
+        _chunk_trace_tokens(s, counts, c * chunk, min(c * chunk + chunk, n_trials), experts,
+                            layer_idx, batch, conc, record, assign)
+    return counts
+
+
+@njit(cache=True)
+def _chunk_trace_blocks(s, counts, t0, t1, experts, layer_idx, batch, seq_of, seq_start,
+                        seq_end, block, record, assign):
+    n_tok = experts.shape[0]
+    tok = np.empty(batch, dtype=np.int64)
+    for t in range(t0, t1):
+        b = 0
+        while b < batch:
+            g = randint(s, n_tok)
+            q = seq_of[g]
+            lo = seq_start[q]
+            length = seq_end[q] - lo
+            run = block if block > 0 else length
+            pos = g - lo
+            for _ in range(run):
+                if b >= batch:
+                    break
+                tok[b] = lo + pos
+                b += 1
+                pos += 1
+                if pos >= length:
+                    pos = 0
+        _count_trace_tokens(counts, t, tok, experts, layer_idx, batch, record, assign)
+
+
+@njit(cache=True, parallel=True)
+def trace_counts_blocks(states, chunk, n_trials, experts, layer_idx, n_experts, batch, seq_of,
+                        seq_start, seq_end, block, record, assign):
+    """Circular block bootstrap: microbatches made of runs of consecutive same-sequence tokens.
+
+    Tokens are ordered by (sequence, step); ``seq_of[i]`` is token i's sequence and
+    ``seq_start[q] .. seq_end[q]`` the tokens of sequence q. A run starts at a uniformly drawn
+    token (a sequence is picked in proportion to its length, and every token is equally likely
+    at every position of the microbatch) and continues with the next tokens of its sequence,
+    wrapping to the sequence's first token, for ``block`` tokens (``block <= 0``: the sequence's
+    length), cut at the microbatch size.
+    """
+    counts = np.zeros((n_trials, layer_idx.size, n_experts), dtype=np.int64)
+    for c in prange(states.shape[0]):
+        s = init_state(states[c])
+        _chunk_trace_blocks(s, counts, c * chunk, min(c * chunk + chunk, n_trials), experts,
+                            layer_idx, batch, seq_of, seq_start, seq_end, block, record, assign)
+    return counts
+
+
+@njit(cache=True)
+def _chunk_weighted_urn(s, counts, t0, t1, w, cdf, prob, alias, top_k, batch, conc, record,
+                        assign):
+    n_layers, n_experts = w.shape
+    src = np.empty(batch, dtype=np.int64)
+    fresh_of = np.empty(batch, dtype=np.int64)
+    scratch = np.zeros((1, n_layers, n_experts), dtype=np.int64)
+    fresh = np.zeros((1, n_layers, batch, top_k), dtype=np.int64)
+    for t in range(t0, t1):
+        _urn_sources(s, src, batch, conc)
+        n_fresh = 0
+        for b in range(batch):
+            if src[b] == b:
+                fresh_of[b] = n_fresh
+                n_fresh += 1
+            else:
+                fresh_of[b] = fresh_of[src[b]]
+        # The fresh tokens' choices at every layer, by the core's weighted top-k sampler.
+        _chunk_weighted(s, scratch, 0, 1, w, cdf, prob, alias, top_k, n_fresh, True, fresh)
+        for layer in range(n_layers):
+            row = counts[t, layer]
+            for b in range(batch):
+                f = fresh_of[b]
+                for j in range(top_k):
+                    e = fresh[0, layer, f, j]
+                    row[e] += 1
+                    if record:
+                        assign[t, layer, b, j] = e
+
+
+@njit(cache=True, parallel=True)
+def counts_weighted_urn(states, chunk, n_trials, weights, top_k, batch, conc, record, assign):
+    """Weighted top-k (Plackett–Luce) microbatches whose tokens follow a Pólya urn.
+
+    A fresh token draws its k experts at every layer by successive sampling from ``weights``
+    (layer, expert); a copy repeats an earlier token's choices at every layer. Each microbatch's
+    token law is thus a draw from a Dirichlet process centred on the weighted top-k law with
+    concentration ``conc`` (``conc < 0``: independent tokens).
+    """
+    n_layers, n_experts = weights.shape
+    w, cdf, prob, alias = weighted_tables(weights)
+    counts = np.zeros((n_trials, n_layers, n_experts), dtype=np.int64)
+    for c in prange(states.shape[0]):
+        s = init_state(states[c])
+        _chunk_weighted_urn(s, counts, c * chunk, min(c * chunk + chunk, n_trials), w, cdf, prob,
+                            alias, top_k, batch, conc, record, assign)
+    return counts

@@ -93,7 +93,8 @@ def summarize(
     ci_prob = check_prob("ci_prob", ci_prob)
     q = np.asarray(quantiles, dtype=float)
     if q.ndim != 1 or q.size == 0 or np.any(~np.isfinite(q)) or np.any((q < 0) | (q > 1)):
-        raise McrouteError(f"quantiles must be a non-empty list of levels in [0, 1], got {quantiles!r}")
+        raise McrouteError(
+            f"quantiles must be a non-empty list of levels in [0, 1], got {quantiles!r}")
     out = ds.copy()
     out = out.assign_coords(ci_bound=["lower", "upper"], quantile=q)
     for name in names:
@@ -107,7 +108,8 @@ def summarize(
         )
         units = da.attrs.get("units", "1")
         desc = da.attrs.get("long_name", name)
-        out[f"{name}_mean"] = mean.assign_attrs(units=units, long_name=f"Monte Carlo mean of {desc}")
+        out[f"{name}_mean"] = mean.assign_attrs(units=units,
+                                                long_name=f"Monte Carlo mean of {desc}")
         out[f"{name}_se"] = se.assign_attrs(
             units=units, long_name=f"standard error of the mean of {desc}"
         )

@@ -7,8 +7,8 @@ with :func:`resolve_seed`, which turns it into one non-negative 63-bit integer, 
 The entropy is written into results as the ``seed`` attribute; passing it back as ``rng``
 repeats the run exactly. From the entropy and a *stream key* (a tuple of non-negative ints that
 names one scenario, e.g. the index of a batch size) :func:`chunk_seeds` derives one generator
-state per fixed-size chunk of trials. Kernels start a fresh generator from each chunk's state, so the
-numbers depend on the entropy, the key and the chunk index only, never on the thread count.
+state per fixed-size chunk of trials. Kernels start a fresh generator from each chunk's state, so
+the numbers depend on the entropy, the key and the chunk index only, never on the thread count.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def resolve_seed(rng) -> int:
     if rng is None:
         return int(np.random.default_rng().integers(0, 2**63 - 1))
     if isinstance(rng, bool):
-        raise McrouteError(f"rng must be None, a non-negative int, a SeedSequence or a Generator, got {rng!r}")
+        raise McrouteError(
+            f"rng must be None, a non-negative int, a SeedSequence or a Generator, got {rng!r}")
     if isinstance(rng, (int, np.integer)):
         if rng < 0 or rng >= 2**63:
             raise McrouteError(f"rng (seed) must be an integer in [0, 2**63), got {rng}")
@@ -43,7 +44,8 @@ def resolve_seed(rng) -> int:
     if isinstance(rng, np.random.Generator):
         return int(rng.integers(0, 2**63 - 1))
     raise McrouteError(
-        f"rng must be None, a non-negative int, a SeedSequence or a Generator, got {type(rng).__name__}"
+        "rng must be None, a non-negative int, a SeedSequence or a Generator, got "
+        f"{type(rng).__name__}"
     )
 
 
@@ -66,4 +68,5 @@ def chunk_seeds(entropy: int, n_trials: int, key: tuple[int, ...] = ()) -> np.nd
 
 def generator(entropy: int, key: tuple[int, ...] = ()) -> np.random.Generator:
     """A NumPy generator for stream ``key`` (for small draws outside the kernels)."""
-    return np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=tuple(int(k) for k in key)))
+    ss = np.random.SeedSequence(entropy, spawn_key=tuple(int(k) for k in key))
+    return np.random.default_rng(ss)

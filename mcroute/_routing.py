@@ -173,7 +173,8 @@ class Routing:
                 record, assign,
             )
         else:
-            counts = K.counts_weighted(seeds, CHUNK_TRIALS, n_trials, w, k, batch_size, record, assign)
+            counts = K.counts_weighted(seeds, CHUNK_TRIALS, n_trials, w, k, batch_size, record,
+                                       assign)
         return counts, assign
 
     def _countspace_exact(self) -> bool:

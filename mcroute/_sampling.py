@@ -55,7 +55,8 @@ def _resolve_method(routing, batch_size, method):
             f"use method='assignment' for {routing!r}"
         )
     if method == "auto":
-        big = batch_size * routing.top_k >= COUNTSPACE_MIN_ASSIGNMENTS_PER_EXPERT * routing.n_experts
+        per_expert = batch_size * routing.top_k / routing.n_experts
+        big = per_expert >= COUNTSPACE_MIN_ASSIGNMENTS_PER_EXPERT
         return "counts" if (exact and big) else "assignment"
     return method
 

@@ -26,7 +26,8 @@ __all__ = ["simulate", "STAT_META"]
 #: Per-trial statistics of ``simulate``: units and meaning.
 STAT_META = {
     "active_experts": ("experts", "distinct experts touched in the microbatch"),
-    "tokens_per_active_expert": ("tokens", "tokens served per fetched expert weight (B·k / active)"),
+    "tokens_per_active_expert": ("tokens",
+                                 "tokens served per fetched expert weight (B·k / active)"),
     "max_expert_load": ("tokens", "tokens routed to the busiest expert"),
     "max_device_load": ("tokens", "tokens routed to the busiest device"),
     "device_imbalance": ("1", "busiest device load over mean device load"),
@@ -117,7 +118,8 @@ def simulate(
     entropy = resolve_seed(rng)
     e = routing.n_experts
 
-    per_block = max(CHUNK_TRIALS, (_BLOCK_ELEMENTS // max(n_layers * e, 1)) // CHUNK_TRIALS * CHUNK_TRIALS)
+    per_block = (_BLOCK_ELEMENTS // max(n_layers * e, 1)) // CHUNK_TRIALS * CHUNK_TRIALS
+    per_block = max(CHUNK_TRIALS, per_block)
     stats = {name: np.empty((len(batches), n_trials, n_layers)) for name in STAT_META}
     loads = np.empty((len(batches), n_trials, n_layers, e), dtype=np.int64) if expert_load else None
     hist_max = max(batches)
@@ -164,7 +166,8 @@ def simulate(
         coords["load"] = ("load", np.arange(hist_max + 1), {"units": "tokens", "long_name": "load"})
         data["load_histogram"] = (
             ("batch_size", "layer", "load"), hist / n_trials,
-            {"units": "experts", "long_name": "mean number of experts with each load per microbatch"},
+            {"units": "experts",
+             "long_name": "mean number of experts with each load per microbatch"},
         )
     ds = xr.Dataset(data, coords=coords)
     ds = summarize(ds, list(STAT_META), ci_prob=ci_prob, quantiles=quantiles)

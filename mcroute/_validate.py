@@ -32,7 +32,8 @@ def check_int(name: str, value, *, minimum: int | None = None, maximum: int | No
                 and math.isfinite(value) and float(value).is_integer()):
             value = int(value)
         else:
-            raise McrouteError(f"{name} must be an integer{_range(minimum, maximum)}, got {value!r}")
+            raise McrouteError(
+                f"{name} must be an integer{_range(minimum, maximum)}, got {value!r}")
     value = int(value)
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise McrouteError(f"{name} must be an integer{_range(minimum, maximum)}, got {value}")

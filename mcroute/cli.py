@@ -23,6 +23,8 @@ COMMAND_MODULES = [
     "mcroute._cli_throughput",
     "mcroute._cli_cards",
     "mcroute._cli_q",
+    "mcroute._cli_trace",
+    "mcroute._cli_sweep",
 ]
 
 

@@ -41,7 +41,8 @@ try:
     HAVE_MPL = True
 except ImportError:  # the plot extra is optional
     HAVE_MPL = False
-print(f"{TRIALS} trials per point, {Q_SAMPLES} draws of q; figures -> {OUT if HAVE_MPL else 'none'}")
+print(f"{TRIALS} trials per point, {Q_SAMPLES} draws of q; "
+      f"figures -> {OUT if HAVE_MPL else 'none'}")
 
 # %% [markdown]
 # ## 1. The four models on one 8 × H200 node

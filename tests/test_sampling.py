@@ -60,7 +60,7 @@ def test_assignments_match_counts(routing):
     a = mr.sample_assignments(routing, 20, 40, n_layers=2, rng=5)
     c = mr.sample_counts(routing, 20, 40, n_layers=2, rng=5, method="assignment")
     e = routing.n_experts
-    from_a = np.stack([[np.bincount(a[t, l].ravel(), minlength=e) for l in range(2)]
+    from_a = np.stack([[np.bincount(a[t, m].ravel(), minlength=e) for m in range(2)]
                        for t in range(40)])
     np.testing.assert_array_equal(from_a, c)
 
