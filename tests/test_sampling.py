@@ -272,3 +272,12 @@ def test_load_histogram_counts_experts():
     counts = np.array([[[3, 0, 1, 0, 0, 4, 0, 1]], [[0, 0, 2, 2, 2, 2, 0, 0]]])
     h = mr.load_histogram(counts, 4)
     np.testing.assert_allclose(h[0], [(4 + 4) / 2, 2 / 2, 4 / 2, 1 / 2, 1 / 2])
+
+
+def test_per_layer_popularity_samples_each_layer():
+    w = np.array([[4.0, 1, 1, 0], [0, 1, 1, 4]])
+    for k in (1, 2):
+        r = mr.Popularity(w, top_k=k)
+        c = mr.sample_counts(r, 50, 40, n_layers=2, rng=1)
+        assert c[:, 0, 3].sum() == 0 and c[:, 1, 0].sum() == 0
+        assert np.all(c.sum(axis=2) == 50 * k)
