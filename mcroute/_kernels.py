@@ -308,9 +308,10 @@ def weighted_tables(weights):
 def _chunk_uniform(s, counts, t0, t1, n_experts, top_k, batch, record, assign):
     """Uniform top-k for trials t0..t1 of one chunk.
 
-    For k <= E/4: each 64-bit draw gives two 32-bit halves, each turned into an expert by
-    Lemire's multiply-shift with rejection (exactly uniform); an expert already chosen by the
-    same token is redrawn (acceptance >= 3/4 at every draw, so <= 4/3 draws on average).
+    For k <= E/4: each 64-bit draw gives two 32-bit halves (the second is kept for the next
+    assignment, across tokens), each turned into an expert by Lemire's multiply-shift with
+    rejection (exactly uniform); an expert already chosen by the same token is redrawn
+    (acceptance >= 3/4 at every draw, so <= 4/3 draws on average).
     Otherwise partial Fisher–Yates on a per-chunk permutation: position j takes a uniform pick
     among positions j..E-1, so the first k entries are a uniform k-subset whatever order the
     array was in.
@@ -322,6 +323,8 @@ def _chunk_uniform(s, counts, t0, t1, n_experts, top_k, batch, record, assign):
     n64 = uint64(n_experts)
     low = uint64(0xFFFFFFFF)
     thresh = (uint64(1) << uint64(32)) % n64  # Lemire: reject the low part below 2**32 mod n
+    buf = uint64(0)
+    have = False
     for t in range(t0, t1):
         for layer in range(n_layers):
             row = counts[t, layer]
@@ -329,22 +332,24 @@ def _chunk_uniform(s, counts, t0, t1, n_experts, top_k, batch, record, assign):
                 if reject:
                     j = 0
                     while j < top_k:
-                        x = next_u64(s)
-                        for half in range(2):
-                            h = (x >> uint64(32)) if half == 0 else (x & low)
-                            mm = h * n64
-                            if (mm & low) < thresh:
-                                continue
-                            e = np.int64(mm >> uint64(32))
-                            if _is_chosen(e, chosen, j):
-                                continue
-                            chosen[j] = e
-                            row[e] += 1
-                            if record:
-                                assign[t, layer, b, j] = e
-                            j += 1
-                            if j == top_k:
-                                break
+                        if have:
+                            h = buf & low
+                            have = False
+                        else:
+                            buf = next_u64(s)
+                            h = buf >> uint64(32)
+                            have = True
+                        mm = h * n64
+                        if (mm & low) < thresh:
+                            continue
+                        e = np.int64(mm >> uint64(32))
+                        if _is_chosen(e, chosen, j):
+                            continue
+                        chosen[j] = e
+                        row[e] += 1
+                        if record:
+                            assign[t, layer, b, j] = e
+                        j += 1
                 else:
                     for j in range(top_k):
                         r = j + randint(s, n_experts - j)
@@ -369,9 +374,18 @@ def counts_uniform(states, chunk, n_trials, n_layers, n_experts, top_k, batch, r
 
 @njit(cache=True)
 def _chunk_weighted(s, counts, t0, t1, w, cdf, prob, alias, top_k, batch, record, assign):
+    """Weighted top-k (Plackett–Luce) for trials t0..t1 of one chunk.
+
+    The same law as :func:`draw_weighted`, with its fast path inlined: alias draws from the full
+    distribution, rejected if the token already holds the expert (a bit mask, O(1) per check),
+    up to 32 tries while the chosen mass is at most 3/4; then the exact inverse-CDF fallback.
+    """
     n_layers = counts.shape[1]
+    n = w.shape[1]
     chosen = np.empty(top_k, dtype=np.int64)
     order = np.empty(top_k, dtype=np.int64)
+    mask = np.zeros((n + 63) // 64, dtype=np.uint64)
+    one = uint64(1)
     for t in range(t0, t1):
         for layer in range(n_layers):
             row = counts[t, layer]
@@ -382,12 +396,25 @@ def _chunk_weighted(s, counts, t0, t1, w, cdf, prob, alias, top_k, batch, record
             for b in range(batch):
                 cm = 0.0
                 for j in range(top_k):
-                    e = draw_weighted(s, pl, al, cl, wl, chosen, j, order, cm)
+                    e = -1
+                    if cm <= 0.75:
+                        for _ in range(32):
+                            u = uniform(s) * n
+                            c = np.int64(u)
+                            cand = c if (u - c) < pl[c] else al[c]
+                            if (mask[cand >> 6] >> uint64(cand & 63)) & one == 0:
+                                e = cand
+                                break
+                    if e < 0:
+                        e = _draw_weighted_exact(s, cl, wl, chosen, j, order)
+                    mask[e >> 6] |= one << uint64(e & 63)
                     chosen[j] = e
                     cm += wl[e]
                     row[e] += 1
                     if record:
                         assign[t, layer, b, j] = e
+                for j in range(top_k):
+                    mask[chosen[j] >> 6] = uint64(0)
 
 
 @njit(cache=True, parallel=True)
