@@ -51,6 +51,9 @@ def _summary_arrays(x: np.ndarray, ci_prob: float, quantiles: np.ndarray):
     half = tq * se
     # A constant sample has se = 0 and an interval of zero width, which is exact.
     ci = np.stack([mean - half, mean + half], axis=-1)
+    if valid.all():
+        qs = np.moveaxis(np.quantile(x, quantiles, axis=-1), 0, -1)
+        return mean, se, ci, qs
     srt = np.sort(np.where(valid, x, np.inf), axis=-1)
     qs = np.full(x.shape[:-1] + (quantiles.size,), np.nan)
     flat_n = n.reshape(-1)

@@ -1,0 +1,1175 @@
+"""Parameter sweeps: a grid of cells from a TOML spec, run in-process or on Dask, resumable.
+
+May import: everything below the CLI (the labeled functions ``simulate``, ``decode_throughput``
+and ``qs_analysis``, the array layer, ``_results``). Dask (``distributed``) is imported only
+when asked for (``workers=``, ``scheduler=`` or ``client=``).
+
+A sweep spec (docs/sweeps.md) names a cell *kind* (a labeled function), the *axes* of a grid
+(parameter → list of values) and *fixed* settings. A *cell* is one point of the grid: the
+kind's function is called once per cell with scalar axis values, its Dataset is reduced to the
+summary variables and the cells are assembled into one Dataset with one dim per axis.
+
+Reproducibility: each cell is seeded with :func:`cell_seed` ``(seed, coords)`` — a 63-bit
+integer derived from the spec's ``seed`` and a SHA-256 of the cell's axis (name, value) pairs —
+and nothing else, so any subset of cells, in any order, on any number of workers, gives the same
+numbers as the full run.
+
+Storage: completed cells are written, a task (a group of cells) at a time, as part files in
+``<output>.parts/`` (each written to a temporary name and renamed), next to a
+``manifest.json`` holding the hash of the spec. ``resume=True`` skips the cells found there and
+refuses a different spec. At the end the parts are merged into the full grid, the output is
+written atomically and only then is the parts folder removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import pickle
+import shutil
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from ._results import DEFAULT_QUANTILES, _attr_value, provenance, save_dataset
+from ._validate import McrouteError, check_prob
+from ._version import __version__
+
+__all__ = ["CELL_KINDS", "CellKind", "Param", "SweepSpec", "cell_seed", "load_sweep_spec",
+           "register_cell_kind", "sweep"]
+
+_REQUIRED = object()  # marker: the parameter must be given (in [fixed] or [axes])
+
+#: Top-level keys of a spec and their meaning (the [axes] and [fixed] tables aside).
+TOP_LEVEL_KEYS = {
+    "kind": "cell kind: one of CELL_KINDS (required)",
+    "seed": "integer in [0, 2**63): entropy of every cell's stream (required)",
+    "n_trials": "Monte Carlo trials per cell, >= 2 (default 1000)",
+    "ci_prob": "level of the confidence intervals of the means (default 0.95)",
+    "quantiles": "levels of the single-draw quantile bands (default [0.05, 0.5, 0.95])",
+    "keep_trials": "keep the per-trial variables (dim trial) (default false)",
+    "cells_per_task": "cells computed and written together (default: automatic)",
+    "description": "free text stored in the result's attrs (default none)",
+    "axes": "table: parameter = [values] — one dim per entry, in this order",
+    "fixed": "table: parameter = value — the same for every cell",
+}
+
+#: Cell attrs that are not carried into the sweep's attrs (the sweep sets its own).
+_OWN_ATTRS = {"mcroute_version", "created_at", "n_trials", "ci_prob", "seed"}
+
+
+# -- parameters ------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """One parameter of a cell kind.
+
+    Parameters
+    ----------
+    name : str
+        Key in [axes] / [fixed] and keyword of the cell function.
+    type : str
+        ``"int"``, ``"float"``, ``"str"``, ``"bool"``, ``"tokens"`` (an int or a string like
+        ``"128k"``, k = 1024), ``"routing"`` (``"uniform"``, ``"zipf:ALPHA"``,
+        ``"lognormal:SIGMA"``), ``"batch"`` (an int or ``"max"``) or ``"q"`` (a number or a
+        :func:`mcroute.parse_q` string).
+    default : object
+        Shown in the docs; ``None`` means the cell function's own default applies.
+        ``_REQUIRED`` means the key must be given.
+    units : str
+        Units of the coordinate when the parameter is an axis.
+    doc : str
+        One line for the docs and error messages.
+    minimum : float, optional
+        Smallest allowed value (int and float types).
+    maximum : float, optional
+        Largest allowed value (float types).
+    choices : tuple of str, optional
+        Allowed values (str type).
+    vector : bool
+        A list is allowed in [fixed]: the cell function then returns that dim itself.
+    """
+
+    name: str
+    type: str
+    default: object = None
+    units: str = "1"
+    doc: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple | None = None
+    vector: bool = False
+
+    @property
+    def required(self) -> bool:
+        """Whether the spec must give this parameter."""
+        return self.default is _REQUIRED
+
+    def normalize(self, value, where: str):
+        """Validate one value and return its canonical form (used as coordinate and key)."""
+        t = self.type
+        bad = f"{where}: {self.name} must be "
+        if t in ("int", "tokens", "batch") and isinstance(value, int) and not isinstance(
+                value, bool):
+            lo = 1 if self.minimum is None else self.minimum
+            if value < lo:
+                raise McrouteError(f"{bad}an integer >= {lo:g}, got {value}")
+            return int(value)
+        if t == "int":
+            raise McrouteError(f"{bad}an integer, got {value!r}")
+        if t == "tokens":
+            from ._throughput import parse_tokens
+
+            if isinstance(value, str):
+                try:
+                    return parse_tokens(self.name, value)
+                except McrouteError as exc:
+                    raise McrouteError(f"{where}: {exc}") from None
+            raise McrouteError(f"{bad}a positive integer or a string like '128k', got {value!r}")
+        if t == "batch":
+            if isinstance(value, str) and value.strip().lower() == "max":
+                return "max"
+            raise McrouteError(f"{bad}a positive integer or 'max', got {value!r}")
+        if t == "float":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise McrouteError(f"{bad}a number, got {value!r}")
+            x = float(value)
+            if not math.isfinite(x):
+                raise McrouteError(f"{bad}finite, got {value!r}")
+            if self.minimum is not None and x < self.minimum:
+                raise McrouteError(f"{bad}>= {self.minimum:g}, got {value!r}")
+            if self.maximum is not None and x > self.maximum:
+                raise McrouteError(f"{bad}<= {self.maximum:g}, got {value!r}")
+            return x
+        if t == "bool":
+            if not isinstance(value, bool):
+                raise McrouteError(f"{bad}true or false, got {value!r}")
+            return value
+        if t == "str":
+            if not isinstance(value, str):
+                raise McrouteError(f"{bad}a string, got {value!r}")
+            if self.choices is not None and value not in self.choices:
+                raise McrouteError(f"{bad}one of {list(self.choices)}, got {value!r}")
+            return value
+        if t == "routing":
+            return _normalize_routing(value, f"{where}: {self.name}")
+        if t == "q":
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                x = float(value)
+                if not math.isfinite(x) or x <= 0:
+                    raise McrouteError(f"{bad}a finite number > 0 or a q string, got {value!r}")
+                return x
+            if isinstance(value, str):
+                from ._quality import parse_q
+
+                try:
+                    parse_q(value, name=self.name)
+                except McrouteError as exc:
+                    raise McrouteError(f"{where}: {exc}") from None
+                return value.strip()
+            raise McrouteError(f"{bad}a number > 0 or a q string such as 'lognormal:4,0.3', "
+                               f"got {value!r}")
+        raise AssertionError(f"unknown parameter type {t!r}")  # pragma: no cover
+
+
+def _normalize_routing(value, where: str) -> str:
+    if not isinstance(value, str):
+        raise McrouteError(f"{where} must be a string uniform | zipf:ALPHA | lognormal:SIGMA, "
+                           f"got {value!r}")
+    kind, _, arg = value.strip().partition(":")
+    kind = kind.strip().lower()
+    if kind == "uniform" and not arg.strip():
+        return "uniform"
+    if kind in ("zipf", "lognormal") and arg.strip():
+        try:
+            x = float(arg)
+        except ValueError:
+            x = math.nan
+        if not math.isfinite(x) or x < 0:
+            raise McrouteError(f"{where}: {kind} parameter must be a finite number >= 0, "
+                               f"got {arg.strip()!r}")
+        return f"{kind}:{x!r}"
+    raise McrouteError(f"{where} must be uniform, zipf:ALPHA or lognormal:SIGMA, got {value!r}")
+
+
+def _routing_object(text: str, n_experts: int, top_k: int):
+    from ._routing import LogNormal, Uniform, Zipf
+
+    kind, _, arg = text.partition(":")
+    if kind == "uniform":
+        return Uniform(n_experts, top_k)
+    return (Zipf if kind == "zipf" else LogNormal)(n_experts, top_k, float(arg))
+
+
+@dataclasses.dataclass(frozen=True)
+class CellKind:
+    """A kind of cell: its parameters and the function that computes one cell.
+
+    Parameters
+    ----------
+    name : str
+        Value of ``kind`` in the spec.
+    params : tuple of Param
+        Every parameter the spec may give ([axes] or [fixed]); any other key is an error.
+    run : callable
+        ``run(params, *, rng, n_trials, ci_prob, quantiles) -> xarray.Dataset``: ``params``
+        holds the given parameters only (canonical values), ``rng`` the cell's integer seed.
+    prepare : callable, optional
+        ``prepare(params)``: cheap validation of one cell (builds its objects), called for
+        every cell before any work starts; raises ``McrouteError``.
+    doc : str
+        One line for the docs.
+    """
+
+    name: str
+    params: tuple
+    run: Callable
+    prepare: Callable | None = None
+    doc: str = ""
+
+    def param(self, name: str) -> Param | None:
+        """The parameter called ``name``, or None."""
+        for p in self.params:
+            if p.name == name:
+                return p
+        return None
+
+
+#: Registered cell kinds, by name. Add one with :func:`register_cell_kind`.
+CELL_KINDS: dict[str, CellKind] = {}
+
+
+def register_cell_kind(kind: CellKind) -> CellKind:
+    """Register (or replace) a cell kind; return it.
+
+    Dask workers look kinds up by name, so a kind registered at run time must also be
+    registered in the workers (register it in a module they import).
+    """
+    CELL_KINDS[kind.name] = kind
+    return kind
+
+
+# -- the built-in kinds ----------------------------------------------------------------------
+def _run_simulate(p, *, rng, n_trials, ci_prob, quantiles):
+    from ._simulate import simulate
+
+    routing = _routing_object(p.get("routing", "uniform"), p["n_experts"], p["top_k"])
+    bs = list(p["batch_size"]) if isinstance(p["batch_size"], tuple) else p["batch_size"]
+    kw = {k: p[k] for k in ("n_layers", "n_devices", "capacity_factor", "method") if k in p}
+    return simulate(routing, bs, n_trials, rng=rng, ci_prob=ci_prob, quantiles=quantiles, **kw)
+
+
+def _prepare_simulate(p):
+    if p["top_k"] > p["n_experts"]:
+        raise McrouteError(f"top_k ({p['top_k']}) must be <= n_experts ({p['n_experts']})")
+    _routing_object(p.get("routing", "uniform"), p["n_experts"], p["top_k"])
+
+
+_SIMULATE_PARAMS = (
+    Param("routing", "routing", "uniform", "1",
+          "routing distribution: uniform | zipf:ALPHA | lognormal:SIGMA"),
+    Param("n_experts", "int", _REQUIRED, "experts", "routed experts per layer E"),
+    Param("top_k", "int", _REQUIRED, "experts", "experts per token k"),
+    Param("batch_size", "int", _REQUIRED, "tokens", "tokens per decode microbatch B",
+          vector=True),
+    Param("n_layers", "int", 1, "layers", "MoE layers per microbatch"),
+    Param("n_devices", "int", 1, "devices", "devices for expert parallelism"),
+    Param("capacity_factor", "float", 1.0, "1", "expert capacity factor (overflow_fraction)",
+          minimum=0.0),
+    Param("method", "str", "auto", "1", "sampling method",
+          choices=("auto", "assignment", "counts")),
+)
+
+#: Deployment options shared by the throughput and qs kinds (see mcroute.Deployment).
+_DEPLOYMENT_PARAMS = (
+    Param("weight_dtype", "str", "bf16", "1", "weight storage dtype"),
+    Param("kv_dtype", "str", "bf16", "1", "KV cache dtype"),
+    Param("compute_dtype", "str", None, "1",
+          "dtype whose peak FLOP/s applies (default: weight dtype if listed, else bf16)"),
+    Param("activation_dtype", "str", "bf16", "1", "activation dtype of the all-to-all"),
+    Param("hbm_fraction", "float", 0.9, "1", "usable share of HBM", minimum=0.0, maximum=1.0),
+    Param("bandwidth_efficiency", "float", 1.0, "1", "achievable share of peak HBM bandwidth",
+          minimum=0.0, maximum=1.0),
+    Param("flops_efficiency", "float", 1.0, "1", "achievable share of peak FLOP/s",
+          minimum=0.0, maximum=1.0),
+    Param("attention_parallel", "str", "tensor", "1", "attention parallelism",
+          choices=("tensor", "data")),
+    Param("expert_parallel", "int", None, "GPUs", "expert-parallel degree (default: n_gpus)"),
+    Param("max_batch", "int", None, "sequences", "cap on the batch size (default: none)"),
+    Param("encoder_context", "tokens", None, "tokens",
+          "encoder tokens of encoder-decoder models (default: the context)"),
+    Param("charge_all_to_all", "bool", False, "1", "charge the expert all-to-all"),
+    Param("overlap_all_to_all", "bool", True, "1", "overlap the all-to-all with the MoE layer"),
+    Param("interconnect_efficiency", "float", 1.0, "1",
+          "achievable share of interconnect bandwidth", minimum=0.0, maximum=1.0),
+    Param("enforce_max_context", "bool", False, "1",
+          "treat contexts above the model's max_context as infeasible"),
+)
+_DEPLOYMENT_KEYS = tuple(p.name for p in _DEPLOYMENT_PARAMS)
+
+
+def _deployment(p):
+    from ._cost import Deployment
+
+    opts = {k: p[k] for k in _DEPLOYMENT_KEYS if k in p}
+    return Deployment(p["model"], p["hardware"], p["n_gpus"], **opts)
+
+
+def _model_routing(text, model):
+    if not model.is_moe:
+        if text != "uniform":
+            raise McrouteError(f"routing {text!r}: model {model.name!r} is dense (no routed "
+                               "experts); leave routing at 'uniform'")
+        return None
+    return _routing_object(text, model.n_experts, model.top_k)
+
+
+def _context(p):
+    return list(p["context"]) if isinstance(p["context"], tuple) else p["context"]
+
+
+def _run_throughput(p, *, rng, n_trials, ci_prob, quantiles):
+    from ._throughput import decode_throughput
+
+    dep = _deployment(p)
+    routing = _model_routing(p.get("routing", "uniform"), dep.model)
+    batch = p.get("batch_size", "max")
+    batch = list(batch) if isinstance(batch, tuple) else batch
+    kw = {"method": p["method"]} if "method" in p else {}
+    return decode_throughput(dep, _context(p), batch, routing, n_trials, rng=rng,
+                             ci_prob=ci_prob, quantiles=quantiles, **kw)
+
+
+def _prepare_throughput(p):
+    dep = _deployment(p)
+    _model_routing(p.get("routing", "uniform"), dep.model)
+
+
+_THROUGHPUT_PARAMS = (
+    Param("model", "str", _REQUIRED, "1", "model card name or path"),
+    Param("hardware", "str", _REQUIRED, "1", "hardware card name or path"),
+    Param("n_gpus", "int", _REQUIRED, "GPUs", "GPUs serving one replica"),
+    Param("context", "tokens", _REQUIRED, "tokens", "context length L (k = 1024)", vector=True),
+    Param("batch_size", "batch", "max", "sequences",
+          "sequences per decode batch, or 'max' (the admissible batch)", vector=True),
+    Param("routing", "routing", "uniform", "1",
+          "routing of the MoE layers (E and k from the model card)"),
+    Param("method", "str", "auto", "1", "sampling method",
+          choices=("auto", "assignment", "counts")),
+    *_DEPLOYMENT_PARAMS,
+)
+
+
+def _qs_function():
+    try:
+        from ._qs import qs_analysis
+    except ImportError:  # pragma: no cover - present in this version
+        raise McrouteError("qs_analysis not available in this version of mcroute") from None
+    return qs_analysis
+
+
+_QS_OWN = ("dense_style", "dense_n_gpus", "n_q_samples", "method", "dense_model")
+
+
+def _run_qs(p, *, rng, n_trials, ci_prob, quantiles):
+    from ._cards import load_model
+
+    qs_analysis = _qs_function()
+    model = load_model(p["model"])
+    routing = _model_routing(p.get("routing", "uniform"), model)
+    q = p.get("q")
+    q = list(q) if isinstance(q, tuple) else q
+    kw = {k: p[k] for k in (*_QS_OWN, *_DEPLOYMENT_KEYS) if k in p}
+    return qs_analysis(model, p["hardware"], p["n_gpus"], q, _context(p), routing,
+                       n_trials=n_trials, rng=rng, ci_prob=ci_prob, quantiles=quantiles, **kw)
+
+
+def _prepare_qs(p):
+    from ._cards import load_model
+
+    _qs_function()
+    model = load_model(p["model"])
+    if not model.is_moe:
+        raise McrouteError(f"model {model.name!r} is dense; the qs kind needs a "
+                           "Mixture-of-Experts model")
+    if "q" not in p and "dense_model" not in p:
+        raise McrouteError("q is required unless dense_model is given")
+    _deployment(p)
+    _model_routing(p.get("routing", "uniform"), model)
+
+
+_QS_PARAMS = (
+    Param("model", "str", _REQUIRED, "1", "Mixture-of-Experts model card name or path"),
+    Param("hardware", "str", _REQUIRED, "1", "hardware card name or path"),
+    Param("n_gpus", "int", _REQUIRED, "GPUs", "GPUs serving the MoE (and the twin)"),
+    Param("q", "q", None, "1",
+          "quality-equivalence factor: a number or a q string (required unless dense_model)",
+          vector=True),
+    Param("context", "tokens", _REQUIRED, "tokens",
+          "context length(s) L; give a list in [fixed] to get the crossover context",
+          vector=True),
+    Param("routing", "routing", "uniform", "1", "routing of the MoE layers"),
+    Param("dense_style", "str", "widen", "1", "how the dense twin is built",
+          choices=("widen", "llama")),
+    Param("dense_n_gpus", "int", None, "GPUs", "GPUs of the twin (default: n_gpus)"),
+    Param("n_q_samples", "int", 64, "1", "draws of an uncertain q"),
+    Param("method", "str", "auto", "1", "sampling method",
+          choices=("auto", "assignment", "counts")),
+    Param("dense_model", "str", None, "1", "compare with this dense card instead of a twin"),
+    *_DEPLOYMENT_PARAMS,
+)
+
+register_cell_kind(CellKind("simulate", _SIMULATE_PARAMS, _run_simulate, _prepare_simulate,
+                            "mcroute.simulate: routing fragmentation and load statistics"))
+register_cell_kind(CellKind("throughput", _THROUGHPUT_PARAMS, _run_throughput,
+                            _prepare_throughput,
+                            "mcroute.decode_throughput of a Deployment"))
+register_cell_kind(CellKind("qs", _QS_PARAMS, _run_qs, _prepare_qs,
+                            "mcroute.qs_analysis: MoE vs its quality-matched dense twin"))
+
+
+# -- the spec ---------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class SweepSpec:
+    """A validated sweep: kind, grid axes, fixed settings and Monte Carlo settings.
+
+    Build it with :func:`load_sweep_spec`. Values are canonical (context ``"128k"`` is
+    131072, routing ``"zipf:1.20"`` is ``"zipf:1.2"``), so they name the cells' streams.
+    """
+
+    kind: str
+    seed: int
+    axes: tuple  # ((name, (values...)), ...) in the spec's order
+    fixed: tuple  # ((name, value), ...) sorted by name; vector values are tuples
+    n_trials: int = 1000
+    ci_prob: float = 0.95
+    quantiles: tuple = DEFAULT_QUANTILES
+    keep_trials: bool = False
+    cells_per_task: int | None = None
+    description: str = ""
+    source: str = "<spec>"
+
+    @property
+    def axis_names(self) -> tuple:
+        """Names of the swept axes, in order (the leading dims of the result)."""
+        return tuple(n for n, _ in self.axes)
+
+    @property
+    def shape(self) -> tuple:
+        """Number of values of each axis."""
+        return tuple(len(v) for _, v in self.axes)
+
+    @property
+    def n_cells(self) -> int:
+        """Number of cells (product of the axis lengths; 1 without axes)."""
+        return int(np.prod(self.shape, dtype=np.int64)) if self.axes else 1
+
+    def cell_coords(self, index: int) -> dict:
+        """Axis values of cell ``index`` (C order over the axes)."""
+        if not self.axes:
+            return {}
+        idx = np.unravel_index(index, self.shape)
+        return {n: v[i] for (n, v), i in zip(self.axes, idx, strict=True)}
+
+    def cell_params(self, index: int) -> dict:
+        """Every parameter given for cell ``index``: fixed settings and its axis values."""
+        return {**dict(self.fixed), **self.cell_coords(index)}
+
+    def to_dict(self) -> dict:
+        """The spec as plain data (what the spec hash covers, plus cells_per_task etc.)."""
+        return {
+            "kind": self.kind, "seed": self.seed, "n_trials": self.n_trials,
+            "ci_prob": self.ci_prob, "quantiles": list(self.quantiles),
+            "keep_trials": self.keep_trials,
+            "axes": [[n, list(v)] for n, v in self.axes],  # a list: the order is the layout
+            "fixed": {n: list(v) if isinstance(v, tuple) else v for n, v in self.fixed},
+        }
+
+    def spec_hash(self) -> str:
+        """SHA-256 of everything that changes the numbers (and the mcroute version)."""
+        blob = json.dumps({**self.to_dict(), "mcroute_version": __version__}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def with_trials(self, n_trials: int) -> SweepSpec:
+        """The same spec with another number of trials."""
+        n = _check_trials(n_trials, "n_trials")
+        return dataclasses.replace(self, n_trials=n)
+
+
+def _check_trials(value, where) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
+        raise McrouteError(f"{where} must be an integer >= 2, got {value!r}")
+    return int(value)
+
+
+def load_sweep_spec(source) -> SweepSpec:
+    """Read and validate a sweep spec (a TOML file, or a mapping with the same keys).
+
+    Parameters
+    ----------
+    source : str, os.PathLike or Mapping
+        Path of a TOML file, or its content as a dict. The format is in docs/sweeps.md:
+        top-level ``kind``, ``seed``, optional ``n_trials``, ``ci_prob``, ``quantiles``,
+        ``keep_trials``, ``cells_per_task``, ``description``, and the tables ``[axes]``
+        (parameter = list of values: one dim each) and ``[fixed]`` (parameter = value).
+
+    Returns
+    -------
+    SweepSpec
+
+    Raises
+    ------
+    McrouteError
+        Naming the file and the key for malformed TOML, an unknown key, a missing required
+        parameter, a parameter given twice, an empty or repeated axis, or a bad value.
+
+    Examples
+    --------
+    >>> import mcroute as mr
+    >>> spec = mr.load_sweep_spec({"kind": "simulate", "seed": 1, "n_trials": 64,
+    ...     "axes": {"routing": ["uniform", "zipf:1.20"], "batch_size": [8, 64]},
+    ...     "fixed": {"n_experts": 64, "top_k": 4}})
+    >>> spec.shape, spec.n_cells, spec.cell_params(1)["routing"]
+    ((2, 2), 4, 'uniform')
+    >>> spec.axes[0]
+    ('routing', ('uniform', 'zipf:1.2'))
+    """
+    if isinstance(source, SweepSpec):
+        return source
+    if isinstance(source, Mapping):
+        raw, where = dict(source), "<spec>"
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        where = str(path)
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError:
+            raise McrouteError(f"sweep spec {where!r} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise McrouteError(f"{where}: malformed TOML: {exc}") from None
+    else:
+        raise McrouteError(f"spec must be a path to a TOML file or a mapping, got "
+                           f"{type(source).__name__}")
+
+    for key in raw:
+        if key not in TOP_LEVEL_KEYS:
+            raise McrouteError(f"{where}: unknown key {key!r} (allowed: "
+                               f"{', '.join(TOP_LEVEL_KEYS)})")
+    if "kind" not in raw:
+        raise McrouteError(f"{where}: key 'kind' is required (one of {sorted(CELL_KINDS)})")
+    kind_name = raw["kind"]
+    if kind_name not in CELL_KINDS:
+        raise McrouteError(f"{where}: kind must be one of {sorted(CELL_KINDS)}, got "
+                           f"{kind_name!r}")
+    kind = CELL_KINDS[kind_name]
+    if "seed" not in raw:
+        raise McrouteError(f"{where}: key 'seed' is required (an integer in [0, 2**63)); every "
+                           "cell's random stream is derived from it")
+    seed = raw["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise McrouteError(f"{where}: seed must be an integer in [0, 2**63), got {seed!r}")
+    n_trials = _check_trials(raw.get("n_trials", 1000), f"{where}: n_trials")
+    ci = raw.get("ci_prob", 0.95)
+    if isinstance(ci, bool) or not isinstance(ci, (int, float)):
+        raise McrouteError(f"{where}: ci_prob must be a number in (0, 1), got {ci!r}")
+    try:
+        ci = check_prob("ci_prob", ci)
+    except McrouteError as exc:
+        raise McrouteError(f"{where}: {exc}") from None
+    qs = raw.get("quantiles", list(DEFAULT_QUANTILES))
+    if (not isinstance(qs, list) or not qs or any(
+            isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 <= q <= 1
+            for q in qs)):
+        raise McrouteError(f"{where}: quantiles must be a non-empty list of levels in [0, 1], "
+                           f"got {qs!r}")
+    keep = raw.get("keep_trials", False)
+    if not isinstance(keep, bool):
+        raise McrouteError(f"{where}: keep_trials must be true or false, got {keep!r}")
+    cpt = raw.get("cells_per_task")
+    if cpt is not None and (isinstance(cpt, bool) or not isinstance(cpt, int) or cpt < 1):
+        raise McrouteError(f"{where}: cells_per_task must be an integer >= 1, got {cpt!r}")
+    desc = raw.get("description", "")
+    if not isinstance(desc, str):
+        raise McrouteError(f"{where}: description must be a string, got {desc!r}")
+
+    axes_raw = raw.get("axes", {})
+    fixed_raw = raw.get("fixed", {})
+    for table, content in (("axes", axes_raw), ("fixed", fixed_raw)):
+        if not isinstance(content, Mapping):
+            raise McrouteError(f"{where}: [{table}] must be a table, got {content!r}")
+        for key in content:
+            if kind.param(key) is None:
+                raise McrouteError(
+                    f"{where}: unknown key {key!r} in [{table}] (kind {kind.name!r} allows: "
+                    f"{', '.join(p.name for p in kind.params)})")
+    both = set(axes_raw) & set(fixed_raw)
+    if both:
+        raise McrouteError(f"{where}: {sorted(both)[0]!r} is in both [axes] and [fixed]")
+
+    axes = []
+    for name, values in axes_raw.items():
+        p = kind.param(name)
+        at = f"{where}: [axes] {name}"
+        if not isinstance(values, list) or not values:
+            raise McrouteError(f"{at} must be a non-empty list of values, got {values!r}")
+        norm = tuple(p.normalize(v, f"{at}[{i}]") for i, v in enumerate(values))
+        if p.type == "batch" and "max" in norm:
+            raise McrouteError(f"{at}: 'max' is only allowed in [fixed] (the default); an "
+                               "axis of batch sizes must be integers")
+        if len({type(v) for v in norm}) > 1:
+            raise McrouteError(f"{at}: values must all be of one type (numbers or strings), "
+                               f"got {values!r}")
+        if len(set(norm)) != len(norm):
+            raise McrouteError(f"{at}: repeated value in {values!r}")
+        axes.append((name, norm))
+    fixed = []
+    for name, value in fixed_raw.items():
+        p = kind.param(name)
+        at = f"{where}: [fixed] {name}"
+        if isinstance(value, list):
+            if not p.vector:
+                raise McrouteError(f"{at}: a single value is expected (lists go in [axes]), "
+                                   f"got {value!r}")
+            if not value:
+                raise McrouteError(f"{at}: empty list")
+            norm = tuple(p.normalize(v, f"{at}[{i}]") for i, v in enumerate(value))
+            if len({type(v) for v in norm}) > 1 or (len(norm) > 1 and not all(
+                    isinstance(v, (int, float)) for v in norm)):
+                raise McrouteError(f"{at}: a list must hold numbers only, got {value!r}")
+            if len(set(norm)) != len(norm):
+                raise McrouteError(f"{at}: repeated value in {value!r}")
+            fixed.append((name, norm))
+        else:
+            fixed.append((name, p.normalize(value, at)))
+    given = set(axes_raw) | set(fixed_raw)
+    for p in kind.params:
+        if p.required and p.name not in given:
+            raise McrouteError(f"{where}: parameter {p.name!r} of kind {kind.name!r} is required "
+                               "(give it in [fixed] or [axes])")
+    return SweepSpec(kind=kind.name, seed=int(seed), axes=tuple(axes),
+                     fixed=tuple(sorted(fixed)), n_trials=n_trials, ci_prob=float(ci),
+                     quantiles=tuple(float(q) for q in qs), keep_trials=keep,
+                     cells_per_task=cpt, description=desc, source=where)
+
+
+# -- seeds ------------------------------------------------------------------------------------
+def _canonical(value):
+    if isinstance(value, (bool, np.bool_)):
+        return ["b", bool(value)]
+    if isinstance(value, (int, np.integer)):
+        return ["i", int(value)]
+    if isinstance(value, (float, np.floating)):
+        return ["f", repr(float(value))]
+    if isinstance(value, tuple):
+        return ["t", [_canonical(v) for v in value]]
+    return ["s", str(value)]
+
+
+def cell_seed(seed: int, coords: Mapping) -> int:
+    """The integer seed of one cell: from the sweep's seed and the cell's axis values only.
+
+    The (name, value) pairs are sorted by name, written as canonical JSON (ints, floats by
+    ``repr``, strings) and hashed with SHA-256; four 32-bit words of the digest are the spawn
+    key of ``numpy.random.SeedSequence(seed)``, whose first 63 bits are the cell's seed. The
+    cell function gets it as ``rng=``, so it alone reproduces the cell.
+
+    Examples
+    --------
+    >>> from mcroute._sweep import cell_seed
+    >>> cell_seed(1, {"batch_size": 8, "routing": "uniform"}) == cell_seed(
+    ...     1, {"routing": "uniform", "batch_size": 8})
+    True
+    >>> cell_seed(1, {"batch_size": 8}) == cell_seed(2, {"batch_size": 8})
+    False
+    """
+    items = sorted((str(k), _canonical(v)) for k, v in coords.items())
+    digest = hashlib.sha256(json.dumps(items, separators=(",", ":")).encode()).digest()
+    key = tuple(int.from_bytes(digest[i:i + 4], "little") for i in range(0, 16, 4))
+    state = np.random.SeedSequence(int(seed), spawn_key=key).generate_state(1, np.uint64)[0]
+    return int(state >> np.uint64(1))
+
+
+# -- computing cells --------------------------------------------------------------------------
+def _describe_cell(coords: dict) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in coords.items()) or "the single cell"
+
+
+def _compute_cell(spec: SweepSpec, index: int) -> tuple[xr.Dataset, dict]:
+    """Run one cell; return its reduced Dataset (no axis coords) and its attrs."""
+    kind = CELL_KINDS[spec.kind]
+    coords = spec.cell_coords(index)
+    try:
+        ds = kind.run(spec.cell_params(index), rng=cell_seed(spec.seed, coords),
+                      n_trials=spec.n_trials, ci_prob=spec.ci_prob, quantiles=spec.quantiles)
+    except McrouteError as exc:
+        raise McrouteError(f"cell {_describe_cell(coords)}: {exc}") from exc
+    attrs = {k: _attr_value(v) for k, v in ds.attrs.items()}
+    if not spec.keep_trials and "trial" in ds.dims:
+        ds = ds.drop_dims("trial")
+    for name in spec.axis_names:
+        if name in ds.dims:  # pragma: no cover - the kinds get scalars
+            raise McrouteError(f"cell function returned a dim {name!r} named like an axis")
+        if name in ds.coords:
+            ds = ds.drop_vars(name)
+        elif name in ds.data_vars:
+            ds = ds.rename_vars({name: f"{name}_value"})
+    ds.attrs = {}
+    return ds, attrs
+
+
+_CONCAT = {"data_vars": "all", "coords": "different", "compat": "equals", "join": "outer",
+           "combine_attrs": "drop_conflicts"}
+
+
+def _run_task(spec: SweepSpec, cells, on_cell=None) -> xr.Dataset:
+    """Compute ``cells`` (flat indices) and stack them on a ``cell`` dim (one part file)."""
+    results, attrs = [], []
+    for i in cells:
+        ds, a = _compute_cell(spec, int(i))
+        results.append(ds)
+        attrs.append(json.dumps(a, sort_keys=True, default=str))
+        if on_cell is not None:
+            on_cell(1)
+    import pandas as pd
+
+    part = xr.concat(results, dim=pd.Index(np.asarray(cells, dtype=np.int64), name="cell"),
+                     **_CONCAT)
+    part["cell_attrs"] = ("cell", np.asarray(attrs, dtype=str), {"units": "1"})
+    return part
+
+
+def _worker_task(spec: SweepSpec, cells, numba_threads=None) -> xr.Dataset:
+    """Entry point on Dask workers (module level, so it pickles by reference).
+
+    ``numba_threads``: cap on the numba threads of this task's thread (local clusters run one
+    single-threaded worker process per core, so 1 avoids oversubscription). The cap is set with
+    ``numba.set_num_threads`` rather than the ``NUMBA_NUM_THREADS`` environment variable, which
+    numba refuses to see change once its threads run. Results do not depend on it.
+    """
+    if numba_threads is not None:
+        import numba
+
+        numba.set_num_threads(max(1, min(int(numba_threads), numba.config.NUMBA_NUM_THREADS)))
+    return _run_task(spec, cells)
+
+
+# -- the store --------------------------------------------------------------------------------
+class _PartStore:
+    """``<output>.parts/``: manifest.json plus one file per finished task.
+
+    A part is a pickle of ``{"format", "mcroute_version", "cells", "dataset"}`` (the task's
+    cells stacked on a ``cell`` dim), written to a temporary name, flushed to disk and renamed,
+    so a part either exists whole or not at all. Parts are internal: only the same mcroute
+    version reads them back (the manifest checks it), and the merged output is NetCDF, CSV or
+    JSON. (NetCDF parts were tried first: h5netcdf needs ~10 ms per variable and file, which
+    made the part files cost more than the cells they hold.)
+    """
+
+    FORMAT = 1
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.manifest = folder / "manifest.json"
+
+    def start(self, spec: SweepSpec, resume: bool) -> set:
+        """Create or reopen the folder; return the flat indices of completed cells."""
+        h = spec.spec_hash()
+        if self.folder.exists():
+            if not resume:
+                raise McrouteError(
+                    f"{self.folder} holds the parts of an unfinished sweep; pass --resume "
+                    "(resume=True) to continue it, or delete the folder to start again")
+            try:
+                old = json.loads(self.manifest.read_text())
+            except (OSError, ValueError):
+                raise McrouteError(f"{self.manifest} is missing or unreadable; delete "
+                                   f"{self.folder} to start again") from None
+            if old.get("spec_hash") != h:
+                diff = _spec_difference(old.get("spec", {}), spec.to_dict(),
+                                        old.get("mcroute_version"))
+                raise McrouteError(f"--resume: the spec differs from the interrupted run's "
+                                   f"({diff}); use the same spec and --trials, or delete "
+                                   f"{self.folder}")
+            for stale in self.folder.glob(".*"):  # temporary files of an interrupted write
+                stale.unlink(missing_ok=True)
+            done = set()
+            for f in self.parts():
+                done.update(self._read(f)["cells"])
+            return done
+        self.folder.mkdir(parents=True)
+        _write_text_atomic(self.manifest, json.dumps(
+            {"spec_hash": h, "spec": spec.to_dict(), "mcroute_version": __version__,
+             "n_cells": spec.n_cells}, indent=1, sort_keys=True))
+        return set()
+
+    def parts(self) -> list[Path]:
+        """The finished part files, in name order."""
+        return sorted(self.folder.glob("part-*.pkl"))
+
+    def write(self, part: xr.Dataset) -> Path:
+        """Write one task's cells atomically."""
+        cells = [int(c) for c in part["cell"].values]
+        tag = hashlib.sha256(np.asarray(cells, dtype=np.int64).tobytes()).hexdigest()[:10]
+        path = self.folder / f"part-{min(cells):09d}-{tag}.pkl"
+        blob = {"format": self.FORMAT, "mcroute_version": __version__, "cells": cells,
+                "dataset": part}
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=self.folder)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                pickle.dump(blob, fh, protocol=pickle.HIGHEST_PROTOCOL)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    def _read(self, path: Path) -> dict:
+        try:
+            with open(path, "rb") as fh:
+                blob = pickle.load(fh)
+        except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError) as exc:
+            raise McrouteError(f"{path}: unreadable part ({exc}); delete it to recompute its "
+                               "cells") from None
+        if not isinstance(blob, dict) or blob.get("format") != self.FORMAT:
+            raise McrouteError(f"{path}: not a part file of this mcroute version")
+        return blob
+
+    def load(self) -> xr.Dataset:
+        """All parts concatenated on ``cell`` and sorted by it."""
+        parts = [self._read(f)["dataset"] for f in self.parts()]
+        if not parts:
+            raise McrouteError(f"{self.folder}: no parts to merge")
+        allds = parts[0] if len(parts) == 1 else xr.concat(parts, dim="cell", **_CONCAT)
+        return allds.isel(cell=np.argsort(allds["cell"].values, kind="stable"))
+
+    def remove(self) -> None:
+        """Delete the folder (after the output is in place)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _spec_difference(old: dict, new: dict, old_version) -> str:
+    if old_version is not None and old_version != __version__:
+        return f"parts written by mcroute {old_version}, this is {__version__}"
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            return f"{key}: {old.get(key)!r} then, {new.get(key)!r} now"
+    return "unknown difference"  # pragma: no cover
+
+
+# -- merging ----------------------------------------------------------------------------------
+def _merge(spec: SweepSpec, allds: xr.Dataset) -> xr.Dataset:
+    """Reshape the ``cell`` dim of the concatenated parts into the grid of axes."""
+    kind = CELL_KINDS[spec.kind]
+    cells = allds["cell"].values
+    if cells.size != spec.n_cells or np.any(cells != np.arange(spec.n_cells)):
+        missing = sorted(set(range(spec.n_cells)) - set(int(c) for c in cells))
+        raise McrouteError(f"the parts do not hold every cell exactly once (missing "
+                           f"{len(missing)}, found {cells.size} of {spec.n_cells})")
+    shape, names = spec.shape, spec.axis_names
+    cell_attrs = [json.loads(s) for s in allds["cell_attrs"].values]
+    allds = allds.drop_vars("cell_attrs")
+    coords = {}
+    for name, values in spec.axes:
+        p = kind.param(name)
+        arr = np.asarray(values, dtype=str if isinstance(values[0], str) else None)
+        coords[name] = (name, arr, {"units": p.units, "long_name": p.doc})
+    for name, c in allds.coords.items():
+        if name == "cell":
+            continue
+        if "cell" in c.dims:  # a coordinate that differs between cells
+            c = c.transpose("cell", ...)
+            coords[name] = (names + c.dims[1:], c.values.reshape(shape + c.shape[1:]),
+                            c.attrs)
+        else:
+            coords[name] = c.variable
+    data = {}
+    for name, v in allds.data_vars.items():
+        v = v.transpose("cell", ...)
+        data[name] = (names + v.dims[1:], v.values.reshape(shape + v.shape[1:]), v.attrs)
+    seeds = np.array([cell_seed(spec.seed, spec.cell_coords(i)) for i in range(spec.n_cells)],
+                     dtype=np.int64).reshape(shape)
+    data["cell_seed"] = (names, seeds, {
+        "units": "1", "long_name": "seed of the cell: rng= for the cell function repeats it"})
+    ds = xr.Dataset(data, coords=coords)
+    for v in ds.variables.values():
+        v.encoding = {}
+    common = dict(cell_attrs[0]) if cell_attrs else {}
+    for a in cell_attrs[1:]:
+        common = {k: v for k, v in common.items() if k in a and a[k] == v}
+    common = {k: v for k, v in common.items() if k not in _OWN_ATTRS}
+    ds.attrs = provenance(
+        seed=spec.seed, n_trials=spec.n_trials, ci_prob=spec.ci_prob,
+        sweep_kind=spec.kind, sweep_axes=list(names), sweep_spec=spec.to_dict(),
+        sweep_spec_hash=spec.spec_hash(),
+        **({"description": spec.description} if spec.description else {}), **common)
+    return ds
+
+
+# -- progress ---------------------------------------------------------------------------------
+class _Progress:
+    """A one-line progress bar on stderr: cells done, rate and time left."""
+
+    def __init__(self, total: int, done: int, enabled: bool, stream=None):
+        self.total, self.done, self.start_done = total, done, done
+        self.enabled = enabled
+        self.stream = sys.stderr if stream is None else stream
+        self.t0 = time.perf_counter()
+        self.last = 0.0
+        self._draw(force=True)
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        self._draw()
+
+    def _draw(self, force=False) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if not force and now - self.last < 0.1 and self.done < self.total:
+            return
+        self.last = now
+        width = 30
+        frac = self.done / self.total if self.total else 1.0
+        bar = "#" * int(frac * width) + "." * (width - int(frac * width))
+        new, dt = self.done - self.start_done, now - self.t0
+        if new > 0 and dt > 0:
+            rate = new / dt
+            left = _fmt_time((self.total - self.done) / rate)
+            tail = f"{rate:.3g} cells/s, {left} left"
+        else:
+            tail = "estimating time left"
+        self.stream.write(f"\rsweep [{bar}] {self.done}/{self.total} cells {frac:4.0%}  "
+                          f"{tail}   ")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._draw(force=True)
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _fmt_time(seconds: float) -> str:
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:d}:{s:02d}"
+
+
+# -- execution --------------------------------------------------------------------------------
+def _tasks(remaining: list, per_task: int | None, n_workers: int) -> list:
+    if per_task is None:
+        # ~8 tasks per worker (load balance, little lost on interruption), capped so that a
+        # task stays short; each task is one part file (one NetCDF write).
+        per_task = max(1, min(256, math.ceil(len(remaining) / (8 * max(n_workers, 1)))))
+    return [remaining[i:i + per_task] for i in range(0, len(remaining), per_task)]
+
+
+@contextlib.contextmanager
+def _dask_client(workers, scheduler, client):
+    if client is not None:
+        yield client
+        return
+    try:
+        import distributed
+    except ImportError:
+        raise McrouteError("workers/scheduler need Dask: pip install 'mcroute[distributed]'"
+                           ) from None
+    import logging
+
+    if scheduler is not None:
+        c = distributed.Client(scheduler, timeout="30s")
+        try:
+            yield c
+        finally:
+            c.close()
+        return
+    cluster = distributed.LocalCluster(
+        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+        silence_logs=logging.ERROR)
+    try:
+        c = distributed.Client(cluster)
+        try:
+            yield c
+        finally:
+            c.close()
+    finally:
+        cluster.close()
+
+
+def _run_dask(client, spec, tasks, store, progress, numba_threads=None) -> None:
+    from distributed import as_completed
+
+    remote_spec = client.scatter(spec, broadcast=True)
+    futures = [client.submit(_worker_task, remote_spec, cells, numba_threads, pure=False)
+               for cells in tasks]
+    try:
+        for fut in as_completed(futures):
+            part = fut.result()
+            store.write(part)
+            progress.advance(part.sizes["cell"])
+            fut.release()
+    finally:
+        client.cancel(futures)
+
+
+def _sweep(spec, output=None, *, resume=False, workers=None, scheduler=None, client=None,
+           progress=None, n_trials=None, numba_threads=None):
+    """:func:`sweep` returning ``(dataset, info)``; info has cells, computed, resumed, seconds.
+
+    ``numba_threads``: numba threads per Dask task (default 1 on a cluster started with
+    ``workers``, else the workers' own setting).
+    """
+    spec = load_sweep_spec(spec)
+    if n_trials is not None:
+        spec = spec.with_trials(n_trials)
+    n_dask = sum(x is not None for x in (workers, scheduler, client))
+    if n_dask > 1:
+        raise McrouteError("give at most one of workers, scheduler and client")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 1):
+        raise McrouteError(f"workers must be an integer >= 1, got {workers!r}")
+    if resume and output is None:
+        raise McrouteError("resume needs an output path (its parts folder holds the cells)")
+    kind = CELL_KINDS[spec.kind]
+    if kind.prepare is not None:
+        for i in range(spec.n_cells):
+            try:
+                kind.prepare(spec.cell_params(i))
+            except McrouteError as exc:
+                raise McrouteError(f"{spec.source}: cell "
+                                   f"{_describe_cell(spec.cell_coords(i))}: {exc}") from None
+    t0 = time.perf_counter()
+    if output is not None:
+        output = Path(output)
+        if output.suffix.lower() not in {".nc", ".csv", ".json"}:
+            raise McrouteError(f"output must end in .nc, .csv or .json, got {str(output)!r}")
+        if not (output.parent if str(output.parent) else Path(".")).is_dir():
+            raise McrouteError(f"output folder {str(output.parent)!r} does not exist")
+        folder = output.with_name(output.name + ".parts")
+        if resume and not folder.exists() and output.suffix.lower() == ".nc" and output.exists():
+            with xr.open_dataset(output, engine="h5netcdf") as old:
+                if old.attrs.get("sweep_spec_hash") == spec.spec_hash():
+                    ds = old.load()
+                    return ds, {"cells": spec.n_cells, "computed": 0,
+                                "resumed": spec.n_cells, "seconds": 0.0}
+        tmpdir = None
+    else:
+        tmpdir = tempfile.mkdtemp(prefix="mcroute-sweep-")
+        folder = Path(tmpdir) / "parts"
+    try:
+        store = _PartStore(folder)
+        done = store.start(spec, resume)
+        remaining = [i for i in range(spec.n_cells) if i not in done]
+        show = (_stderr_is_tty() if progress is None else bool(progress)) and bool(remaining)
+        if n_dask == 0:
+            bar = _Progress(spec.n_cells, len(done), show)
+            try:
+                for cells in _tasks(remaining, spec.cells_per_task, 1):
+                    store.write(_run_task(spec, cells, on_cell=bar.advance))
+            finally:
+                bar.close()
+        elif remaining:
+            with _dask_client(workers, scheduler, client) as c:
+                n_workers = max(1, sum(c.nthreads().values()))
+                bar = _Progress(spec.n_cells, len(done), show)  # after the cluster is up
+                try:
+                    if numba_threads is None and workers is not None:
+                        numba_threads = 1
+                    _run_dask(c, spec, _tasks(remaining, spec.cells_per_task, n_workers),
+                              store, bar, numba_threads=numba_threads)
+                finally:
+                    bar.close()
+        ds = _merge(spec, store.load())
+        if output is not None:
+            save_dataset(ds, output)
+            store.remove()
+    finally:
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+    info = {"cells": spec.n_cells, "computed": len(remaining), "resumed": len(done),
+            "seconds": time.perf_counter() - t0}
+    return ds, info
+
+
+def _stderr_is_tty() -> bool:
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
+def sweep(spec, output=None, *, resume=False, workers=None, scheduler=None, client=None,
+          progress=None, n_trials=None) -> xr.Dataset:
+    """Run a parameter sweep: every cell of the spec's grid, in-process or on Dask.
+
+    Parameters
+    ----------
+    spec : SweepSpec, str, os.PathLike or Mapping
+        The sweep (see :func:`load_sweep_spec` and docs/sweeps.md).
+    output : str or os.PathLike, optional
+        Result file (``.nc``, ``.csv`` or ``.json``), written atomically at the end. Finished
+        cells are kept in ``<output>.parts/`` while the sweep runs (removed after the output is
+        in place). Without it the parts go to a temporary folder and only the Dataset is
+        returned.
+    resume : bool
+        Continue an interrupted sweep: cells found in ``<output>.parts/`` are not recomputed.
+        The spec (and ``n_trials``) must be the same; a different one is refused.
+    workers : int, optional
+        Start a local Dask cluster of this many single-threaded worker processes.
+    scheduler : str, optional
+        Address of an existing Dask scheduler (its workers need mcroute installed).
+    client : distributed.Client, optional
+        An existing Dask client to use (not closed).
+    progress : bool, optional
+        Show a progress bar on stderr; default: only when stderr is a terminal.
+    n_trials : int, optional
+        Override the spec's ``n_trials``.
+
+    Returns
+    -------
+    xarray.Dataset
+        One dim per axis (in the spec's order, coordinates = the canonical axis values, with
+        units), then each cell's own dims (``ci_bound``, ``quantile``, ``layer``, ``context``…).
+        The cell function's summary variables (``<name>_mean``, ``_se``, ``_ci``, ``_q`` and
+        the deterministic ones); per-trial variables only with ``keep_trials``; ``cell_seed``
+        (axes): the seed that repeats a cell alone. Cells whose own dims are shorter than
+        others' are padded with NaN. Attrs: provenance, ``sweep_spec`` (JSON),
+        ``sweep_spec_hash``, ``sweep_kind``, ``sweep_axes``, and the cell attrs that are the
+        same for every cell.
+
+    Examples
+    --------
+    >>> import mcroute as mr
+    >>> spec = {"kind": "simulate", "seed": 7, "n_trials": 32,
+    ...         "axes": {"routing": ["uniform", "zipf:1.2"], "batch_size": [1, 16]},
+    ...         "fixed": {"n_experts": 32, "top_k": 2}}
+    >>> ds = mr.sweep(spec, progress=False)
+    >>> dict(ds["active_experts_mean"].sizes)
+    {'routing': 2, 'batch_size': 2, 'layer': 1}
+    >>> float(ds["active_experts_mean"].sel(routing="uniform", batch_size=1).item())
+    2.0
+    """
+    ds, _ = _sweep(spec, output, resume=resume, workers=workers, scheduler=scheduler,
+                   client=client, progress=progress, n_trials=n_trials)
+    return ds

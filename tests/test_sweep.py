@@ -1,0 +1,405 @@
+"""Sweep engine: spec validation, reproducibility per cell, the part store, resume, Dask."""
+
+import dataclasses
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+import mcroute as mr
+from mcroute import _sweep as S
+from mcroute.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "examples").glob("sweep_*.toml"))
+
+SIM = {
+    "kind": "simulate", "seed": 11, "n_trials": 48,
+    "axes": {"routing": ["uniform", "zipf:1.2"], "batch_size": [1, 8, 64]},
+    "fixed": {"n_experts": 32, "top_k": 4, "n_layers": 2, "n_devices": 4},
+}
+
+
+def _without_time(ds):
+    ds = ds.copy()
+    ds.attrs.pop("created_at", None)
+    return ds
+
+
+def _write(tmp_path, text, name="spec.toml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+# -- spec validation ---------------------------------------------------------------------------
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_examples_load(path):
+    spec = mr.load_sweep_spec(path)
+    assert spec.n_cells >= 2 and spec.kind in S.CELL_KINDS
+
+
+def test_spec_canonical_values():
+    spec = mr.load_sweep_spec({
+        "kind": "throughput", "seed": 0,
+        "axes": {"context": ["4k", 8192], "routing": ["Zipf:1.20", "uniform"]},
+        "fixed": {"model": "mixtral-8x7b", "hardware": "h100-sxm", "n_gpus": 2}})
+    assert spec.axes == (("context", (4096, 8192)), ("routing", ("zipf:1.2", "uniform")))
+    assert spec.shape == (2, 2) and spec.n_cells == 4
+    assert spec.cell_params(3) == {"context": 8192, "routing": "uniform", "hardware": "h100-sxm",
+                                   "model": "mixtral-8x7b", "n_gpus": 2}
+
+
+@pytest.mark.parametrize("text, words", [
+    ('kind = "simulate"\nseed = 1\ncolour = 3\n', ["unknown key 'colour'"]),
+    ('kind = "simulate"\nseed = 1\n[axes]\nn_expert = [4]\n[fixed]\ntop_k = 1\nbatch_size = 2\n',
+     ["unknown key 'n_expert' in [axes]", "n_experts"]),
+    ('kind = "simulate"\nseed = 1\n[fixed]\nn_experts = 4\ntop_k = 1\nbatch_size = 2\nfoo = 1\n',
+     ["unknown key 'foo' in [fixed]"]),
+    ('kind = "simulate"\n[fixed]\nn_experts = 4\n', ["'seed' is required"]),
+    ('seed = 1\n', ["'kind' is required"]),
+    ('kind = "nope"\nseed = 1\n', ["kind must be one of", "'nope'"]),
+    ('kind = "simulate"\nseed = 1\n[fixed]\nn_experts = 4\ntop_k = 1\n',
+     ["'batch_size'", "required"]),
+    ('kind = "simulate"\nseed = 1\n[axes]\nbatch_size = [1, 2]\n[fixed]\nbatch_size = 1\n'
+     'n_experts = 4\ntop_k = 1\n', ["'batch_size' is in both"]),
+    ('kind = "simulate"\nseed = 1\n[axes]\nbatch_size = [1, 1]\n[fixed]\nn_experts = 4\n'
+     'top_k = 1\n', ["[axes] batch_size", "repeated"]),
+    ('kind = "simulate"\nseed = 1\n[axes]\nbatch_size = []\n[fixed]\nn_experts = 4\ntop_k = 1\n',
+     ["[axes] batch_size", "non-empty list"]),
+    ('kind = "simulate"\nseed = 1\n[axes]\nbatch_size = [0]\n[fixed]\nn_experts = 4\n'
+     'top_k = 1\n', ["batch_size[0]", ">= 1"]),
+    ('kind = "simulate"\nseed = 1\n[fixed]\nn_experts = [4, 8]\ntop_k = 1\nbatch_size = 1\n',
+     ["[fixed] n_experts", "lists go in [axes]"]),
+    ('kind = "simulate"\nseed = 1\n[axes]\nrouting = ["zipf"]\n[fixed]\nn_experts = 4\n'
+     'top_k = 1\nbatch_size = 1\n', ["routing[0]", "zipf:ALPHA"]),
+    ('kind = "simulate"\nseed = -1\n', ["seed must be an integer"]),
+    ('kind = "simulate"\nseed = 1\nn_trials = 1\n', ["n_trials must be an integer >= 2"]),
+    ('kind = "throughput"\nseed = 1\n[axes]\nbatch_size = ["max", 4]\n[fixed]\nmodel = "x"\n'
+     'hardware = "h200"\nn_gpus = 1\ncontext = 8\n', ["'max' is only allowed in [fixed]"]),
+    ('kind = "simulate"\nseed = 1\n[axes\n', ["malformed TOML", "line"]),
+])
+def test_bad_specs_name_file_and_key(tmp_path, text, words):
+    path = _write(tmp_path, text)
+    with pytest.raises(mr.McrouteError) as err:
+        mr.load_sweep_spec(path)
+    msg = str(err.value)
+    assert str(path) in msg
+    for w in words:
+        assert w in msg
+
+
+def test_bad_cell_is_reported_before_any_work(tmp_path):
+    spec = {**SIM, "axes": {"top_k": [2, 64]}, "fixed": {"n_experts": 32, "batch_size": 4}}
+    with pytest.raises(mr.McrouteError, match=r"cell top_k=64: top_k \(64\) must be <= n_exp"):
+        mr.sweep(spec, tmp_path / "out.nc", progress=False)
+    assert not (tmp_path / "out.nc.parts").exists()
+
+
+def test_deployment_params_match_deployment():
+    fields = {f.name: f.default for f in dataclasses.fields(mr.Deployment)}
+    for name in ("model", "hardware", "n_gpus", "expert_placement"):
+        fields.pop(name)
+    assert set(S._DEPLOYMENT_KEYS) == set(fields)
+    for p in S._DEPLOYMENT_PARAMS:  # the documented defaults are Deployment's
+        assert p.default == fields[p.name], p.name
+
+
+def test_docs_list_every_key():
+    doc = (ROOT / "docs" / "sweeps.md").read_text()
+    for key in S.TOP_LEVEL_KEYS:
+        assert f"`{key}`" in doc or f"`[{key}]`" in doc, key
+    for kind in S.CELL_KINDS.values():
+        assert f"Kind `{kind.name}`" in doc
+        for p in kind.params:
+            assert f"| `{p.name}` |" in doc, (kind.name, p.name)
+
+
+# -- seeds and reproducibility -------------------------------------------------------------------
+def test_cell_seed_properties():
+    a = S.cell_seed(5, {"routing": "uniform", "batch_size": 8})
+    assert a == S.cell_seed(5, {"batch_size": 8, "routing": "uniform"})
+    assert 0 <= a < 2**63
+    seeds = {S.cell_seed(5, {"batch_size": b}) for b in range(200)}
+    assert len(seeds) == 200
+    assert S.cell_seed(5, {"q": 2.0}) != S.cell_seed(5, {"q": "2"})
+    # Pinned: the derivation is part of the file format of resumed sweeps (and of every
+    # published number); changing it must be deliberate.
+    assert S.cell_seed(0, {}) == S.cell_seed(0, {})
+    assert S.cell_seed(1, {"batch_size": 8}) == 2532181437422014942
+
+
+@pytest.fixture(scope="module")
+def sim_full():
+    return mr.sweep(SIM, progress=False)
+
+
+def test_result_layout_and_units(sim_full):
+    ds = sim_full
+    assert list(ds["active_experts_mean"].dims) == ["routing", "batch_size", "layer"]
+    assert ds["routing"].values.tolist() == ["uniform", "zipf:1.2"]
+    assert ds["batch_size"].attrs["units"] == "tokens"
+    assert "trial" not in ds.dims and "active_experts" not in ds
+    for name, var in ds.variables.items():
+        assert "units" in var.attrs, name
+    for dim in ds.dims:
+        assert dim in ds.coords
+    spec = json.loads(ds.attrs["sweep_spec"])
+    assert spec["seed"] == 11 and ds.attrs["seed"] == 11 and ds.attrs["n_trials"] == 48
+    assert ds.attrs["n_layers"] == 2  # a cell attr common to every cell
+
+
+def test_each_cell_is_reproducible_alone(sim_full):
+    """The cell function called with the cell's seed gives the sweep's numbers exactly."""
+    for routing, b in [("zipf:1.2", 64), ("uniform", 8)]:
+        seed = int(sim_full["cell_seed"].sel(routing=routing, batch_size=b))
+        assert seed == S.cell_seed(11, {"routing": routing, "batch_size": b})
+        r = mr.Zipf(32, 4, 1.2) if routing != "uniform" else mr.Uniform(32, 4)
+        direct = mr.simulate(r, b, 48, n_layers=2, n_devices=4, rng=seed)
+        cell = sim_full.sel(routing=routing, batch_size=b)
+        for name in ("active_experts_mean", "max_device_load_ci", "device_imbalance_q",
+                     "hot_expert"):
+            np.testing.assert_array_equal(cell[name].values, direct[name].values)
+
+
+def test_subset_and_axis_order_reproduce_full_run(sim_full):
+    sub = {**SIM, "axes": {"batch_size": [64, 1], "routing": ["zipf:1.2"]}}
+    part = mr.sweep(sub, progress=False)
+    expect = sim_full.sel(batch_size=[64, 1], routing=["zipf:1.2"])
+    for name in ("active_experts_mean", "max_expert_load_ci", "cell_seed"):
+        xr.testing.assert_identical(part[name], expect[name].transpose(*part[name].dims))
+
+
+def test_keep_trials_and_ragged_dims():
+    spec = {"kind": "simulate", "seed": 3, "n_trials": 20, "keep_trials": True,
+            "axes": {"n_experts": [8, 16]}, "fixed": {"top_k": 2, "batch_size": [4, 32]}}
+    ds = mr.sweep(spec, progress=False)
+    assert ds["active_experts"].sizes == {"n_experts": 2, "batch_size": 2, "trial": 20,
+                                          "layer": 1}
+    # hot_expert has a rank dim of E: the E = 8 cell is padded with NaN beyond rank 7.
+    assert ds.sizes["rank"] == 16
+    he = ds["hot_expert"].sel(n_experts=8)
+    assert np.isnan(he.sel(rank=slice(8, None))).all()
+    seed = int(ds["cell_seed"].sel(n_experts=8))
+    direct = mr.simulate(mr.Uniform(8, 2), [4, 32], 20, rng=seed)
+    np.testing.assert_array_equal(he.sel(rank=slice(0, 7)).values, direct["hot_expert"].values)
+    np.testing.assert_array_equal(ds["active_experts"].sel(n_experts=8).values,
+                                  direct["active_experts"].values)
+
+
+def test_throughput_and_qs_kinds_match_direct_calls():
+    thr = {"kind": "throughput", "seed": 4, "n_trials": 16,
+           "axes": {"n_gpus": [1, 2], "routing": ["uniform", "zipf:1.0"]},
+           "fixed": {"model": "mixtral-8x7b", "hardware": "h100-sxm", "context": ["4k", "32k"]}}
+    ds = mr.sweep(thr, progress=False)
+    assert not ds["feasible"].sel(n_gpus=1).any()  # 8x7B in bf16 does not fit one H100
+    seed = int(ds["cell_seed"].sel(n_gpus=2, routing="zipf:1.0"))
+    dep = mr.Deployment("mixtral-8x7b", "h100-sxm", 2)
+    direct = mr.decode_throughput(dep, [4096, 32768], routing=mr.Zipf(8, 2, 1.0), n_trials=16,
+                                  rng=seed)
+    np.testing.assert_array_equal(ds["throughput_mean"].sel(n_gpus=2, routing="zipf:1.0"),
+                                  direct["throughput_mean"])
+
+    qs = {"kind": "qs", "seed": 4, "n_trials": 16, "axes": {"q": [2.0, 4.0]},
+          "fixed": {"model": "mixtral-8x7b", "hardware": "h100-sxm", "n_gpus": 2,
+                    "context": ["4k", "32k"]}}
+    ds = mr.sweep(qs, progress=False)
+    seed = int(ds["cell_seed"].sel(q=4.0))
+    direct = mr.qs_analysis("mixtral-8x7b", "h100-sxm", 2, 4.0, [4096, 32768], n_trials=16,
+                            rng=seed)
+    np.testing.assert_array_equal(ds["penalty_mean"].sel(q=4.0), direct["penalty_mean"])
+    assert ds["penalty_mean"].dims == ("q", "context")
+
+
+def test_register_a_kind_is_one_function():
+    def run(p, *, rng, n_trials, ci_prob, quantiles):
+        x = np.random.default_rng(rng).normal(p["mu"], size=n_trials)
+        ds = xr.Dataset({"x": ("trial", x, {"units": "1"})},
+                        coords={"trial": ("trial", np.arange(n_trials), {"units": "1"})})
+        return mr._results.summarize(ds, ["x"], ci_prob=ci_prob, quantiles=quantiles)
+
+    S.register_cell_kind(S.CellKind("normal", (S.Param("mu", "float", S._REQUIRED),), run))
+    try:
+        ds = mr.sweep({"kind": "normal", "seed": 2, "n_trials": 400,
+                       "axes": {"mu": [0.0, 5.0]}}, progress=False)
+    finally:
+        del S.CELL_KINDS["normal"]
+    # the mean of 400 unit normals is within 5 standard errors (0.25) of mu
+    np.testing.assert_allclose(ds["x_mean"].values, [0.0, 5.0], atol=0.25)
+
+
+# -- store, outputs, resume ---------------------------------------------------------------------
+def test_outputs_and_parts_cleanup(tmp_path, sim_full):
+    out = tmp_path / "r.nc"
+    ds = mr.sweep(SIM, out, progress=False)
+    assert out.exists() and not (tmp_path / "r.nc.parts").exists()
+    xr.testing.assert_identical(_without_time(ds), _without_time(sim_full))
+    back = xr.load_dataset(out)
+    np.testing.assert_array_equal(back["active_experts_mean"], ds["active_experts_mean"])
+    csv = tmp_path / "r.csv"
+    mr.sweep(SIM, csv, progress=False)
+    frame = pd.read_csv(csv, comment="#")
+    rows = frame[(frame["variable"] == "active_experts_mean") & (frame["routing"] == "uniform")
+                 & (frame["batch_size"] == 1)]
+    assert len(rows) == 2 and set(rows["units"]) == {"experts"}  # one row per layer
+    js = tmp_path / "r.json"
+    mr.sweep(SIM, js, progress=False)
+    back = xr.Dataset.from_dict(json.loads(js.read_text()))
+    assert back["routing"].values.tolist() == ["uniform", "zipf:1.2"]
+    np.testing.assert_array_equal(back["max_device_load_ci"], ds["max_device_load_ci"])
+
+
+def test_resume_refuses_other_spec_and_needs_flag(tmp_path):
+    out = tmp_path / "r.nc"
+    store = S._PartStore(tmp_path / "r.nc.parts")
+    spec = mr.load_sweep_spec(SIM)
+    store.start(spec, resume=False)
+    store.write(S._run_task(spec, [0, 1]))
+    with pytest.raises(mr.McrouteError, match="unfinished sweep; pass --resume"):
+        mr.sweep(SIM, out, progress=False)
+    with pytest.raises(mr.McrouteError, match=r"spec differs.*n_trials: 48 then, 64 now"):
+        mr.sweep(SIM, out, resume=True, n_trials=64, progress=False)
+    ds, info = S._sweep(SIM, out, resume=True, progress=False)
+    assert info == {**info, "resumed": 2, "computed": 4}
+    assert not (tmp_path / "r.nc.parts").exists()
+    # resuming a finished sweep returns the output without computing anything
+    ds2, info2 = S._sweep(SIM, out, resume=True, progress=False)
+    assert info2["computed"] == 0
+    np.testing.assert_array_equal(ds2["active_experts_mean"], ds["active_experts_mean"])
+
+
+KILL_SPEC = """\
+kind = "simulate"
+seed = 99
+n_trials = 1000
+cells_per_task = 1
+[axes]
+routing = ["uniform", "zipf:1.1", "lognormal:1.0", "zipf:0.6"]
+batch_size = [16, 128, 512, 1024]
+[fixed]
+n_experts = 64
+top_k = 4
+n_layers = 6
+n_devices = 4
+"""
+
+
+@pytest.mark.slow
+def test_killed_sweep_resumes_to_the_same_dataset(tmp_path):
+    spec = _write(tmp_path, KILL_SPEC)
+    out = tmp_path / "killed.nc"
+    parts = tmp_path / "killed.nc.parts"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([sys.executable, "-m", "mcroute", "sweep", str(spec), "--output",
+                             str(out), "--quiet"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list(parts.glob("part-*.pkl"))) >= 2:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate()
+    n_done = len(list(parts.glob("part-*.pkl")))
+    # The run was really interrupted: no output, some but not all cells kept.
+    assert proc.returncode == -signal.SIGKILL, err.decode()
+    assert not out.exists()
+    assert 2 <= n_done < 16
+    assert main(["sweep", str(spec), "--output", str(out), "--resume", "--quiet"]) == 0
+    assert out.exists() and not parts.exists()
+    whole = tmp_path / "whole.nc"
+    assert main(["sweep", str(spec), "--output", str(whole), "--quiet"]) == 0
+    xr.testing.assert_identical(_without_time(xr.load_dataset(out)),
+                                _without_time(xr.load_dataset(whole)))
+
+
+# -- CLI and progress ---------------------------------------------------------------------------
+def test_cli_sweep(tmp_path, capsys):
+    spec = _write(tmp_path, 'kind = "simulate"\nseed = 1\nn_trials = 8\n[axes]\n'
+                  'batch_size = [1, 4]\n[fixed]\nn_experts = 8\ntop_k = 2\n')
+    assert main(["sweep", str(spec), "--output", str(tmp_path / "o.nc"), "--trials", "16"]) == 0
+    err = capsys.readouterr().err
+    assert "2 cells (batch_size 2), 2 computed, 0 resumed" in err and "\r" not in err
+    assert xr.load_dataset(tmp_path / "o.nc").attrs["n_trials"] == 16
+    assert main(["sweep", str(spec), "--output", str(tmp_path / "q.nc"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+    bad = _write(tmp_path, 'kind = "simulate"\nseed = 1\nbogus = 2\n', "bad.toml")
+    assert main(["sweep", str(bad), "--output", str(tmp_path / "b.nc")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown key 'bogus'" in err[0]
+    assert main(["sweep", str(spec), "--output", str(tmp_path / "o.txt")]) == 2
+    assert main(["sweep", str(spec), "--output", "o.nc", "--workers", "2",
+                 "--scheduler", "tcp://x:1"]) == 2
+
+
+def test_progress_bar():
+    buf = io.StringIO()
+    bar = S._Progress(10, 2, True, stream=buf)
+    bar.advance(3)
+    time.sleep(0.11)
+    bar.advance(5)
+    bar.close()
+    text = buf.getvalue()
+    assert "2/10 cells" in text and "10/10 cells" in text and "cells/s" in text
+    assert text.endswith("\n")
+    quiet = io.StringIO()
+    bar = S._Progress(10, 0, False, stream=quiet)
+    bar.advance(10)
+    bar.close()
+    assert quiet.getvalue() == ""
+
+
+# -- Dask -----------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_dask_local_cluster_equals_in_process(tmp_path, sim_full):
+    """--workers 2: a local cluster of two worker processes gives the in-process result."""
+    pytest.importorskip("distributed", reason="the 'distributed' extra is not installed")
+    spec = {**SIM, "cells_per_task": 1}
+    ds = mr.sweep(spec, tmp_path / "d.nc", workers=2, progress=False)
+    xr.testing.assert_identical(_without_time(ds), _without_time(sim_full))
+
+
+@pytest.mark.slow
+def test_cli_scheduler_address_equals_in_process(tmp_path, sim_full):
+    """--scheduler ADDRESS sends the cells to an existing cluster (here two local processes)."""
+    distributed = pytest.importorskip("distributed",
+                                      reason="the 'distributed' extra is not installed")
+    spec = _write(tmp_path, KILL_SPEC.replace("n_trials = 1000", "n_trials = 24"))
+    ref = mr.sweep(spec, progress=False)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        out = tmp_path / "s.nc"
+        assert main(["sweep", str(spec), "--output", str(out), "--quiet",
+                     "--scheduler", cluster.scheduler_address]) == 0
+    xr.testing.assert_identical(_without_time(xr.load_dataset(out)),
+                                _without_time(xr.load_dataset(_save(ref, tmp_path / "r.nc"))))
+
+
+def _save(ds, path):
+    mr.save_dataset(ds, path)
+    return path
+
+
+@pytest.mark.slow
+def test_bench_sweep_runs(monkeypatch, capsys):
+    """`mcroute bench --sweep` end to end on a tiny grid (the code path, not the speed)."""
+    pytest.importorskip("distributed", reason="the 'distributed' extra is not installed")
+    from mcroute import _sweep_bench
+
+    tiny = mr.load_sweep_spec({**SIM, "n_trials": 16})
+    monkeypatch.setattr(_sweep_bench, "bench_spec", lambda quick=False: tiny)
+    assert main(["bench", "--sweep", "--quick"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "results identical: yes" in out[0]
+    assert out[1].startswith("sweep speed-up, 2 Dask workers / in-process")
+    assert "target >= 1.6" in out[1]
+    assert float(out[3].split()[-1]) > 0  # cells/s of the Dask run
