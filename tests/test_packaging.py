@@ -1,0 +1,38 @@
+"""A non-editable install (a built wheel) carries the cards and the project's data."""
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_wheel_ships_cards_and_data_and_finds_them(tmp_path):
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(wheels), str(ROOT)], check=True, capture_output=True,
+                   timeout=600, cwd=tmp_path)
+    (whl,) = wheels.glob("mcroute-*.whl")
+    names = set(zipfile.ZipFile(whl).namelist())
+    for card in (ROOT / "models" / "llm").glob("*.toml"):
+        assert f"mcroute/models/llm/{card.name}" in names
+    for card in (ROOT / "models" / "hardware").glob("*.toml"):
+        assert f"mcroute/models/hardware/{card.name}" in names
+    assert "mcroute/data/q_estimates.csv" in names
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
+                    str(site), str(whl)], check=True, capture_output=True, timeout=600)
+    code = ("import mcroute, mcroute._resources as r; m = mcroute.load_model('deepseek-v3'); "
+            "print(mcroute.__file__); print(r.cards_dir()); print(r.project_data_dir()); "
+            "print(len(mcroute.list_hardware()), m.n_experts)")
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300, check=True).stdout.split("\n")
+    assert out[0].startswith(str(site)), out  # the installed copy, not the source tree
+    assert str(site) in out[1] and str(site) in out[2]
+    assert out[3] == "8 256"
