@@ -70,6 +70,8 @@ def _coerce(ds, dim: str, text: str):
         )
     kind = ds[dim].dtype.kind if dim in ds.coords else "i"
     if kind in "iu":
+        if text.strip().lstrip("-").isdigit():  # plain integers, 0 and negatives included
+            return int(text)
         return parse_size(f"--sel {dim}", text)
     if kind == "f":
         try:

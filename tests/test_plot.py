@@ -394,3 +394,14 @@ def test_infeasible_points_leave_gaps(qs_like):
     verts = np.concatenate([p.vertices for p in _collection(ax, "ci:mixtral").get_paths()])
     assert set(np.unique(verts[:, 0])) == {1024.0, 4096.0, 16384.0}
     assert np.isnan(ax.get_lines()[0].get_ydata()[3:]).all()
+
+
+def test_cli_sel_accepts_zero_for_integer_coords(tmp_path):
+    from mcroute.cli import main
+
+    ds = mr.simulate(mr.Uniform(16, 2), [1, 4, 16], 20, n_layers=2, rng=0)
+    nc = mr.save_dataset(ds, tmp_path / "r.nc")
+    out = tmp_path / "f.png"
+    assert main(["plot", str(nc), "--var", "active_experts", "--x", "batch_size",
+                 "--sel", "layer=0", "--output", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
