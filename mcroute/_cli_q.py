@@ -9,11 +9,10 @@ import csv
 import datetime as _dt
 import io
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
+from ._atomic import atomic_path
 from ._cli_common import format_table, write_output
 from ._quality import (
     _card,
@@ -197,14 +196,8 @@ def _write_summary_csv(rows, path, command, tables) -> Path:
     w.writeheader()
     for r in rows:
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".csv", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text(buf.getvalue(), encoding="utf-8")
     return path
 
 

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 from scipy import stats
 
+from ._atomic import atomic_path
 from ._validate import McrouteError, check_prob
 from ._version import __version__
 
@@ -205,18 +204,11 @@ def save_dataset(ds: xr.Dataset, path) -> Path:
     """
     path = Path(path)
     ext = path.suffix.lower()
-    if ext not in {".nc", ".csv", ".json"}:
-        raise McrouteError(f"output must end in .nc, .csv or .json, got {str(path)!r}")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise McrouteError(f"output folder {str(folder)!r} does not exist")
     ds = ds.copy()
     ds.attrs = {k: _attr_value(v) for k, v in ds.attrs.items()}
     for v in ds.variables.values():
         v.attrs = {k: _attr_value(a) for k, a in v.attrs.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=ext, dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(path, allowed=(".nc", ".csv", ".json")) as tmp:
         if ext == ".nc":
             ds.to_netcdf(tmp, engine="h5netcdf")
         elif ext == ".csv":
@@ -228,8 +220,4 @@ def save_dataset(ds: xr.Dataset, path) -> Path:
         else:
             with open(tmp, "w", encoding="utf-8") as fh:
                 json.dump(_to_json_dict(ds), fh, default=_json_default, allow_nan=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

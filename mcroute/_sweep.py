@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from ._atomic import atomic_path
 from ._results import DEFAULT_QUANTILES, _attr_value, provenance, save_dataset
 from ._validate import McrouteError, check_prob
 from ._version import __version__
@@ -823,16 +824,10 @@ class _PartStore:
         path = self.folder / f"part-{min(cells):09d}-{tag}.pkl"
         blob = {"format": self.FORMAT, "mcroute_version": __version__, "cells": cells,
                 "dataset": part}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=self.folder)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                pickle.dump(blob, fh, protocol=pickle.HIGHEST_PROTOCOL)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            pickle.dump(blob, fh, protocol=pickle.HIGHEST_PROTOCOL)
+            fh.flush()
+            os.fsync(fh.fileno())
         return path
 
     def _read(self, path: Path) -> dict:
@@ -860,14 +855,8 @@ class _PartStore:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def _spec_difference(old: dict, new: dict, old_version) -> str:

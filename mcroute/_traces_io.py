@@ -39,14 +39,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 import zipfile
 from array import array
 from pathlib import Path
 
 import numpy as np
 
+from ._atomic import atomic_path
 from ._traces import PopularityTrace, Trace
 from ._validate import McrouteError, check_int
 
@@ -127,14 +126,8 @@ def save_trace(trace: Trace, path) -> Path:
     }
     if trace.gate_weights is not None:
         arrays["gate_weights"] = trace.gate_weights
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
     return path
 
 

@@ -21,13 +21,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
+from ._atomic import atomic_path
 from ._results import summarize
 from ._validate import McrouteError
 
@@ -662,17 +662,6 @@ def save_figure(fig, path) -> Path:
         raise McrouteError(f"fig must be a matplotlib Figure or Axes, got {type(fig).__name__}")
     path = Path(path)
     ext = path.suffix.lower()
-    if ext not in {".png", ".pdf", ".svg"}:
-        raise McrouteError(f"figure output must end in .png, .pdf or .svg, got {str(path)!r}")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise McrouteError(f"output folder {str(folder)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=ext, dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(path, allowed=(".png", ".pdf", ".svg"), what="figure output") as tmp:
         fig.savefig(tmp, format=ext[1:], dpi=150, bbox_inches="tight", pad_inches=0.08)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
