@@ -325,6 +325,29 @@ def _chunk_uniform(s, counts, t0, t1, n_experts, top_k, batch, record, assign):
     thresh = (uint64(1) << uint64(32)) % n64  # Lemire: reject the low part below 2**32 mod n
     buf = uint64(0)
     have = False
+    if top_k == 1:
+        # One expert per token: no duplicates to check; both halves of every draw are used.
+        for t in range(t0, t1):
+            for layer in range(n_layers):
+                row = counts[t, layer]
+                b = 0
+                while b < batch:
+                    x = next_u64(s)
+                    m1 = (x >> uint64(32)) * n64
+                    m2 = (x & low) * n64
+                    if (m1 & low) >= thresh:
+                        e = np.int64(m1 >> uint64(32))
+                        row[e] += 1
+                        if record:
+                            assign[t, layer, b, 0] = e
+                        b += 1
+                    if b < batch and (m2 & low) >= thresh:
+                        e = np.int64(m2 >> uint64(32))
+                        row[e] += 1
+                        if record:
+                            assign[t, layer, b, 0] = e
+                        b += 1
+        return
     for t in range(t0, t1):
         for layer in range(n_layers):
             row = counts[t, layer]
