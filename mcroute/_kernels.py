@@ -308,9 +308,9 @@ def weighted_tables(weights):
 def _chunk_uniform(s, counts, t0, t1, n_experts, top_k, batch, record, assign):
     """Uniform top-k for trials t0..t1 of one chunk.
 
-    For k <= E/4: each 64-bit draw gives two 32-bit halves (the second is kept for the next
-    assignment, across tokens), each turned into an expert by Lemire's multiply-shift with
-    rejection (exactly uniform); an expert already chosen by the same token is redrawn
+    For k <= E/4: each 64-bit draw gives two 32-bit halves (a half left over at the end of a
+    token is dropped), each turned into an expert by Lemire's multiply-shift with rejection
+    (exactly uniform); an expert already chosen by the same token is redrawn
     (acceptance >= 3/4 at every draw, so <= 4/3 draws on average).
     Otherwise partial Fisher–Yates on a per-chunk permutation: position j takes a uniform pick
     among positions j..E-1, so the first k entries are a uniform k-subset whatever order the
@@ -323,31 +323,6 @@ def _chunk_uniform(s, counts, t0, t1, n_experts, top_k, batch, record, assign):
     n64 = uint64(n_experts)
     low = uint64(0xFFFFFFFF)
     thresh = (uint64(1) << uint64(32)) % n64  # Lemire: reject the low part below 2**32 mod n
-    buf = uint64(0)
-    have = False
-    if top_k == 1:
-        # One expert per token: no duplicates to check; both halves of every draw are used.
-        for t in range(t0, t1):
-            for layer in range(n_layers):
-                row = counts[t, layer]
-                b = 0
-                while b < batch:
-                    x = next_u64(s)
-                    m1 = (x >> uint64(32)) * n64
-                    m2 = (x & low) * n64
-                    if (m1 & low) >= thresh:
-                        e = np.int64(m1 >> uint64(32))
-                        row[e] += 1
-                        if record:
-                            assign[t, layer, b, 0] = e
-                        b += 1
-                    if b < batch and (m2 & low) >= thresh:
-                        e = np.int64(m2 >> uint64(32))
-                        row[e] += 1
-                        if record:
-                            assign[t, layer, b, 0] = e
-                        b += 1
-        return
     for t in range(t0, t1):
         for layer in range(n_layers):
             row = counts[t, layer]
@@ -355,24 +330,22 @@ def _chunk_uniform(s, counts, t0, t1, n_experts, top_k, batch, record, assign):
                 if reject:
                     j = 0
                     while j < top_k:
-                        if have:
-                            h = buf & low
-                            have = False
-                        else:
-                            buf = next_u64(s)
-                            h = buf >> uint64(32)
-                            have = True
-                        mm = h * n64
-                        if (mm & low) < thresh:
-                            continue
-                        e = np.int64(mm >> uint64(32))
-                        if _is_chosen(e, chosen, j):
-                            continue
-                        chosen[j] = e
-                        row[e] += 1
-                        if record:
-                            assign[t, layer, b, j] = e
-                        j += 1
+                        x = next_u64(s)
+                        for half in range(2):
+                            h = (x >> uint64(32)) if half == 0 else (x & low)
+                            mm = h * n64
+                            if (mm & low) < thresh:
+                                continue
+                            e = np.int64(mm >> uint64(32))
+                            if _is_chosen(e, chosen, j):
+                                continue
+                            chosen[j] = e
+                            row[e] += 1
+                            if record:
+                                assign[t, layer, b, j] = e
+                            j += 1
+                            if j == top_k:
+                                break
                 else:
                     for j in range(top_k):
                         r = j + randint(s, n_experts - j)
@@ -384,14 +357,51 @@ def _chunk_uniform(s, counts, t0, t1, n_experts, top_k, batch, record, assign):
                             assign[t, layer, b, j] = e
 
 
+@njit(cache=True)
+def _chunk_uniform_top1(s, counts, t0, t1, n_experts, batch, record, assign):
+    """Uniform top-1 for trials t0..t1.
+
+    No duplicates to check: both 32-bit halves of every 64-bit draw become an expert (Lemire's
+    multiply-shift with rejection, exactly uniform).
+    """
+    n_layers = counts.shape[1]
+    n64 = uint64(n_experts)
+    low = uint64(0xFFFFFFFF)
+    thresh = (uint64(1) << uint64(32)) % n64
+    for t in range(t0, t1):
+        for layer in range(n_layers):
+            row = counts[t, layer]
+            b = 0
+            while b < batch:
+                x = next_u64(s)
+                m1 = (x >> uint64(32)) * n64
+                m2 = (x & low) * n64
+                if (m1 & low) >= thresh:
+                    e = np.int64(m1 >> uint64(32))
+                    row[e] += 1
+                    if record:
+                        assign[t, layer, b, 0] = e
+                    b += 1
+                if b < batch and (m2 & low) >= thresh:
+                    e = np.int64(m2 >> uint64(32))
+                    row[e] += 1
+                    if record:
+                        assign[t, layer, b, 0] = e
+                    b += 1
+
+
 @njit(cache=True, parallel=True)
 def counts_uniform(states, chunk, n_trials, n_layers, n_experts, top_k, batch, record, assign):
     """Per-assignment uniform top-k counts (trial, layer, expert); ids to ``assign`` if record."""
     counts = np.zeros((n_trials, n_layers, n_experts), dtype=np.int64)
     for c in prange(states.shape[0]):
         s = init_state(states[c])
-        _chunk_uniform(s, counts, c * chunk, min(c * chunk + chunk, n_trials), n_experts, top_k,
-                       batch, record, assign)
+        t0 = c * chunk
+        t1 = min(t0 + chunk, n_trials)
+        if top_k == 1:
+            _chunk_uniform_top1(s, counts, t0, t1, n_experts, batch, record, assign)
+        else:
+            _chunk_uniform(s, counts, t0, t1, n_experts, top_k, batch, record, assign)
     return counts
 
 
