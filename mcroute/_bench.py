@@ -17,7 +17,7 @@ import numpy as np
 from . import _kernels as K
 from ._rng import CHUNK_TRIALS, chunk_seeds
 from ._routing import Uniform, Zipf
-from ._sampling import draw_counts
+from ._sampling import COUNTSPACE_MIN_ASSIGNMENTS_PER_EXPERT, draw_counts
 
 #: (E, k, B, routing kind) cases of the issue.
 CASES = [
@@ -134,25 +134,27 @@ def run(quick: bool = False, out=print) -> list[tuple[str, float, str, bool]]:
 
     # (d) count-space vs per-assignment (uniform E=256, k=8)
     routing = Uniform(256, 8)
-    for b in (4096, 65536):
-        nt = CHUNK_TRIALS * (2 if b == 4096 else 1)
+    b = 65536
+    pa = partial(draw_counts, routing, b, CHUNK_TRIALS, 1, 3, (), "assignment")
+    cs = partial(draw_counts, routing, b, CHUNK_TRIALS, 1, 3, (), "counts")
+    pa()
+    cs()
+    r, _, _ = _median_ratio(pa, cs, reps)
+    report(f"countspace_speedup[E=256,k=8,B={b}]", r, ">=", 4.0)
+    # crossover: smallest B (powers of 2) where count-space is faster; "auto" switches at
+    # B·k/E >= COUNTSPACE_MIN_ASSIGNMENTS_PER_EXPERT
+    cross = None
+    for b in (256, 512, 1024, 2048, 4096, 8192, 16384):
+        nt = CHUNK_TRIALS * max(1, 4096 // b)
         pa = partial(draw_counts, routing, b, nt, 1, 3, (), "assignment")
         cs = partial(draw_counts, routing, b, nt, 1, 3, (), "counts")
         pa()
         cs()
         r, _, _ = _median_ratio(pa, cs, reps)
-        target = 4.0 if b == 65536 else 1.0
-        report(f"countspace_speedup[E=256,k=8,B={b}]", r, ">=", target)
-    # crossover: smallest B (powers of 2) where count-space is faster
-    cross = None
-    for b in (8, 16, 32, 64, 128, 256, 512, 1024):
-        nt = 4 * CHUNK_TRIALS
-        pa = partial(draw_counts, routing, b, nt, 1, 3, (), "assignment")
-        cs = partial(draw_counts, routing, b, nt, 1, 3, (), "counts")
-        r, _, _ = _median_ratio(pa, cs, reps)
-        if r > 1.0:
+        out(f"countspace_speedup[E=256,k=8,B={b}]{'':<14} {r:10.3f}  (information)")
+        if r > 1.0 and cross is None:
             cross = b
-            break
-    out(f"countspace_crossover_batch[E=256,k=8] {cross if cross else '>1024'} "
-        f"(B*k/E = {cross * 8 / 256 if cross else float('nan'):g})")
+    out(f"countspace_crossover_batch[E=256,k=8] {cross if cross else '>16384'} "
+        f"(B*k/E = {cross * 8 / 256 if cross else float('nan'):g}; auto switches at "
+        f"B*k/E >= {COUNTSPACE_MIN_ASSIGNMENTS_PER_EXPERT:g})")
     return results

@@ -18,9 +18,9 @@ from ._rng import CHUNK_TRIALS, chunk_seeds, resolve_seed
 from ._validate import McrouteError, check_int, check_int_list, check_real
 
 #: ``method="auto"`` switches to count-space sampling (where exact) once B·k >= this × E.
-#: Set from ``mcroute bench`` (count-space vs per-assignment crossover, E=256, k=8: count-space
-#: is 1.7× faster at B·k/E = 128 and slower at B·k/E <= 32).
-COUNTSPACE_MIN_ASSIGNMENTS_PER_EXPERT = 64.0
+#: Set from ``mcroute bench`` (count-space vs per-assignment crossover, uniform E=256, k=8:
+#: count-space is 0.9× as fast at B·k/E = 128, 1.8× at 256, 14× at 2048).
+COUNTSPACE_MIN_ASSIGNMENTS_PER_EXPERT = 128.0
 
 __all__ = [
     "sample_counts",
@@ -95,7 +95,7 @@ def sample_counts(routing, batch_size, n_trials, n_layers=1, *, rng=None, method
         ``"assignment"`` samples every token's k experts (fused: no per-token array is kept);
         ``"counts"`` samples per-expert counts directly (exact for uniform routing and for
         top_k = 1; cost independent of B); ``"auto"`` takes counts where exact and
-        B·k >= 64·E.
+        B·k >= 128·E.
 
     Returns
     -------
