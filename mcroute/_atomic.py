@@ -16,6 +16,12 @@ from ._validate import McrouteError
 __all__ = ["atomic_path"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path, *, allowed=None, what="output"):
     """Yield a temporary path to write; on success rename it to ``path``, else delete it.
@@ -42,6 +48,8 @@ def atomic_path(path, *, allowed=None, what="output"):
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp creates the file private (0600); give it the mode a plain open() would.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -125,3 +125,15 @@ def test_export_round_trip(tmp_path):
     with pytest.raises(mr.McrouteError, match=r"\.nc, \.csv or \.json"):
         mr.save_dataset(ds, tmp_path / "r.txt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv", "r.json", "r.nc"]
+
+
+def test_outputs_get_normal_file_mode(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = mr.save_dataset(mr.simulate(mr.Uniform(8, 2), 2, 4, rng=0), tmp_path / "m.nc")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
