@@ -250,35 +250,6 @@ def _draw_weighted_exact(s, cdf, w, chosen, m, order):
     return last
 
 
-@njit(cache=True, inline="always")
-def draw_weighted(s, prob, alias, cdf, w, chosen, m, order, chosen_mass):
-    """One expert by successive sampling without replacement, given ``m`` already chosen.
-
-    ``chosen_mass`` is the normalised weight of the chosen experts. While it is at most 3/4,
-    up to 32 alias draws from the full distribution are tried and rejected if already chosen
-    (acceptance >= 1/4 per try; an accepted draw follows the conditional law exactly, and the
-    try limit depends only on the chosen set, so the mixture with the fallback stays exact).
-    Otherwise, or if every try is rejected (probability < 1e-4), the conditional law is sampled
-    directly by inverse CDF in O(m + log E). Extreme skew therefore never makes the loop spin.
-    """
-    n = w.size
-    tries = 32 if chosen_mass <= 0.75 else 0
-    e = -1
-    while tries > 0:
-        u = uniform(s) * n
-        j = np.int64(u)
-        e = j if (u - j) < prob[j] else alias[j]
-        hit = 0
-        for i in range(m):
-            hit += chosen[i] == e
-        if hit == 0:
-            break
-        tries -= 1
-    if tries == 0:
-        e = _draw_weighted_exact(s, cdf, w, chosen, m, order)
-    return e
-
-
 @njit(cache=True)
 def weighted_tables(weights):
     """Normalised weights, CDFs (layer, expert + 1) and alias tables for per-layer weights."""
@@ -409,9 +380,14 @@ def counts_uniform(states, chunk, n_trials, n_layers, n_experts, top_k, batch, r
 def _chunk_weighted(s, counts, t0, t1, w, cdf, prob, alias, top_k, batch, record, assign):
     """Weighted top-k (Plackett–Luce) for trials t0..t1 of one chunk.
 
-    The same law as :func:`draw_weighted`, with its fast path inlined: alias draws from the full
-    distribution, rejected if the token already holds the expert (a bit mask, O(1) per check),
-    up to 32 tries while the chosen mass is at most 3/4; then the exact inverse-CDF fallback.
+    Each of a token's k experts is one draw by successive sampling without replacement. While
+    the chosen experts' normalised mass is at most 3/4, up to 32 alias draws from the full
+    distribution are tried and rejected if the token already holds the expert (a bit mask, O(1)
+    per check); acceptance is >= 1/4 per try, and an accepted draw follows the conditional law
+    exactly. The try limit depends only on the chosen set, so mixing in the fallback keeps the
+    law exact: otherwise (or if all 32 tries fail, probability < 1e-4) the conditional law is
+    sampled directly by inverse CDF (:func:`_draw_weighted_exact`, O(m + log E)). Extreme skew
+    therefore never makes the loop spin.
     """
     n_layers = counts.shape[1]
     n = w.shape[1]
