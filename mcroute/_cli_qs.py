@@ -44,7 +44,7 @@ def register(sub) -> None:
     p.add_argument("--dense-model", default=None,
                    help="compare against this dense card instead of a built twin")
     p.add_argument("--trials", default="400", help="Monte Carlo steps per context (default 400)")
-    p.add_argument("--q-samples", default="64", help="draws of an uncertain q (default 64)")
+    p.add_argument("--q-samples", default="256", help="draws of an uncertain q (default 256)")
     p.add_argument("--ci-prob", default=0.95, type=float, help="confidence level (default 0.95)")
     p.add_argument("--seed", default="0", help="seed (default 0)")
     p.add_argument("--output", default=None, help="write results to FILE.nc, .csv or .json")

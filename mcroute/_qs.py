@@ -32,7 +32,7 @@ import xarray as xr
 from ._cards import LayerSpec, ModelSpec, load_hardware, load_model
 from ._cost import Deployment
 from ._quality import QSpec, as_q
-from ._results import DEFAULT_QUANTILES, provenance, summarize
+from ._results import DEFAULT_QUANTILES, _summary_arrays, provenance, summarize
 from ._rng import generator, resolve_seed
 from ._throughput import _token_list, decode_throughput
 from ._validate import McrouteError, check_int, check_prob
@@ -264,6 +264,29 @@ def _dense_throughput_at(dep, contexts, batch):
     return out
 
 
+def _cluster_intervals(ds, names, cluster, n_clusters, ci_prob):
+    """Replace ``_mean``, ``_se`` and ``_ci`` by their values over clusters of trials.
+
+    With fewer draws of q than trials, trials that share a draw are not independent; the mean
+    is then taken over the per-draw means and its standard error from their spread (a
+    cluster-robust interval), so the interval carries the uncertainty of q.
+    """
+    onehot = (cluster[:, None] == np.arange(n_clusters)[None, :]).astype(float)
+    for name in names:
+        da = ds[name]
+        x = da.transpose(..., "trial").values
+        valid = ~np.isnan(x)
+        sums = np.where(valid, x, 0.0) @ onehot
+        counts = valid.astype(float) @ onehot
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cm = np.where(counts > 0, sums / counts, np.nan)
+        mean, se, ci, _ = _summary_arrays(cm, ci_prob, np.asarray([0.5]))
+        ds[f"{name}_mean"].values = mean
+        ds[f"{name}_se"].values = se
+        ds[f"{name}_ci"].values = ci
+        ds[f"{name}_ci"].attrs["ci_kind"] = f"student-t over {n_clusters} draws of q (clustered)"
+
+
 def _parse_q_arg(q):
     """Point values (list → q dim) or one uncertain QSpec."""
     if isinstance(q, (list, tuple)):
@@ -292,7 +315,7 @@ def qs_analysis(
     quantiles=DEFAULT_QUANTILES,
     dense_style="widen",
     dense_n_gpus=None,
-    n_q_samples=64,
+    n_q_samples=256,
     method="auto",
     dense_model=None,
     **deployment_options,
@@ -330,7 +353,9 @@ def qs_analysis(
     dense_n_gpus : int, optional
         GPUs of the twin (default ``n_gpus``).
     n_q_samples : int
-        Draws of an uncertain q (each needs one dense twin per context).
+        Draws of an uncertain q (each needs one dense twin per context). With fewer draws than
+        trials, trial i uses draw ``i mod n_q_samples`` and the means, standard errors and
+        intervals are taken over the per-draw means (trials sharing a draw are not independent).
     method : {"auto", "assignment", "counts"}
         Sampling method of the routing Monte Carlo.
     dense_model : str or ModelSpec, optional
@@ -520,6 +545,8 @@ def qs_analysis(
     if q_spec is not None:
         names += ["q", "qs", "capacity_penalty"]
     ds = summarize(ds, names, ci_prob=ci_prob, quantiles=quantiles)
+    if q_spec is not None and nq < n_trials:
+        _cluster_intervals(ds, names, draw_of_trial, nq, ci_prob)
     if q_spec is not None:
         ds["first_order_disadvantaged"] = ((), bool(ds["qs_mean"] < 1), {
             "units": "1", "long_name": "first-order criterion q·s < 1 (at the mean q·s)"})

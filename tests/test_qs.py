@@ -188,3 +188,18 @@ def test_cli_main_job_and_one_case(tmp_path, capsys):
     assert main(["qs", "llama-3.1-70b", "--q", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all("error" in e for e in err)
+
+
+def test_few_q_draws_give_clustered_intervals():
+    # Trials sharing a draw of q are not independent: with 8 draws for 400 trials the interval
+    # must reflect 8 draws, i.e. be much wider than the naive one over 400 trials.
+    q = stats.lognorm(0.3, scale=3.0)
+    few = _qs(q, context=("8k",), n_trials=400, n_q_samples=8)
+    naive_se = float(few["penalty"].std(ddof=1)) / np.sqrt(400)
+    se = few["penalty_se"].values.item()
+    assert se > 3 * naive_se
+    # equals the spread of the 8 per-draw means
+    draw = np.arange(400) % 8
+    per_draw = np.array([few["penalty"].values.ravel()[draw == d].mean() for d in range(8)])
+    assert se == pytest.approx(per_draw.std(ddof=1) / np.sqrt(8), rel=1e-9)
+    assert few["penalty_mean"].values.item() == pytest.approx(per_draw.mean(), rel=1e-12)
