@@ -11,10 +11,10 @@ q·s < 1 marks the MoE as structurally disadvantaged (the *first-order criterion
 **penalty** is dense throughput / MoE throughput, each at its own admissible batch. It splits
 exactly into
 
-* the **reuse penalty** — dense / MoE throughput at the *same* batch (the MoE's admissible one):
-  reuse fragmentation and weight bytes;
-* the **capacity factor** — dense throughput at its own admissible batch over dense throughput at
-  the MoE's batch: what the dense twin gains from its larger KV headroom,
+* the **reuse penalty** — dense / MoE throughput at the *same* batch, the smaller of the two
+  admissible ones (``reuse_batch_size``): weight bytes and reuse fragmentation;
+* the **capacity factor** — penalty / reuse penalty: what running each model at its own
+  admissible batch adds (the dense twin's larger KV headroom),
 
 so that ``penalty = reuse_penalty × capacity_factor``. ``capacity_penalty`` is the ratio of the
 admissible batch sizes themselves (dense / MoE), as in DESIGN.md.
@@ -370,8 +370,9 @@ def qs_analysis(
     xarray.Dataset
         Dims ``context`` (and ``q`` for a list of point values), ``trial``, ``ci_bound``,
         ``quantile``. Per-trial ``moe_throughput``, ``dense_throughput``, ``penalty`` (dense /
-        MoE throughput at their own admissible batches) and ``reuse_penalty`` (at the MoE's
-        batch) with ``_mean``, ``_se``, ``_ci``, ``_q``; ``capacity_factor`` (penalty /
+        MoE throughput at their own admissible batches) and ``reuse_penalty`` (both at
+        ``reuse_batch_size``, the smaller admissible batch; for an uncertain q the smallest
+        over its draws) with ``_mean``, ``_se``, ``_ci``, ``_q``; ``capacity_factor`` (penalty /
         reuse penalty), ``capacity_penalty`` (ratio of admissible batches, dense / MoE),
         ``moe_batch_size``, ``dense_batch_size``, ``moe_feasible``, ``dense_feasible``,
         ``moe_reason``, ``dense_reason``, ``s``, ``q`` (``q_mean`` for uncertain q), ``qs``,
@@ -426,7 +427,6 @@ def qs_analysis(
     moe_b = moe_ds["batch_size"].values.reshape(len(contexts)).astype(np.int64)
     moe_ok = moe_ds["feasible"].values.reshape(len(contexts)).astype(bool)
     moe_reason = moe_ds["reason"].values.reshape(len(contexts)).astype(str)
-    moe_b_eff = np.where(moe_ok, moe_b, 0)
 
     if q_spec is None:
         q_values = np.asarray(q_points, dtype=float)
@@ -439,16 +439,15 @@ def qs_analysis(
 
     nq, nc = len(q_values), len(contexts)
     d_thr = np.full((nq, nc), np.nan)       # dense at its own admissible batch
-    d_thr_same = np.full((nq, nc), np.nan)  # dense at the MoE's batch
     d_b = np.zeros((nq, nc), dtype=np.int64)
     d_ok = np.zeros((nq, nc), dtype=bool)
     d_reason = np.full((nq, nc), "", dtype=object)
     d_min = np.zeros(nq, dtype=object)
-    twins = {}
+    twins, deps = {}, {}
     for iq, qv in enumerate(q_values):
         twin = dense_model if dense_model is not None else dense_twin(moe, qv, dense_style)
         twins[iq] = twin
-        dep = Deployment(twin, hw, dense_n, **deployment_options)
+        dep = deps[iq] = Deployment(twin, hw, dense_n, **deployment_options)
         for ic, L in enumerate(contexts):
             why = dep.infeasibility(L)
             d_reason[iq, ic] = why
@@ -457,30 +456,57 @@ def qs_analysis(
             d_ok[iq, ic] = True
             d_b[iq, ic] = dep.max_batch_size(L)
         d_thr[iq] = _dense_throughput_at(dep, contexts, d_b[iq])
-        d_thr_same[iq] = _dense_throughput_at(dep, contexts, moe_b_eff)
         if q_spec is None:
             d_min[iq] = min_gpus(twin, hw, max(contexts), **deployment_options)
+
+    # The reuse penalty compares both models at one batch both can run: the smaller admissible
+    # batch (for an uncertain q, the smallest over the draws of q).
+    both = d_ok & moe_ok[None]
+    b_same = np.where(both, np.minimum(moe_b[None], d_b), 0)
+    if q_spec is not None:
+        common = np.where(both.all(axis=0), b_same.min(axis=0), 0)
+        b_same = np.broadcast_to(common, (nq, nc)).copy()
+    d_thr_same = np.stack([_dense_throughput_at(deps[iq], contexts, b_same[iq])
+                           for iq in range(nq)])
+    moe_runs = {}
+
+    def moe_at(ic, b):
+        """MoE throughput per trial at batch b (the admissible-batch run when b = B_max)."""
+        if b == moe_b[ic]:
+            return moe_thr[ic]
+        if b < 1:
+            return np.full(n_trials, np.nan)
+        if (ic, b) not in moe_runs:
+            run = decode_throughput(moe_dep, contexts[ic], int(b), routing, n_trials,
+                                    rng=entropy, ci_prob=ci_prob, method=method)
+            moe_runs[ic, b] = run["throughput"].values.reshape(n_trials)
+        return moe_runs[ic, b]
 
     if q_spec is None:
         # (q, context, trial)
         moe_t = np.broadcast_to(moe_thr, (nq, nc, n_trials))
+        moe_same = np.stack([np.stack([moe_at(ic, b_same[iq, ic]) for ic in range(nc)])
+                             for iq in range(nq)])
         dense_t = np.broadcast_to(d_thr[..., None], (nq, nc, n_trials))
         dense_same = np.broadcast_to(d_thr_same[..., None], (nq, nc, n_trials))
         dims = ("q", "context", "trial")
-        cap = np.where(d_ok & moe_ok[None], d_b / np.maximum(moe_b_eff[None], 1), np.nan)
+        cap = np.where(both, d_b / np.maximum(moe_b[None], 1), np.nan)
         cap_dims = ("q", "context")
+        same_b = (("q", "context"), b_same)
     else:
         dense_t = d_thr[draw_of_trial].T            # (context, trial)
         dense_same = d_thr_same[draw_of_trial].T
         moe_t = moe_thr
+        moe_same = np.stack([moe_at(ic, b_same[0, ic]) for ic in range(nc)])
         dims = ("context", "trial")
-        capq = np.where(d_ok & moe_ok[None], d_b / np.maximum(moe_b_eff[None], 1), np.nan)
+        capq = np.where(both, d_b / np.maximum(moe_b[None], 1), np.nan)
         cap = capq[draw_of_trial].T
         cap_dims = ("context", "trial")
+        same_b = (("context",), b_same[0])
     with np.errstate(invalid="ignore", divide="ignore"):
         penalty = dense_t / moe_t
-        reuse = dense_same / moe_t
-        cap_factor = dense_t / dense_same
+        reuse = dense_same / moe_same
+        cap_factor = penalty / reuse
 
     s = moe.sparsity
     coords = {
@@ -498,10 +524,13 @@ def qs_analysis(
         "penalty": (dims, penalty, {"units": "1",
                     "long_name": "penalty: dense / MoE throughput, each at its admissible batch"}),
         "reuse_penalty": (dims, reuse, {"units": "1",
-                          "long_name": "reuse penalty: dense / MoE throughput at the MoE's batch"}),
+                          "long_name": "reuse penalty: dense / MoE throughput at the same batch "
+                                       "(the smaller admissible one, reuse_batch_size)"}),
+        "reuse_batch_size": (*same_b, {"units": "sequences",
+                             "long_name": "batch at which the reuse penalty compares the models"}),
         "capacity_factor": (dims, cap_factor, {"units": "1",
-                            "long_name": "dense throughput at its own batch / at the MoE's batch"
-                                         " (penalty = reuse_penalty × capacity_factor)"}),
+                            "long_name": "what the admissible batches add: penalty / "
+                                         "reuse_penalty"}),
         "capacity_penalty": (cap_dims, cap, {"units": "1",
                              "long_name": "capacity penalty: admissible batch, dense / MoE"}),
         "s": ((), s, {"units": "1", "long_name": "sparsity s = N_active / N_total"}),

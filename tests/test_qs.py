@@ -203,3 +203,28 @@ def test_few_q_draws_give_clustered_intervals():
     per_draw = np.array([few["penalty"].values.ravel()[draw == d].mean() for d in range(8)])
     assert se == pytest.approx(per_draw.std(ddof=1) / np.sqrt(8), rel=1e-9)
     assert few["penalty_mean"].values.item() == pytest.approx(per_draw.mean(), rel=1e-12)
+
+
+def test_reuse_penalty_at_the_smaller_admissible_batch():
+    # A Llama-shaped twin of DeepSeek-V3 has a larger (GQA) cache than MLA: at 128k it holds fewer
+    # sequences than the MoE, so the reuse penalty compares both at the dense batch.
+    ds = mr.qs_analysis("deepseek-v3", "h200", 8, 2.0, ["4k", "128k"], n_trials=16, rng=0,
+                        dense_style="llama", weight_dtype="fp8")
+    b_moe, b_dense = ds["moe_batch_size"].values, ds["dense_batch_size"].values
+    np.testing.assert_array_equal(ds["reuse_batch_size"].values, np.minimum(b_moe, b_dense))
+    assert b_dense[-1] < b_moe[-1]
+    assert np.all(np.isfinite(ds["reuse_penalty"].values))
+    np.testing.assert_allclose(ds["penalty"], ds["reuse_penalty"] * ds["capacity_factor"],
+                               rtol=1e-12)
+    # the MoE run at the dense batch is the same as decode_throughput at that batch (same seed)
+    dep = mr.Deployment("deepseek-v3", "h200", 8, weight_dtype="fp8")
+    direct = mr.decode_throughput(dep, "128k", int(b_dense[-1]), n_trials=16,
+                                  rng=ds.attrs["seed"])
+    twin = mr.dense_twin("deepseek-v3", 2.0, "llama")
+    dd = mr.Deployment(twin, "h200", 8, weight_dtype="fp8")
+    dense_same = b_dense[-1] / float(dd.step_time(131072, int(b_dense[-1]))[0])
+    np.testing.assert_allclose(ds["reuse_penalty"].values[-1],
+                               dense_same / direct["throughput"].values.ravel(), rtol=1e-12)
+    # widen keeps the cache: the dense batch is larger, so the MoE's batch is used
+    w = _qs(3.0)
+    np.testing.assert_array_equal(w["reuse_batch_size"].values, w["moe_batch_size"].values)
