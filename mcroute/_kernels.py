@@ -381,13 +381,18 @@ def _chunk_weighted(s, counts, t0, t1, w, cdf, prob, alias, top_k, batch, record
     """Weighted top-k (Plackett–Luce) for trials t0..t1 of one chunk.
 
     Each of a token's k experts is one draw by successive sampling without replacement. While
-    the chosen experts' normalised mass is at most 3/4, up to 32 alias draws from the full
+    the chosen experts' normalised mass is at most 0.9, up to 64 alias draws from the full
     distribution are tried and rejected if the token already holds the expert (a bit mask, O(1)
-    per check); acceptance is >= 1/4 per try, and an accepted draw follows the conditional law
+    per check); acceptance is >= 0.1 per try, and an accepted draw follows the conditional law
     exactly. The try limit depends only on the chosen set, so mixing in the fallback keeps the
-    law exact: otherwise (or if all 32 tries fail, probability < 1e-4) the conditional law is
+    law exact: otherwise (or if all 64 tries fail, probability < 0.002) the conditional law is
     sampled directly by inverse CDF (:func:`_draw_weighted_exact`, O(m + log E)). Extreme skew
     therefore never makes the loop spin.
+
+    An alias draw uses one 64-bit number: the upper half picks the column by Lemire's
+    multiply-shift with rejection (exactly uniform), the lower half is compared with the
+    column's keep probability as a 32-bit threshold, so each column's keep probability is exact
+    to 2**-32.
     """
     n_layers = counts.shape[1]
     n = w.shape[1]
@@ -395,10 +400,18 @@ def _chunk_weighted(s, counts, t0, t1, w, cdf, prob, alias, top_k, batch, record
     order = np.empty(top_k, dtype=np.int64)
     mask = np.zeros((n + 63) // 64, dtype=np.uint64)
     one = uint64(1)
+    low = uint64(0xFFFFFFFF)
+    n64 = uint64(n)
+    tcol = (uint64(1) << uint64(32)) % n64
+    thr = np.empty(prob.shape, dtype=np.uint64)
+    for li in range(prob.shape[0]):
+        for c in range(n):
+            pc = prob[li, c]
+            thr[li, c] = uint64(4294967296) if pc >= 1.0 else uint64(pc * 4294967296.0)
     for t in range(t0, t1):
         for layer in range(n_layers):
             row = counts[t, layer]
-            pl = prob[layer]
+            tl = thr[layer]
             al = alias[layer]
             cl = cdf[layer]
             wl = w[layer]
@@ -406,11 +419,14 @@ def _chunk_weighted(s, counts, t0, t1, w, cdf, prob, alias, top_k, batch, record
                 cm = 0.0
                 for j in range(top_k):
                     e = -1
-                    if cm <= 0.75:
-                        for _ in range(32):
-                            u = uniform(s) * n
-                            c = np.int64(u)
-                            cand = c if (u - c) < pl[c] else al[c]
+                    if cm <= 0.9:
+                        for _ in range(64):
+                            x = next_u64(s)
+                            mm = (x >> uint64(32)) * n64
+                            if (mm & low) < tcol:
+                                continue
+                            c = np.int64(mm >> uint64(32))
+                            cand = c if (x & low) < tl[c] else al[c]
                             if (mask[cand >> 6] >> uint64(cand & 63)) & one == 0:
                                 e = cand
                                 break
