@@ -63,11 +63,10 @@ def run_models(args) -> int:
     """Run ``mcroute models``."""
     header = ["name", "total", "active", "s", "layers", "MoE E/k/shared", "attention",
               "KV B/tok bf16", "max ctx"]
-    names = [args.name] if args.name else list_models()
-    rows = [_model_row(load_model(n)) for n in names]
-    print(format_table(header, rows))
+    models = [load_model(n) for n in ([args.name] if args.name else list_models())]
+    print(format_table(header, [_model_row(m) for m in models]))
     if args.name:
-        m = load_model(args.name)
+        m = models[0]
         print(f"\n{m.display_name}")
         for s in m.source:
             print(f"  source: {s}")
@@ -85,16 +84,15 @@ def run_hardware(args) -> int:
     """Run ``mcroute hardware``."""
     header = ["name", "HBM GiB", "HBM TB/s", "bf16 TFLOP/s", "fp8 TFLOP/s", "fp4 TFLOP/s",
               "link GB/s (1 dir)"]
-    names = [args.name] if args.name else list_hardware()
+    cards = [load_hardware(n) for n in ([args.name] if args.name else list_hardware())]
     rows = []
-    for n in names:
-        h = load_hardware(n)
+    for h in cards:
         fl = [f"{h.flops[d] / 1e12:g}" if d in h.flops else "—" for d in ("bf16", "fp8", "fp4")]
         rows.append([h.name, f"{h.hbm_bytes / 2**30:g}", f"{h.hbm_bandwidth / 1e12:g}", *fl,
                      f"{h.interconnect_bandwidth / 1e9:g}"])
     print(format_table(header, rows))
     if args.name:
-        h = load_hardware(args.name)
+        h = cards[0]
         print(f"\n{h.display_name}")
         for s in h.source:
             print(f"  source: {s}")

@@ -12,12 +12,21 @@ import numpy as np
 
 from ._results import save_dataset
 from ._routing import LogNormal, Uniform, Zipf
-from ._validate import McrouteError
+from ._validate import McrouteError, check_int
 
-__all__ = ["parse_int_list", "parse_size", "parse_size_list", "parse_routing", "write_output",
-           "format_table", "is_tty"]
+__all__ = ["parse_int", "parse_int_list", "parse_size", "parse_size_list", "parse_routing",
+           "write_output", "format_table", "is_tty"]
 
 _SUFFIX = {"": 1, "k": 1024, "m": 1024**2}
+
+
+def parse_int(text, name: str, minimum: int | None = None) -> int:
+    """Parse a command-line integer, naming the option and the allowed range on error."""
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise McrouteError(f"{name} must be an integer, got {text!r}") from None
+    return check_int(name, value, minimum=minimum)
 
 
 def parse_size(name: str, text: str) -> int:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ._atomic import atomic_path
-from ._cli_common import format_table, write_output
+from ._cli_common import format_table, parse_int, write_output
 from ._quality import (
     _card,
     card_name,
@@ -22,7 +22,7 @@ from ._quality import (
     load_quality_tables,
     q_summary,
 )
-from ._validate import McrouteError, check_int, check_prob, check_real
+from ._validate import McrouteError, check_prob, check_real
 from ._version import __version__
 
 #: Columns of the summary CSV written by ``--output FILE.csv``.
@@ -78,13 +78,6 @@ def register(sub) -> None:
                    help="FILE.csv: one summary row per model and method, with provenance; "
                    "FILE.nc or .json: the full Dataset (one model, one method)")
     p.set_defaults(func=run)
-
-
-def _int(text, name):
-    try:
-        return int(str(text).strip())
-    except ValueError:
-        raise McrouteError(f"{name} must be an integer, got {text!r}") from None
 
 
 def _b(x) -> str:
@@ -211,11 +204,11 @@ def run(args) -> int:
         raise McrouteError("give MODEL names or --all, not both")
     if not args.all and not args.models:
         raise McrouteError("give at least one MODEL (or --all, or --list)")
-    n_boot = check_int("--boot", _int(args.boot, "--boot"), minimum=1)
-    min_sizes = check_int("--min-sizes", _int(args.min_sizes, "--min-sizes"), minimum=2)
+    n_boot = parse_int(args.boot, "--boot", minimum=1)
+    min_sizes = parse_int(args.min_sizes, "--min-sizes", minimum=2)
     ci_prob = check_prob("--ci-prob", args.ci_prob)
     max_ex = check_real("--max-extrapolation", args.max_extrapolation, minimum=1.0)
-    seed = None if args.seed is None else _int(args.seed, "--seed")
+    seed = None if args.seed is None else parse_int(args.seed, "--seed")
     benchmarks = None
     if args.benchmarks:
         benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]

@@ -12,8 +12,8 @@ import sys
 import numpy as np
 import xarray as xr
 
-from ._cli_common import format_table, parse_routing, parse_size_list, write_output
-from ._validate import McrouteError, check_int, check_prob
+from ._cli_common import format_table, parse_int, parse_routing, parse_size_list, write_output
+from ._validate import check_prob
 
 
 def register(sub) -> None:
@@ -49,14 +49,6 @@ def register(sub) -> None:
     p.add_argument("--seed", default="0", help="seed (default 0)")
     p.add_argument("--output", default=None, help="write results to FILE.nc, .csv or .json")
     p.set_defaults(func=run)
-
-
-def _int(name, text, minimum=1):
-    try:
-        v = int(str(text).strip())
-    except ValueError:
-        raise McrouteError(f"{name} must be an integer, got {text!r}") from None
-    return check_int(name, v, minimum=minimum)
 
 
 def _fmt_ci(ds, name):
@@ -115,13 +107,13 @@ def run(args) -> int:
     from ._quality import as_q, parse_q
 
     contexts = parse_size_list("--context", args.context)
-    trials = _int("--trials", args.trials, minimum=2)
-    q_samples = _int("--q-samples", args.q_samples)
-    seed = _int("--seed", args.seed, minimum=0)
+    trials = parse_int(args.trials, "--trials", minimum=2)
+    q_samples = parse_int(args.q_samples, "--q-samples", minimum=1)
+    seed = parse_int(args.seed, "--seed", minimum=0)
     ci_prob = check_prob("--ci-prob", args.ci_prob)
     hardware = args.hardware or PAPER_HARDWARE
-    gpus = _int("--gpus", args.gpus) if args.gpus else PAPER_GPUS
-    dense_gpus = _int("--dense-gpus", args.dense_gpus) if args.dense_gpus else None
+    gpus = parse_int(args.gpus, "--gpus", minimum=1) if args.gpus else PAPER_GPUS
+    dense_gpus = parse_int(args.dense_gpus, "--dense-gpus", minimum=1) if args.dense_gpus else None
     if args.model:
         cases = [(args.model, {})]
     else:

@@ -5,7 +5,7 @@ May import: the labeled and array layers, ``_cli_common``.
 
 from __future__ import annotations
 
-from ._cli_common import format_table, parse_int_list, parse_routing, write_output
+from ._cli_common import format_table, parse_int, parse_int_list, parse_routing, write_output
 from ._simulate import simulate
 from ._validate import check_int, check_prob
 
@@ -47,15 +47,15 @@ def register(sub) -> None:
 
 def run(args) -> int:
     """Run ``mcroute simulate``."""
-    e = check_int("--experts", _int(args.experts, "--experts"), minimum=1)
-    k = check_int("--top-k", _int(args.top_k, "--top-k"), minimum=1, maximum=e)
+    e = parse_int(args.experts, "--experts", minimum=1)
+    k = check_int("--top-k", parse_int(args.top_k, "--top-k"), minimum=1, maximum=e)
     routing = parse_routing(args.routing, e, k)
     batches = parse_int_list("--batch", args.batch)
-    trials = check_int("--trials", _int(args.trials, "--trials"), minimum=2)
-    layers = check_int("--layers", _int(args.layers, "--layers"), minimum=1)
-    devices = check_int("--devices", _int(args.devices, "--devices"), minimum=1)
+    trials = parse_int(args.trials, "--trials", minimum=2)
+    layers = parse_int(args.layers, "--layers", minimum=1)
+    devices = parse_int(args.devices, "--devices", minimum=1)
     ci_prob = check_prob("--ci-prob", args.ci_prob)
-    seed = None if args.seed is None else _int(args.seed, "--seed")
+    seed = None if args.seed is None else parse_int(args.seed, "--seed")
     ds = simulate(routing, batches, trials, layers, devices, rng=seed, ci_prob=ci_prob,
                   capacity_factor=args.capacity_factor, method=args.method)
     print(f"{routing!r}, {trials} trials, {layers} layer(s), {devices} device(s), "
@@ -79,10 +79,3 @@ def run(args) -> int:
     return 0
 
 
-def _int(text, name) -> int:
-    try:
-        return int(str(text).strip())
-    except ValueError:
-        from ._validate import McrouteError
-
-        raise McrouteError(f"{name} must be an integer, got {text!r}") from None

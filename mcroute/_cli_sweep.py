@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import sys
 
-from ._cli_common import is_tty
+from ._cli_common import is_tty, parse_int
 from ._sweep import _sweep, load_sweep_spec
-from ._validate import McrouteError
 
 
 def register(sub) -> None:
@@ -40,21 +39,11 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _int(text, name, minimum) -> int:
-    try:
-        value = int(str(text).strip())
-    except ValueError:
-        raise McrouteError(f"{name} must be an integer, got {text!r}") from None
-    if value < minimum:
-        raise McrouteError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
 def run(args) -> int:
     """Run ``mcroute sweep``."""
     spec = load_sweep_spec(args.spec)
-    workers = None if args.workers is None else _int(args.workers, "--workers", 1)
-    trials = None if args.trials is None else _int(args.trials, "--trials", 2)
+    workers = None if args.workers is None else parse_int(args.workers, "--workers", 1)
+    trials = None if args.trials is None else parse_int(args.trials, "--trials", 2)
     ds, info = _sweep(spec, args.output, resume=args.resume, workers=workers,
                       scheduler=args.scheduler, progress=not args.quiet and is_tty(),
                       n_trials=trials)

@@ -11,6 +11,7 @@ from ._cards import load_hardware, load_model
 from ._cli_common import (
     format_table,
     is_tty,
+    parse_int,
     parse_int_list,
     parse_routing,
     parse_size_list,
@@ -18,7 +19,7 @@ from ._cli_common import (
 )
 from ._cost import Deployment
 from ._throughput import decode_throughput
-from ._validate import McrouteError, check_int, check_prob, check_real
+from ._validate import McrouteError, check_prob, check_real
 
 
 def register(sub) -> None:
@@ -68,25 +69,17 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _int(text, name, minimum=1) -> int:
-    try:
-        value = int(str(text).strip())
-    except ValueError:
-        raise McrouteError(f"{name} must be an integer, got {text!r}") from None
-    return check_int(name, value, minimum=minimum)
-
-
 def run(args) -> int:
     """Run ``mcroute throughput``."""
     model = load_model(args.model)
     hardware = load_hardware(args.hardware)
-    gpus = _int(args.gpus, "--gpus")
+    gpus = parse_int(args.gpus, "--gpus", minimum=1)
     contexts = parse_size_list("--context", args.context)
     batch = "max" if str(args.batch).strip().lower() == "max" else parse_int_list(
         "--batch", args.batch)
-    trials = _int(args.trials, "--trials", minimum=2)
+    trials = parse_int(args.trials, "--trials", minimum=2)
     ci_prob = check_prob("--ci-prob", args.ci_prob)
-    seed = None if args.seed is None else _int(args.seed, "--seed", minimum=0)
+    seed = None if args.seed is None else parse_int(args.seed, "--seed", minimum=0)
     for name in ("hbm_fraction", "bandwidth_efficiency", "flops_efficiency"):
         check_real("--" + name.replace("_", "-"), getattr(args, name), minimum=0.0, maximum=1.0,
                    open_min=True)
@@ -95,9 +88,9 @@ def run(args) -> int:
         weight_dtype=args.weight_dtype, kv_dtype=args.kv_dtype, compute_dtype=args.compute_dtype,
         hbm_fraction=args.hbm_fraction, bandwidth_efficiency=args.bandwidth_efficiency,
         flops_efficiency=args.flops_efficiency, attention_parallel=args.attention,
-        expert_parallel=None if args.expert_parallel is None else _int(
-            args.expert_parallel, "--expert-parallel"),
-        max_batch=None if args.max_batch is None else _int(args.max_batch, "--max-batch"),
+        expert_parallel=None if args.expert_parallel is None else parse_int(
+            args.expert_parallel, "--expert-parallel", minimum=1),
+        max_batch=None if args.max_batch is None else parse_int(args.max_batch, "--max-batch", 1),
         charge_all_to_all=args.all_to_all != "off",
         overlap_all_to_all=args.all_to_all == "overlap",
         enforce_max_context=bool(args.enforce_max_context),

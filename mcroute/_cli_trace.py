@@ -9,11 +9,11 @@ import sys
 
 import numpy as np
 
-from ._cli_common import format_table, write_output
+from ._cli_common import format_table, parse_int, write_output
 from ._traces import PopularityTrace
 from ._traces_fit import fit_routing, inspect_trace, real_batch_check
 from ._traces_io import FORMATS, load_trace, save_trace
-from ._validate import McrouteError, check_int, check_prob
+from ._validate import McrouteError, check_prob
 
 
 def _load_args(p) -> None:
@@ -31,9 +31,8 @@ def _load_args(p) -> None:
 
 
 def _load(args):
-    e = None if args.experts is None else check_int("--experts", _int(args.experts, "--experts"),
-                                                    minimum=1)
-    mr_ = None if args.max_records is None else _int(args.max_records, "--max-records")
+    e = None if args.experts is None else parse_int(args.experts, "--experts", minimum=1)
+    mr_ = None if args.max_records is None else parse_int(args.max_records, "--max-records")
     path = args.path if len(args.path) > 1 else args.path[0]
     trace = load_trace(path, args.format, n_experts=e, model=args.model, domain=args.domain,
                        selection=args.selection, missing_layers=args.missing_layers,
@@ -41,13 +40,6 @@ def _load(args):
     for note in trace.notes:
         print(f"note: {note}", file=sys.stderr)
     return trace
-
-
-def _int(text, name):
-    try:
-        return int(str(text))
-    except ValueError:
-        raise McrouteError(f"{name} must be an integer, got {text!r}") from None
 
 
 def register(sub) -> None:
@@ -127,9 +119,9 @@ def run_fit(args) -> int:
     trace = _load(args)
     if args.decode_only and not isinstance(trace, PopularityTrace):
         trace = trace.decode_only()
-    boot = check_int("--boot", _int(args.boot, "--boot"), minimum=10)
+    boot = parse_int(args.boot, "--boot", minimum=10)
     ci_prob = check_prob("--ci-prob", args.ci_prob)
-    seed = None if args.seed is None else _int(args.seed, "--seed")
+    seed = None if args.seed is None else parse_int(args.seed, "--seed")
     ds = fit_routing(trace, n_boot=boot, ci_prob=ci_prob, rng=seed)
     print(f"{trace!r}, {boot} bootstrap replicates, seed {ds.attrs['seed']}")
     print(f"estimate [{ci_prob:.0%} interval]; gof = bootstrap p-value of the deviance")
@@ -168,9 +160,9 @@ def run_check(args) -> int:
     trace = _load(args)
     if isinstance(trace, PopularityTrace):
         raise McrouteError("the real-batch check needs a per-token trace with microbatch ids")
-    trials = check_int("--trials", _int(args.trials, "--trials"), minimum=2)
+    trials = parse_int(args.trials, "--trials", minimum=2)
     ci_prob = check_prob("--ci-prob", args.ci_prob)
-    seed = None if args.seed is None else _int(args.seed, "--seed")
+    seed = None if args.seed is None else parse_int(args.seed, "--seed")
     ds = real_batch_check(trace, n_trials=trials, ci_prob=ci_prob, rng=seed)
     sizes = ds["batch_size"].values
     print(f"{trace!r}: {sizes.size} real decode steps of {sizes.min()}-{sizes.max()} tokens, "
