@@ -17,7 +17,7 @@ import numpy as np
 from . import _kernels as K
 from ._rng import CHUNK_TRIALS, chunk_seeds
 from ._routing import Uniform, Zipf
-from ._sampling import COUNTSPACE_MIN_ASSIGNMENTS_PER_EXPERT, draw_counts
+from ._sampling import COUNTSPACE_MIN_TOKENS_PER_EXPERT, draw_counts
 
 #: (E, k, B, routing kind) cases of the issue.
 CASES = [
@@ -142,10 +142,10 @@ def run(quick: bool = False, out=print) -> list[tuple[str, float, str, bool]]:
     r, _, _ = _median_ratio(pa, cs, reps)
     report(f"countspace_speedup[E=256,k=8,B={b}]", r, ">=", 4.0)
     # crossover: smallest B (powers of 2) where count-space is faster; "auto" switches at
-    # B·k/E >= COUNTSPACE_MIN_ASSIGNMENTS_PER_EXPERT
+    # B/E >= COUNTSPACE_MIN_TOKENS_PER_EXPERT["uniform"]
     cross = None
-    for b in (256, 512, 1024, 2048, 4096, 8192, 16384):
-        nt = CHUNK_TRIALS * max(1, 4096 // b)
+    for b in (2048, 4096, 8192, 16384, 32768, 65536):
+        nt = CHUNK_TRIALS * max(1, 16384 // b)
         pa = partial(draw_counts, routing, b, nt, 1, 3, (), "assignment")
         cs = partial(draw_counts, routing, b, nt, 1, 3, (), "counts")
         pa()
@@ -154,7 +154,7 @@ def run(quick: bool = False, out=print) -> list[tuple[str, float, str, bool]]:
         out(f"countspace_speedup[E=256,k=8,B={b}]{'':<14} {r:10.3f}  (information)")
         if r > 1.0 and cross is None:
             cross = b
-    out(f"countspace_crossover_batch[E=256,k=8] {cross if cross else '>16384'} "
-        f"(B*k/E = {cross * 8 / 256 if cross else float('nan'):g}; auto switches at "
-        f"B*k/E >= {COUNTSPACE_MIN_ASSIGNMENTS_PER_EXPERT:g})")
+    auto = COUNTSPACE_MIN_TOKENS_PER_EXPERT["uniform"]
+    out(f"countspace_crossover_batch[E=256,k=8] {cross if cross else '>65536'} "
+        f"(B/E = {cross / 256 if cross else float('nan'):g}; auto switches at B/E >= {auto:g})")
     return results

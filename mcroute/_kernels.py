@@ -48,6 +48,24 @@ def next_u64(s):
 
 
 @njit(cache=True, inline="always")
+def _step(s0, s1, s2, s3):
+    """One xoshiro256+ step on a state held in four scalars: ``(bits, s0, s1, s2, s3)``.
+
+    The hot samplers keep the state in registers this way: with the state in an array, every
+    store to a count array could alias it, and the compiler reloads it after each store.
+    """
+    result = s0 + s3
+    t = s1 << uint64(17)
+    s2 ^= s0
+    s3 ^= s1
+    s1 ^= s2
+    s0 ^= s3
+    s2 ^= t
+    s3 = _rotl(s3, 45)
+    return result, s0, s1, s2, s3
+
+
+@njit(cache=True, inline="always")
 def uniform(s):
     """Uniform double in [0, 1) from the top 53 bits."""
     return (next_u64(s) >> uint64(11)) * (1.0 / 9007199254740992.0)
@@ -276,24 +294,56 @@ def weighted_tables(weights):
 
 
 @njit(cache=True)
-def _chunk_uniform(s, counts, t0, t1, n_experts, top_k, batch, record, assign):
-    """Uniform top-k for trials t0..t1 of one chunk.
+def _n_subsets(n, k, cap):
+    """C(n, k) if it is at most ``cap``, else ``cap + 1``."""
+    c = 1
+    for i in range(k):
+        c = c * (n - i) // (i + 1)  # exact: a product of i + 1 consecutive integers
+        if c > cap:
+            return cap + 1
+    return c
 
-    For k <= E/4: each 64-bit draw gives two 32-bit halves (a half left over at the end of a
-    token is dropped), each turned into an expert by Lemire's multiply-shift with rejection
-    (exactly uniform); an expert already chosen by the same token is redrawn
-    (acceptance >= 3/4 at every draw, so <= 4/3 draws on average).
+
+@njit(cache=True)
+def subset_table(n, k):
+    """All k-subsets of 0..n-1 in lexicographic order, int64 (C(n, k), k)."""
+    out = np.empty((_n_subsets(n, k, 1 << 40), k), dtype=np.int64)
+    cur = np.arange(k)
+    r = 0
+    while True:
+        out[r] = cur
+        r += 1
+        i = k - 1
+        while i >= 0 and cur[i] == n - k + i:
+            i -= 1
+        if i < 0:
+            return out
+        cur[i] += 1
+        for m in range(i + 1, k):
+            cur[m] = cur[m - 1] + 1
+
+
+@njit(cache=True)
+def _chunk_uniform(s, counts, t0, t1, n_experts, top_k, batch, assign):
+    """Uniform top-k (k >= 2) for trials t0..t1 of one chunk; ids to ``assign`` unless None.
+
+    For k <= E/4: each 64-bit draw gives two 32-bit halves, each turned into an expert by
+    Lemire's multiply-shift with rejection (exactly uniform); an expert the token already holds
+    is redrawn (acceptance >= 3/4 at every draw, so <= 4/3 draws on average). "Already holds" is
+    one comparison: ``stamp[e]`` keeps the running number of the last token that took e.
     Otherwise partial Fisher–Yates on a per-chunk permutation: position j takes a uniform pick
     among positions j..E-1, so the first k entries are a uniform k-subset whatever order the
     array was in.
     """
     n_layers = counts.shape[1]
-    chosen = np.empty(top_k, dtype=np.int64)
+    stamp = np.full(n_experts, -1, dtype=np.int64)
     perm = np.arange(n_experts)
     reject = 4 * top_k <= n_experts
     n64 = uint64(n_experts)
     low = uint64(0xFFFFFFFF)
     thresh = (uint64(1) << uint64(32)) % n64  # Lemire: reject the low part below 2**32 mod n
+    tok = 0
+    s0, s1, s2, s3 = s[0], s[1], s[2], s[3]
     for t in range(t0, t1):
         for layer in range(n_layers):
             row = counts[t, layer]
@@ -301,145 +351,289 @@ def _chunk_uniform(s, counts, t0, t1, n_experts, top_k, batch, record, assign):
                 if reject:
                     j = 0
                     while j < top_k:
-                        x = next_u64(s)
-                        for half in range(2):
-                            h = (x >> uint64(32)) if half == 0 else (x & low)
-                            mm = h * n64
-                            if (mm & low) < thresh:
-                                continue
-                            e = np.int64(mm >> uint64(32))
-                            if _is_chosen(e, chosen, j):
-                                continue
-                            chosen[j] = e
-                            row[e] += 1
-                            if record:
-                                assign[t, layer, b, j] = e
+                        x, s0, s1, s2, s3 = _step(s0, s1, s2, s3)
+                        m1 = (x >> uint64(32)) * n64
+                        e1 = np.int64(m1 >> uint64(32))
+                        if (m1 & low) >= thresh and stamp[e1] != tok:
+                            stamp[e1] = tok
+                            row[e1] += 1
+                            if assign is not None:
+                                assign[t, layer, b, j] = e1
                             j += 1
-                            if j == top_k:
-                                break
+                        if j < top_k:  # the second half; dropped when the token is complete
+                            m2 = (x & low) * n64
+                            e2 = np.int64(m2 >> uint64(32))
+                            if (m2 & low) >= thresh and stamp[e2] != tok:
+                                stamp[e2] = tok
+                                row[e2] += 1
+                                if assign is not None:
+                                    assign[t, layer, b, j] = e2
+                                j += 1
+                    tok += 1
                 else:
                     for j in range(top_k):
-                        r = j + randint(s, n_experts - j)
+                        x, s0, s1, s2, s3 = _step(s0, s1, s2, s3)
+                        u = (x >> uint64(11)) * (1.0 / 9007199254740992.0)
+                        r = j + np.int64(u * (n_experts - j))
                         e = perm[r]
                         perm[r] = perm[j]
                         perm[j] = e
                         row[e] += 1
-                        if record:
+                        if assign is not None:
                             assign[t, layer, b, j] = e
+    s[0], s[1], s[2], s[3] = s0, s1, s2, s3
 
 
 @njit(cache=True)
-def _chunk_uniform_top1(s, counts, t0, t1, n_experts, batch, record, assign):
+def _chunk_uniform_top1(s, counts, t0, t1, n_experts, batch, assign):
     """Uniform top-1 for trials t0..t1.
 
     No duplicates to check: both 32-bit halves of every 64-bit draw become an expert (Lemire's
-    multiply-shift with rejection, exactly uniform).
+    multiply-shift with rejection, exactly uniform), two tokens per draw.
     """
     n_layers = counts.shape[1]
     n64 = uint64(n_experts)
     low = uint64(0xFFFFFFFF)
     thresh = (uint64(1) << uint64(32)) % n64
+    s0, s1, s2, s3 = s[0], s[1], s[2], s[3]
     for t in range(t0, t1):
         for layer in range(n_layers):
             row = counts[t, layer]
             b = 0
             while b < batch:
-                x = next_u64(s)
+                x, s0, s1, s2, s3 = _step(s0, s1, s2, s3)
                 m1 = (x >> uint64(32)) * n64
                 m2 = (x & low) * n64
+                e1 = np.int64(m1 >> uint64(32))
+                e2 = np.int64(m2 >> uint64(32))
+                if b + 2 <= batch and (m1 & low) >= thresh and (m2 & low) >= thresh:
+                    row[e1] += 1
+                    row[e2] += 1
+                    if assign is not None:
+                        assign[t, layer, b, 0] = e1
+                        assign[t, layer, b + 1, 0] = e2
+                    b += 2
+                else:  # the last token, or a rejected half (probability < E / 2**32)
+                    if (m1 & low) >= thresh:
+                        row[e1] += 1
+                        if assign is not None:
+                            assign[t, layer, b, 0] = e1
+                        b += 1
+                    if b < batch and (m2 & low) >= thresh:
+                        row[e2] += 1
+                        if assign is not None:
+                            assign[t, layer, b, 0] = e2
+                        b += 1
+    s[0], s[1], s[2], s[3] = s0, s1, s2, s3
+
+
+@njit(cache=True)
+def _chunk_uniform_subsets(s, counts, t0, t1, table, batch, assign):
+    """Uniform top-k by one draw per token: an index into all C(E, k) subsets (``table``).
+
+    Exactly uniform over k-subsets (Lemire's multiply-shift with rejection on 32-bit halves).
+    Tokens are counted per subset and folded into per-expert loads at the end of each
+    microbatch (C·k additions), so the cost per token does not grow with k. Recorded slots list
+    the subset in ascending expert id (for uniform routing the slot order carries no meaning).
+    """
+    n_layers = counts.shape[1]
+    n_sub, k = table.shape
+    per_sub = np.zeros(n_sub, dtype=np.int64)
+    n64 = uint64(n_sub)
+    low = uint64(0xFFFFFFFF)
+    thresh = (uint64(1) << uint64(32)) % n64
+    s0, s1, s2, s3 = s[0], s[1], s[2], s[3]
+    for t in range(t0, t1):
+        for layer in range(n_layers):
+            row = counts[t, layer]
+            b = 0
+            while b < batch:
+                x, s0, s1, s2, s3 = _step(s0, s1, s2, s3)
+                m1 = (x >> uint64(32)) * n64
                 if (m1 & low) >= thresh:
-                    e = np.int64(m1 >> uint64(32))
-                    row[e] += 1
-                    if record:
-                        assign[t, layer, b, 0] = e
+                    r = np.int64(m1 >> uint64(32))
+                    per_sub[r] += 1
+                    if assign is not None:
+                        for j in range(k):
+                            assign[t, layer, b, j] = table[r, j]
                     b += 1
+                m2 = (x & low) * n64
                 if b < batch and (m2 & low) >= thresh:
-                    e = np.int64(m2 >> uint64(32))
-                    row[e] += 1
-                    if record:
-                        assign[t, layer, b, 0] = e
+                    r = np.int64(m2 >> uint64(32))
+                    per_sub[r] += 1
+                    if assign is not None:
+                        for j in range(k):
+                            assign[t, layer, b, j] = table[r, j]
                     b += 1
+            for r in range(n_sub):
+                c = per_sub[r]
+                for j in range(k):
+                    row[table[r, j]] += c
+                per_sub[r] = 0
+    s[0], s[1], s[2], s[3] = s0, s1, s2, s3
+
+
+#: Uniform top-k draws an index into the table of all k-subsets when there are at most this
+#: many subsets and no more than tokens per microbatch (so the fold costs at most one addition
+#: per assignment).
+SUBSET_TABLE_MAX = 4096
+
+
+@njit(cache=True)
+def _uniform_dispatch(s, counts, t0, t1, n_experts, top_k, batch, table, assign):
+    if top_k == 1:
+        _chunk_uniform_top1(s, counts, t0, t1, n_experts, batch, assign)
+    elif table.shape[0] > 0:
+        _chunk_uniform_subsets(s, counts, t0, t1, table, batch, assign)
+    else:
+        _chunk_uniform(s, counts, t0, t1, n_experts, top_k, batch, assign)
 
 
 @njit(cache=True, parallel=True)
 def counts_uniform(states, chunk, n_trials, n_layers, n_experts, top_k, batch, record, assign):
-    """Per-assignment uniform top-k counts (trial, layer, expert); ids to ``assign`` if record."""
+    """Per-assignment uniform top-k counts (trial, layer, expert); ids to ``assign`` if record.
+
+    Picks one of three exact samplers: top-1 (two tokens per draw), the subset table when
+    C(E, k) <= min(batch, SUBSET_TABLE_MAX), else per-slot draws with duplicate rejection.
+    """
     counts = np.zeros((n_trials, n_layers, n_experts), dtype=np.int64)
+    n_sub = _n_subsets(n_experts, top_k, SUBSET_TABLE_MAX)
+    if top_k >= 2 and n_sub <= min(batch, SUBSET_TABLE_MAX):
+        table = subset_table(n_experts, top_k)
+    else:
+        table = np.empty((0, top_k), dtype=np.int64)
     for c in prange(states.shape[0]):
         s = init_state(states[c])
         t0 = c * chunk
         t1 = min(t0 + chunk, n_trials)
-        if top_k == 1:
-            _chunk_uniform_top1(s, counts, t0, t1, n_experts, batch, record, assign)
+        if record:
+            _uniform_dispatch(s, counts, t0, t1, n_experts, top_k, batch, table, assign)
         else:
-            _chunk_uniform(s, counts, t0, t1, n_experts, top_k, batch, record, assign)
+            _uniform_dispatch(s, counts, t0, t1, n_experts, top_k, batch, table, None)
     return counts
 
 
-@njit(cache=True)
-def _chunk_weighted(s, counts, t0, t1, w, cdf, prob, alias, top_k, batch, record, assign):
-    """Weighted top-k (Plackett–Luce) for trials t0..t1 of one chunk.
+#: Candidates drawn ahead per refill in the weighted sampler's fast path.
+_WEIGHTED_BUFFER = 256
 
-    Each of a token's k experts is one draw by successive sampling without replacement. While
-    the chosen experts' normalised mass is at most 0.9, up to 64 alias draws from the full
-    distribution are tried and rejected if the token already holds the expert (a bit mask, O(1)
-    per check); acceptance is >= 0.1 per try, and an accepted draw follows the conditional law
-    exactly. The try limit depends only on the chosen set, so mixing in the fallback keeps the
-    law exact: otherwise (or if all 64 tries fail, probability < 0.002) the conditional law is
-    sampled directly by inverse CDF (:func:`_draw_weighted_exact`, O(m + log E)). Extreme skew
-    therefore never makes the loop spin.
+
+@njit(cache=True)
+def _weighted_fast_layers(w, top_k):
+    """Per layer: whether any k - 1 experts hold at most 0.9 of the mass (the fast path)."""
+    n_layers, n = w.shape
+    fast = np.zeros(n_layers, dtype=np.bool_)
+    for layer in range(n_layers):
+        heavy = np.sort(w[layer])[::-1]
+        fast[layer] = heavy[:top_k - 1].sum() <= 0.9
+    return fast
+
+
+@njit(cache=True)
+def _chunk_weighted(s, counts, t0, t1, w, cdf, prob, alias, top_k, batch, assign):
+    """Weighted top-k (Plackett–Luce) for trials t0..t1 of one chunk; ids to ``assign``.
+
+    Successive sampling without replacement is the same as taking, from a stream of
+    independent draws of the full distribution, each token's first k distinct experts.
 
     An alias draw uses one 64-bit number: the upper half picks the column by Lemire's
     multiply-shift with rejection (exactly uniform), the lower half is compared with the
-    column's keep probability as a 32-bit threshold, so each column's keep probability is exact
-    to 2**-32.
+    column's keep probability as a 32-bit threshold (exact to 2**-32), and the pair table
+    ``(alias[c], c)`` is indexed by the comparison's outcome, so there is no branch to mispredict.
+
+    Fast path (a layer whose k - 1 heaviest experts hold at most 0.9 of the mass, so every draw
+    is accepted with probability >= 0.1): candidates are drawn into a buffer, never more than
+    the microbatch still needs at the least, then consumed without branches: a candidate is new
+    for the token if ``stamp[e]``, the running number of the last token that took e, differs;
+    the token ends at its k-th new expert.
+
+    Other layers (extreme skew): per slot, while the chosen experts' mass is at most 0.9, up to
+    64 alias draws are tried; otherwise, or if all fail (probability < 0.002), the conditional
+    law is sampled directly by inverse CDF (:func:`_draw_weighted_exact`, O(k + log E)). The
+    switch depends only on the chosen set and the number of failures, and a rejection sampler's
+    accepted value does not depend on how many tries it took, so the law stays exact and the
+    loop never spins.
     """
     n_layers = counts.shape[1]
     n = w.shape[1]
     chosen = np.empty(top_k, dtype=np.int64)
     order = np.empty(top_k, dtype=np.int64)
-    mask = np.zeros((n + 63) // 64, dtype=np.uint64)
-    one = uint64(1)
+    stamp = np.full(n, -1, dtype=np.int64)
+    buf = np.empty(_WEIGHTED_BUFFER, dtype=np.int64)
     low = uint64(0xFFFFFFFF)
     n64 = uint64(n)
     tcol = (uint64(1) << uint64(32)) % n64
     thr = np.empty(prob.shape, dtype=np.uint64)
+    pair = np.empty((prob.shape[0], 2 * n), dtype=np.int64)
     for li in range(prob.shape[0]):
         for c in range(n):
             pc = prob[li, c]
             thr[li, c] = uint64(4294967296) if pc >= 1.0 else uint64(pc * 4294967296.0)
+            pair[li, 2 * c] = alias[li, c]
+            pair[li, 2 * c + 1] = c
+    fast = _weighted_fast_layers(w, top_k)
+    tok = 0
+    s0, s1, s2, s3 = s[0], s[1], s[2], s[3]
     for t in range(t0, t1):
         for layer in range(n_layers):
             row = counts[t, layer]
             tl = thr[layer]
-            al = alias[layer]
-            cl = cdf[layer]
-            wl = w[layer]
-            for b in range(batch):
-                cm = 0.0
-                for j in range(top_k):
-                    e = -1
-                    if cm <= 0.9:
-                        for _ in range(64):
-                            x = next_u64(s)
+            pl = pair[layer]
+            if fast[layer]:
+                b = 0
+                j = 0
+                while b < batch:
+                    m = min((batch - b) * top_k - j, _WEIGHTED_BUFFER)
+                    for i in range(m):
+                        x, s0, s1, s2, s3 = _step(s0, s1, s2, s3)
+                        mm = (x >> uint64(32)) * n64
+                        while (mm & low) < tcol:  # probability < E / 2**32
+                            x, s0, s1, s2, s3 = _step(s0, s1, s2, s3)
                             mm = (x >> uint64(32)) * n64
-                            if (mm & low) < tcol:
-                                continue
-                            c = np.int64(mm >> uint64(32))
-                            cand = c if (x & low) < tl[c] else al[c]
-                            if (mask[cand >> 6] >> uint64(cand & 63)) & one == 0:
-                                e = cand
-                                break
-                    if e < 0:
-                        e = _draw_weighted_exact(s, cl, wl, chosen, j, order)
-                    mask[e >> 6] |= one << uint64(e & 63)
-                    chosen[j] = e
-                    cm += wl[e]
-                    row[e] += 1
-                    if record:
-                        assign[t, layer, b, j] = e
-                for j in range(top_k):
-                    mask[chosen[j] >> 6] = uint64(0)
+                        c = np.int64(mm >> uint64(32))
+                        buf[i] = pl[2 * c + np.int64((x & low) < tl[c])]
+                    for i in range(m):  # m never exceeds what the microbatch still needs
+                        e = buf[i]
+                        new = np.int64(stamp[e] != tok)
+                        stamp[e] = tok
+                        row[e] += new
+                        if assign is not None:
+                            if new:
+                                assign[t, layer, b, j] = e
+                        j += new
+                        done = np.int64(j == top_k)
+                        tok += done
+                        b += done
+                        j -= done * top_k
+            else:
+                cl = cdf[layer]
+                wl = w[layer]
+                for b in range(batch):
+                    cm = 0.0
+                    for j in range(top_k):
+                        e = -1
+                        if cm <= 0.9:
+                            for _ in range(64):
+                                x, s0, s1, s2, s3 = _step(s0, s1, s2, s3)
+                                mm = (x >> uint64(32)) * n64
+                                if (mm & low) < tcol:
+                                    continue
+                                c = np.int64(mm >> uint64(32))
+                                cand = pl[2 * c + np.int64((x & low) < tl[c])]
+                                if stamp[cand] != tok:
+                                    e = cand
+                                    break
+                        if e < 0:
+                            s[0], s[1], s[2], s[3] = s0, s1, s2, s3
+                            e = _draw_weighted_exact(s, cl, wl, chosen, j, order)
+                            s0, s1, s2, s3 = s[0], s[1], s[2], s[3]
+                        stamp[e] = tok
+                        chosen[j] = e
+                        cm += wl[e]
+                        row[e] += 1
+                        if assign is not None:
+                            assign[t, layer, b, j] = e
+                    tok += 1
+    s[0], s[1], s[2], s[3] = s0, s1, s2, s3
 
 
 @njit(cache=True, parallel=True)
@@ -450,8 +644,12 @@ def counts_weighted(states, chunk, n_trials, weights, top_k, batch, record, assi
     counts = np.zeros((n_trials, n_layers, n_experts), dtype=np.int64)
     for c in prange(states.shape[0]):
         s = init_state(states[c])
-        _chunk_weighted(s, counts, c * chunk, min(c * chunk + chunk, n_trials), w, cdf, prob,
-                        alias, top_k, batch, record, assign)
+        t0 = c * chunk
+        t1 = min(t0 + chunk, n_trials)
+        if record:
+            _chunk_weighted(s, counts, t0, t1, w, cdf, prob, alias, top_k, batch, assign)
+        else:
+            _chunk_weighted(s, counts, t0, t1, w, cdf, prob, alias, top_k, batch, None)
     return counts
 
 
@@ -535,11 +733,14 @@ def counts_multinomial(states, chunk, n_trials, weights, batch):
 
 @njit(cache=True)
 def _chunk_floor(s, out, t0, t1, n_draws):
+    s0, s1, s2, s3 = s[0], s[1], s[2], s[3]
     for t in range(t0, t1):
         acc = 0.0
         for _ in range(n_draws):
-            acc += uniform(s)
+            x, s0, s1, s2, s3 = _step(s0, s1, s2, s3)
+            acc += (x >> uint64(11)) * (1.0 / 9007199254740992.0)
         out[t] = acc
+    s[0], s[1], s[2], s[3] = s0, s1, s2, s3
 
 
 @njit(cache=True, parallel=True)
@@ -792,7 +993,7 @@ def _chunk_weighted_urn(s, counts, t0, t1, w, cdf, prob, alias, top_k, batch, co
             else:
                 fresh_of[b] = fresh_of[src[b]]
         # The fresh tokens' choices at every layer, by the core's weighted top-k sampler.
-        _chunk_weighted(s, scratch, 0, 1, w, cdf, prob, alias, top_k, n_fresh, True, fresh)
+        _chunk_weighted(s, scratch, 0, 1, w, cdf, prob, alias, top_k, n_fresh, fresh)
         for layer in range(n_layers):
             row = counts[t, layer]
             for b in range(batch):

@@ -17,10 +17,14 @@ from . import _kernels as K
 from ._rng import CHUNK_TRIALS, chunk_seeds, resolve_seed
 from ._validate import McrouteError, check_int, check_int_list, check_real
 
-#: ``method="auto"`` switches to count-space sampling (where exact) once B·k >= this × E.
-#: Set from ``mcroute bench`` (count-space vs per-assignment crossover, uniform E=256, k=8:
-#: count-space is 0.9× as fast at B·k/E = 128, 1.8× at 256, 14× at 2048).
-COUNTSPACE_MIN_ASSIGNMENTS_PER_EXPERT = 128.0
+#: ``method="auto"`` switches to count-space sampling (where exact) once the microbatch has at
+#: least this many tokens per expert (B / E). Count-space costs O(E·k) binomial draws per
+#: microbatch and per-assignment sampling O(B·k) cheap draws, so the crossover is a ratio B / E
+#: whatever k. Measured on one core (time per-assignment / time count-space at B/E = 32, 64,
+#: 128): uniform E=256 k=8: 0.66, 1.3, 2.6; uniform E=2048 k=1: 0.37, 0.77, 1.6; uniform E=8
+#: k=2: 0.37, 0.66, 1.2; top-1 Zipf(1.2) E=256 (multinomial): 1.35, 2.5, 5.4.
+#: ``mcroute bench`` prints the uniform crossover again.
+COUNTSPACE_MIN_TOKENS_PER_EXPERT = {"uniform": 96.0, "weighted": 32.0}
 
 __all__ = [
     "sample_counts",
@@ -55,8 +59,8 @@ def _resolve_method(routing, batch_size, method):
             f"use method='assignment' for {routing!r}"
         )
     if method == "auto":
-        per_expert = batch_size * routing.top_k / routing.n_experts
-        big = per_expert >= COUNTSPACE_MIN_ASSIGNMENTS_PER_EXPERT
+        kind = "uniform" if getattr(routing, "kind", None) == "uniform" else "weighted"
+        big = batch_size / routing.n_experts >= COUNTSPACE_MIN_TOKENS_PER_EXPERT[kind]
         return "counts" if (exact and big) else "assignment"
     return method
 
@@ -94,8 +98,9 @@ def sample_counts(routing, batch_size, n_trials, n_layers=1, *, rng=None, method
     method : {"auto", "assignment", "counts"}
         ``"assignment"`` samples every token's k experts (fused: no per-token array is kept);
         ``"counts"`` samples per-expert counts directly (exact for uniform routing and for
-        top_k = 1; cost independent of B); ``"auto"`` takes counts where exact and
-        B·k >= 128·E.
+        top_k = 1; cost independent of B); ``"auto"`` takes counts where exact and the batch
+        has at least :data:`COUNTSPACE_MIN_TOKENS_PER_EXPERT` tokens per expert (96 for uniform
+        routing, 32 for weighted top-1), where it is measured to be faster.
 
     Returns
     -------

@@ -36,7 +36,10 @@ def _chi2_pvalue(observed, expected, min_expected=5.0):
 
 ROUTINGS = [
     mr.Uniform(16, 4),
-    mr.Uniform(8, 6),  # k > E/4: the Fisher–Yates branch
+    mr.Uniform(8, 6),  # k > E/4: the Fisher–Yates branch (C(8, 6) = 28 > 20 tokens)
+    mr.Uniform(6, 2),  # C(6, 2) = 15 <= batch: the subset-table branch
+    mr.Uniform(50, 1),  # top-1: two tokens per draw, odd batch
+    mr.Popularity([70, 25, 2, 1, 1, 1], top_k=3),  # two experts hold 0.95: the slow path
     mr.Zipf(32, 4, 1.2),
     mr.LogNormal(16, 2, 1.0),
     mr.Popularity([5, 0, 3, 1, 1, 0, 2, 2], top_k=3),
@@ -72,6 +75,7 @@ def test_zero_weight_experts_never_chosen():
 
 
 @pytest.mark.parametrize("e,k,b,method", [(16, 4, 32, "assignment"), (8, 6, 20, "assignment"),
+                                          (8, 2, 256, "assignment"), (6, 3, 40, "assignment"),
                                           (32, 4, 4096, "counts"), (10, 1, 50, "counts")])
 def test_uniform_load_is_binomial(e, k, b, method):
     # One expert per trial (expert t mod E) keeps the 6000 observations independent.
@@ -176,7 +180,9 @@ def _numpy_reference(routing, b, n, rng):
 
 
 @pytest.mark.parametrize("routing", [mr.Zipf(12, 3, 1.5), mr.Uniform(10, 3),
-                                     mr.Popularity([9, 1, 1, 3, 0.5, 7], top_k=4)], ids=repr)
+                                     mr.Popularity([9, 1, 1, 3, 0.5, 7], top_k=4),
+                                     mr.Popularity([70, 25, 2, 1, 1, 1, 0.5], top_k=4)],
+                         ids=repr)
 def test_kernel_agrees_with_numpy_reference_and_exact_inclusion(routing):
     n = 20000
     pi = routing.inclusion_probabilities(1)[0]
@@ -186,6 +192,39 @@ def test_kernel_agrees_with_numpy_reference_and_exact_inclusion(routing):
     for freq in (ref.mean(axis=0), ker.mean(axis=0)):
         # Inclusion frequencies within 4.5 SE of the exact probabilities (<= 12 experts).
         assert np.all(np.abs(freq - pi) <= 4.5 * se)
+
+
+def test_subset_table_lists_every_subset_once():
+    for n, k in [(8, 2), (6, 3), (5, 5), (7, 1), (10, 4)]:
+        table = K.subset_table(n, k)
+        assert [tuple(r) for r in table] == list(itertools.combinations(range(n), k))
+        assert K._n_subsets(n, k, 10**6) == len(table)
+    assert K._n_subsets(256, 8, 4096) == 4097  # capped
+
+
+def test_subset_branch_draws_every_subset_equally_often():
+    # E=8, k=2, B=64: C(8, 2) = 28 <= 64 tokens, so the kernel indexes the subset table.
+    a = mr.sample_assignments(mr.Uniform(8, 2), 64, 300, rng=19)[:, 0].reshape(-1, 2)
+    idx = {s: i for i, s in enumerate(itertools.combinations(range(8), 2))}
+    observed = np.bincount([idx[tuple(sorted(p))] for p in a], minlength=28)
+    assert _chi2_pvalue(observed, np.full(28, a.shape[0] / 28)) > 1e-3
+
+
+def test_pair_and_joint_law_of_weighted_top2_slow_and_fast_paths():
+    # The exact law of the ordered pair (first, second) under successive sampling, against
+    # both kernel paths: fast (k-1 heaviest hold <= 0.9) and slow (they hold more).
+    for w in ([4, 3, 2, 1], [93, 5, 1, 1]):
+        p = np.asarray(w, float) / np.sum(w)
+        r = mr.Popularity(w, top_k=2)
+        fast = bool(K._weighted_fast_layers(p[None, :], 2)[0])
+        assert fast == (p.max() <= 0.9)
+        a = mr.sample_assignments(r, 50, 400, rng=23)[:, 0].reshape(-1, 2)
+        observed = np.zeros((4, 4))
+        np.add.at(observed, (a[:, 0], a[:, 1]), 1)
+        expected = np.array([[0 if i == j else p[i] * p[j] / (1 - p[i]) for j in range(4)]
+                             for i in range(4)]) * a.shape[0]
+        mask = ~np.eye(4, dtype=bool)
+        assert _chi2_pvalue(observed[mask], expected[mask]) > 1e-3
 
 
 def _brute_force_inclusion(w, k):
