@@ -8,9 +8,11 @@ Randomness: a small, fast generator of our own, xoshiro256+ (Blackman & Vigna, 2
 state is a ``uint64[4]`` array. Every driver takes ``states`` (uint64, one row of 4 words per
 chunk of ``chunk`` trials, from ``SeedSequence.generate_state``); each chunk copies its row and
 is processed sequentially by one thread, so the numbers depend on the seed and the chunk index
-only, never on how chunks are spread over threads. Uniform doubles use the top 53 bits. Random
-integers in [0, n) are ``floor(u * n)``; the bias is below n / 2**53 (< 1e-12 for any expert count
-here). (numba's built-in ``np.random`` was 5–7× slower per draw inside parallel loops.)
+only, never on how chunks are spread over threads. The hot per-assignment samplers hold the
+state in four scalars for the chunk (:func:`_step`) and write it back. Uniform doubles use the
+top 53 bits. Random integers in [0, n) are ``floor(u * n)`` where not stated otherwise; the bias
+is below n / 2**53 (< 1e-12 for any expert count here). (numba's built-in ``np.random`` was
+5–7× slower per draw inside parallel loops.)
 
 Layouts: counts ``(trial, layer, expert)`` int64; assignments ``(trial, layer, token, slot)``
 int64; per-layer tables ``(layer, expert)``.
@@ -120,9 +122,9 @@ def binomial(s, n, p):
         c = n * q + 0.5
         vr = 0.92 - 4.2 / b
         alpha = (2.83 + 5.1 / b) * spq
-        lpq = math.log(q / (1.0 - q))
         m = math.floor((n + 1) * q)
-        h = math.lgamma(m + 1.0) + math.lgamma(n - m + 1.0)
+        lpq = 0.0
+        h = -1.0  # log-factorial terms, computed on the first draw the squeeze cannot accept
         while True:
             u = uniform(s) - 0.5
             v = uniform(s)
@@ -134,6 +136,9 @@ def binomial(s, n, p):
                 x = kk
                 break
             v = math.log(v * alpha / (a / (us * us) + b))
+            if h < 0.0:
+                lpq = math.log(q / (1.0 - q))
+                h = math.lgamma(m + 1.0) + math.lgamma(n - m + 1.0)
             if v <= h - math.lgamma(kk + 1.0) - math.lgamma(n - kk + 1.0) + (kk - m) * lpq:
                 x = kk
                 break
@@ -294,36 +299,6 @@ def weighted_tables(weights):
 
 
 @njit(cache=True)
-def _n_subsets(n, k, cap):
-    """C(n, k) if it is at most ``cap``, else ``cap + 1``."""
-    c = 1
-    for i in range(k):
-        c = c * (n - i) // (i + 1)  # exact: a product of i + 1 consecutive integers
-        if c > cap:
-            return cap + 1
-    return c
-
-
-@njit(cache=True)
-def subset_table(n, k):
-    """All k-subsets of 0..n-1 in lexicographic order, int64 (C(n, k), k)."""
-    out = np.empty((_n_subsets(n, k, 1 << 40), k), dtype=np.int64)
-    cur = np.arange(k)
-    r = 0
-    while True:
-        out[r] = cur
-        r += 1
-        i = k - 1
-        while i >= 0 and cur[i] == n - k + i:
-            i -= 1
-        if i < 0:
-            return out
-        cur[i] += 1
-        for m in range(i + 1, k):
-            cur[m] = cur[m - 1] + 1
-
-
-@njit(cache=True)
 def _chunk_uniform(s, counts, t0, t1, n_experts, top_k, batch, assign):
     """Uniform top-k (k >= 2) for trials t0..t1 of one chunk; ids to ``assign`` unless None.
 
@@ -473,12 +448,6 @@ def _chunk_uniform_subsets(s, counts, t0, t1, table, batch, assign):
     s[0], s[1], s[2], s[3] = s0, s1, s2, s3
 
 
-#: Uniform top-k draws an index into the table of all k-subsets when there are at most this
-#: many subsets and no more than tokens per microbatch (so the fold costs at most one addition
-#: per assignment).
-SUBSET_TABLE_MAX = 4096
-
-
 @njit(cache=True)
 def _uniform_dispatch(s, counts, t0, t1, n_experts, top_k, batch, table, assign):
     if top_k == 1:
@@ -490,18 +459,14 @@ def _uniform_dispatch(s, counts, t0, t1, n_experts, top_k, batch, table, assign)
 
 
 @njit(cache=True, parallel=True)
-def counts_uniform(states, chunk, n_trials, n_layers, n_experts, top_k, batch, record, assign):
+def counts_uniform(states, chunk, n_trials, n_layers, n_experts, top_k, batch, table, record,
+                   assign):
     """Per-assignment uniform top-k counts (trial, layer, expert); ids to ``assign`` if record.
 
-    Picks one of three exact samplers: top-1 (two tokens per draw), the subset table when
-    C(E, k) <= min(batch, SUBSET_TABLE_MAX), else per-slot draws with duplicate rejection.
+    One of three exact samplers: top-1 (two tokens per draw); the subset table when ``table``
+    (all k-subsets, int64 (C(E, k), k)) has rows; else per-slot draws with duplicate rejection.
     """
     counts = np.zeros((n_trials, n_layers, n_experts), dtype=np.int64)
-    n_sub = _n_subsets(n_experts, top_k, SUBSET_TABLE_MAX)
-    if top_k >= 2 and n_sub <= min(batch, SUBSET_TABLE_MAX):
-        table = subset_table(n_experts, top_k)
-    else:
-        table = np.empty((0, top_k), dtype=np.int64)
     for c in prange(states.shape[0]):
         s = init_state(states[c])
         t0 = c * chunk
@@ -511,10 +476,6 @@ def counts_uniform(states, chunk, n_trials, n_layers, n_experts, top_k, batch, r
         else:
             _uniform_dispatch(s, counts, t0, t1, n_experts, top_k, batch, table, None)
     return counts
-
-
-#: Candidates drawn ahead per refill in the weighted sampler's fast path.
-_WEIGHTED_BUFFER = 256
 
 
 @njit(cache=True)
@@ -558,7 +519,8 @@ def _chunk_weighted(s, counts, t0, t1, w, cdf, prob, alias, top_k, batch, assign
     chosen = np.empty(top_k, dtype=np.int64)
     order = np.empty(top_k, dtype=np.int64)
     stamp = np.full(n, -1, dtype=np.int64)
-    buf = np.empty(_WEIGHTED_BUFFER, dtype=np.int64)
+    n_buf = 256  # candidates drawn ahead per refill in the fast path
+    buf = np.empty(n_buf, dtype=np.int64)
     low = uint64(0xFFFFFFFF)
     n64 = uint64(n)
     tcol = (uint64(1) << uint64(32)) % n64
@@ -582,7 +544,7 @@ def _chunk_weighted(s, counts, t0, t1, w, cdf, prob, alias, top_k, batch, assign
                 b = 0
                 j = 0
                 while b < batch:
-                    m = min((batch - b) * top_k - j, _WEIGHTED_BUFFER)
+                    m = min((batch - b) * top_k - j, n_buf)
                     for i in range(m):
                         x, s0, s1, s2, s3 = _step(s0, s1, s2, s3)
                         mm = (x >> uint64(32)) * n64

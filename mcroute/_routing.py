@@ -20,6 +20,9 @@ routing is accepted.
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import numpy as np
 from scipy import special
 
@@ -28,6 +31,23 @@ from ._rng import CHUNK_TRIALS
 from ._validate import McrouteError, check_int, check_real
 
 __all__ = ["Routing", "Uniform", "Zipf", "LogNormal", "Popularity"]
+
+
+#: Uniform top-k (k >= 2) draws one index into the table of all k-subsets per token when there
+#: are at most this many subsets and no more than tokens per microbatch, so that folding the
+#: per-subset tallies into per-expert loads costs at most one addition per assignment.
+SUBSET_TABLE_MAX = 4096
+
+
+def uniform_subset_table(n_experts: int, top_k: int, batch_size: int) -> np.ndarray:
+    """The uniform sampler's subset table, or an empty (0, k) array when it should not use one.
+
+    The table lists all k-subsets of the experts in lexicographic order, int64 (C(E, k), k).
+    """
+    n_sub = math.comb(n_experts, top_k)
+    if top_k < 2 or n_sub > min(batch_size, SUBSET_TABLE_MAX):
+        return np.empty((0, top_k), dtype=np.int64)
+    return np.array(list(itertools.combinations(range(n_experts), top_k)), dtype=np.int64)
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -170,7 +190,7 @@ class Routing:
         if w is None:
             counts = K.counts_uniform(
                 seeds, CHUNK_TRIALS, n_trials, n_layers, self.n_experts, k, batch_size,
-                record, assign,
+                uniform_subset_table(self.n_experts, k, batch_size), record, assign,
             )
         else:
             counts = K.counts_weighted(seeds, CHUNK_TRIALS, n_trials, w, k, batch_size, record,

@@ -21,10 +21,11 @@ from ._validate import McrouteError, check_int, check_int_list, check_real
 #: least this many tokens per expert (B / E). Count-space costs O(E·k) binomial draws per
 #: microbatch and per-assignment sampling O(B·k) cheap draws, so the crossover is a ratio B / E
 #: whatever k. Measured on one core (time per-assignment / time count-space at B/E = 32, 64,
-#: 128): uniform E=256 k=8: 0.66, 1.3, 2.6; uniform E=2048 k=1: 0.37, 0.77, 1.6; uniform E=8
-#: k=2: 0.37, 0.66, 1.2; top-1 Zipf(1.2) E=256 (multinomial): 1.35, 2.5, 5.4.
+#: 128): uniform E=256 k=8: 0.79, 1.8, 3.6; uniform E=64 k=4: 0.71, 1.5, 3.1; uniform E=2048
+#: k=1: 0.42, 0.92, 1.9; uniform E=8 k=2: 0.40, 0.76, 1.5; top-1 Zipf(1.2) E=256 (multinomial):
+#: 1.3, 2.5, 5.7. At B/E = 64 the worst loss (E=8 k=2, 1.3x) is smaller than at 96 (E=256 k=8).
 #: ``mcroute bench`` prints the uniform crossover again.
-COUNTSPACE_MIN_TOKENS_PER_EXPERT = {"uniform": 96.0, "weighted": 32.0}
+COUNTSPACE_MIN_TOKENS_PER_EXPERT = {"uniform": 64.0, "weighted": 32.0}
 
 __all__ = [
     "sample_counts",
@@ -99,7 +100,7 @@ def sample_counts(routing, batch_size, n_trials, n_layers=1, *, rng=None, method
         ``"assignment"`` samples every token's k experts (fused: no per-token array is kept);
         ``"counts"`` samples per-expert counts directly (exact for uniform routing and for
         top_k = 1; cost independent of B); ``"auto"`` takes counts where exact and the batch
-        has at least :data:`COUNTSPACE_MIN_TOKENS_PER_EXPERT` tokens per expert (96 for uniform
+        has at least :data:`COUNTSPACE_MIN_TOKENS_PER_EXPERT` tokens per expert (64 for uniform
         routing, 32 for weighted top-1), where it is measured to be faster.
 
     Returns
@@ -125,7 +126,10 @@ def sample_assignments(routing, batch_size, n_trials, n_layers=1, *, rng=None):
     """Expert ids chosen by each token, int64 (trial, layer, token, slot), for inspection.
 
     Draws the same numbers as ``sample_counts(..., method="assignment")`` with the same seed:
-    counting these ids per expert gives that array.
+    counting these ids per expert gives that array. For weighted routing slot j holds the j-th
+    draw of successive sampling; for uniform routing the slot order carries no meaning, and
+    when the sampler indexes the table of all k-subsets (C(E, k) at most the batch size and
+    4096) the slots list the subset in ascending expert id.
 
     Examples
     --------

@@ -194,12 +194,13 @@ def test_kernel_agrees_with_numpy_reference_and_exact_inclusion(routing):
         assert np.all(np.abs(freq - pi) <= 4.5 * se)
 
 
-def test_subset_table_lists_every_subset_once():
-    for n, k in [(8, 2), (6, 3), (5, 5), (7, 1), (10, 4)]:
-        table = K.subset_table(n, k)
-        assert [tuple(r) for r in table] == list(itertools.combinations(range(n), k))
-        assert K._n_subsets(n, k, 10**6) == len(table)
-    assert K._n_subsets(256, 8, 4096) == 4097  # capped
+def test_subset_table_only_when_small():
+    from mcroute._routing import uniform_subset_table
+    t = uniform_subset_table(8, 2, 256)
+    assert [tuple(r) for r in t] == list(itertools.combinations(range(8), 2))
+    assert uniform_subset_table(8, 2, 27).shape == (0, 2)  # more subsets (28) than tokens
+    assert uniform_subset_table(256, 8, 10**6).shape == (0, 8)  # too many subsets
+    assert uniform_subset_table(64, 1, 4096).shape == (0, 1)  # top-1 has its own sampler
 
 
 def test_subset_branch_draws_every_subset_equally_often():
