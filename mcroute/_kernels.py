@@ -274,8 +274,25 @@ def _draw_weighted_exact(s, cdf, w, chosen, m, order):
 
 
 @njit(cache=True)
-def weighted_tables(weights):
-    """Normalised weights, CDFs (layer, expert + 1) and alias tables for per-layer weights."""
+def _weighted_fast_layers(w, top_k):
+    """Per layer: whether any k - 1 experts hold at most 0.9 of the mass (the fast path)."""
+    n_layers, n = w.shape
+    fast = np.zeros(n_layers, dtype=np.bool_)
+    for layer in range(n_layers):
+        heavy = np.sort(w[layer])[::-1]
+        fast[layer] = heavy[:top_k - 1].sum() <= 0.9
+    return fast
+
+
+@njit(cache=True)
+def weighted_tables(weights, top_k):
+    """Tables of the weighted sampler for per-layer ``weights`` (layer, expert).
+
+    Returns ``(w, cdf, thr, pair, fast)``: normalised weights; CDFs (layer, expert + 1); the
+    alias tables as 32-bit keep thresholds ``thr`` (uint64, 2**32 = always keep) and pairs
+    ``pair[layer, 2c + keep]`` = (alias of c, c); and per layer whether the fast path applies
+    (any k - 1 experts hold at most 0.9 of the mass).
+    """
     n_layers, n_experts = weights.shape
     w = np.empty_like(weights)
     cdf = np.empty((n_layers, n_experts + 1))
@@ -290,7 +307,15 @@ def weighted_tables(weights):
             acc += w[layer, j]
             cdf[layer, j + 1] = acc
     prob, alias = build_alias(w)
-    return w, cdf, prob, alias
+    thr = np.empty((n_layers, n_experts), dtype=np.uint64)
+    pair = np.empty((n_layers, 2 * n_experts), dtype=np.int64)
+    for layer in range(n_layers):
+        for c in range(n_experts):
+            pc = prob[layer, c]
+            thr[layer, c] = uint64(4294967296) if pc >= 1.0 else uint64(pc * 4294967296.0)
+            pair[layer, 2 * c] = alias[layer, c]
+            pair[layer, 2 * c + 1] = c
+    return w, cdf, thr, pair, _weighted_fast_layers(w, top_k)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -479,18 +504,7 @@ def counts_uniform(states, chunk, n_trials, n_layers, n_experts, top_k, batch, t
 
 
 @njit(cache=True)
-def _weighted_fast_layers(w, top_k):
-    """Per layer: whether any k - 1 experts hold at most 0.9 of the mass (the fast path)."""
-    n_layers, n = w.shape
-    fast = np.zeros(n_layers, dtype=np.bool_)
-    for layer in range(n_layers):
-        heavy = np.sort(w[layer])[::-1]
-        fast[layer] = heavy[:top_k - 1].sum() <= 0.9
-    return fast
-
-
-@njit(cache=True)
-def _chunk_weighted(s, counts, t0, t1, w, cdf, prob, alias, top_k, batch, assign):
+def _chunk_weighted(s, counts, t0, t1, w, cdf, thr, pair, fast, top_k, batch, assign):
     """Weighted top-k (Plackett–Luce) for trials t0..t1 of one chunk; ids to ``assign``.
 
     Successive sampling without replacement is the same as taking, from a stream of
@@ -524,15 +538,6 @@ def _chunk_weighted(s, counts, t0, t1, w, cdf, prob, alias, top_k, batch, assign
     low = uint64(0xFFFFFFFF)
     n64 = uint64(n)
     tcol = (uint64(1) << uint64(32)) % n64
-    thr = np.empty(prob.shape, dtype=np.uint64)
-    pair = np.empty((prob.shape[0], 2 * n), dtype=np.int64)
-    for li in range(prob.shape[0]):
-        for c in range(n):
-            pc = prob[li, c]
-            thr[li, c] = uint64(4294967296) if pc >= 1.0 else uint64(pc * 4294967296.0)
-            pair[li, 2 * c] = alias[li, c]
-            pair[li, 2 * c + 1] = c
-    fast = _weighted_fast_layers(w, top_k)
     tok = 0
     s0, s1, s2, s3 = s[0], s[1], s[2], s[3]
     for t in range(t0, t1):
@@ -602,16 +607,16 @@ def _chunk_weighted(s, counts, t0, t1, w, cdf, prob, alias, top_k, batch, assign
 def counts_weighted(states, chunk, n_trials, weights, top_k, batch, record, assign):
     """Per-assignment weighted top-k (Plackett–Luce) with per-layer ``weights`` (layer, expert)."""
     n_layers, n_experts = weights.shape
-    w, cdf, prob, alias = weighted_tables(weights)
+    w, cdf, thr, pair, fast = weighted_tables(weights, top_k)
     counts = np.zeros((n_trials, n_layers, n_experts), dtype=np.int64)
     for c in prange(states.shape[0]):
         s = init_state(states[c])
         t0 = c * chunk
         t1 = min(t0 + chunk, n_trials)
         if record:
-            _chunk_weighted(s, counts, t0, t1, w, cdf, prob, alias, top_k, batch, assign)
+            _chunk_weighted(s, counts, t0, t1, w, cdf, thr, pair, fast, top_k, batch, assign)
         else:
-            _chunk_weighted(s, counts, t0, t1, w, cdf, prob, alias, top_k, batch, None)
+            _chunk_weighted(s, counts, t0, t1, w, cdf, thr, pair, fast, top_k, batch, None)
     return counts
 
 
@@ -938,8 +943,8 @@ def trace_counts_blocks(states, chunk, n_trials, experts, layer_idx, n_experts, 
 
 
 @njit(cache=True)
-def _chunk_weighted_urn(s, counts, t0, t1, w, cdf, prob, alias, top_k, batch, conc, record,
-                        assign):
+def _chunk_weighted_urn(s, counts, t0, t1, w, cdf, thr, pair, fast, top_k, batch, conc,
+                        record, assign):
     n_layers, n_experts = w.shape
     src = np.empty(batch, dtype=np.int64)
     fresh_of = np.empty(batch, dtype=np.int64)
@@ -955,7 +960,7 @@ def _chunk_weighted_urn(s, counts, t0, t1, w, cdf, prob, alias, top_k, batch, co
             else:
                 fresh_of[b] = fresh_of[src[b]]
         # The fresh tokens' choices at every layer, by the core's weighted top-k sampler.
-        _chunk_weighted(s, scratch, 0, 1, w, cdf, prob, alias, top_k, n_fresh, fresh)
+        _chunk_weighted(s, scratch, 0, 1, w, cdf, thr, pair, fast, top_k, n_fresh, fresh)
         for layer in range(n_layers):
             row = counts[t, layer]
             for b in range(batch):
@@ -977,10 +982,10 @@ def counts_weighted_urn(states, chunk, n_trials, weights, top_k, batch, conc, re
     concentration ``conc`` (``conc < 0``: independent tokens).
     """
     n_layers, n_experts = weights.shape
-    w, cdf, prob, alias = weighted_tables(weights)
+    w, cdf, thr, pair, fast = weighted_tables(weights, top_k)
     counts = np.zeros((n_trials, n_layers, n_experts), dtype=np.int64)
     for c in prange(states.shape[0]):
         s = init_state(states[c])
-        _chunk_weighted_urn(s, counts, c * chunk, min(c * chunk + chunk, n_trials), w, cdf, prob,
-                            alias, top_k, batch, conc, record, assign)
+        _chunk_weighted_urn(s, counts, c * chunk, min(c * chunk + chunk, n_trials), w, cdf, thr,
+                            pair, fast, top_k, batch, conc, record, assign)
     return counts
