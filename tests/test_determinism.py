@@ -8,7 +8,11 @@ import sys
 SCRIPT = r"""
 import hashlib, numpy as np, mcroute as mr
 h = hashlib.sha256()
-for r in [mr.Uniform(64, 8), mr.Uniform(8, 6), mr.Zipf(64, 4, 1.2), mr.LogNormal(32, 2, 1.0)]:
+# every per-assignment sampler: stamp rejection, Fisher-Yates, subset table, top-1, weighted
+# fast path, weighted slow path (two experts hold 0.95 of the mass)
+for r in [mr.Uniform(64, 8), mr.Uniform(8, 6), mr.Uniform(8, 2), mr.Uniform(500, 1),
+          mr.Zipf(64, 4, 1.2), mr.LogNormal(32, 2, 1.0),
+          mr.Popularity([70, 25, 2, 1, 1, 1], top_k=3)]:
     for method in ("assignment", "auto"):
         h.update(mr.sample_counts(r, 50, 100, n_layers=2, rng=42, method=method).tobytes())
 h.update(mr.sample_counts(mr.Uniform(64, 8), 5000, 40, rng=42, method="counts").tobytes())
