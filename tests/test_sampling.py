@@ -97,6 +97,7 @@ CASES = [  # (E, k, B): B·k << E, ~E and >> E; both sampling methods
     (64, 8, 64, "counts"),
     (256, 8, 96, "counts"),
     (8, 2, 3, "assignment"),
+    (160, 6, 40, "assignment"),  # E not a power of two: Lemire's rejection threshold is > 0
 ]
 
 
