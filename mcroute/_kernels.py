@@ -318,6 +318,16 @@ def weighted_tables(weights, top_k):
     return w, cdf, thr, pair, _weighted_fast_layers(w, top_k)
 
 
+def new_counts(n_trials, n_layers, n_experts):
+    """Zeroed count array (trial, layer, expert) int64, for a driver to fill (plain Python).
+
+    Allocated by NumPy rather than inside a kernel: NumPy asks Linux for transparent huge pages
+    on large arrays, so filling them costs far fewer page faults (16 MB zeroed and touched:
+    about 1.3 ms against 10 ms from numba's allocator on the development machine).
+    """
+    return np.zeros((n_trials, n_layers, n_experts), dtype=np.int64)
+
+
 # ---------------------------------------------------------------------------------------------
 # Per-chunk samplers (serial) and their parallel drivers (prange over chunks)
 # ---------------------------------------------------------------------------------------------
@@ -484,14 +494,14 @@ def _uniform_dispatch(s, counts, t0, t1, n_experts, top_k, batch, table, assign)
 
 
 @njit(cache=True, parallel=True)
-def counts_uniform(states, chunk, n_trials, n_layers, n_experts, top_k, batch, table, record,
+def counts_uniform(states, chunk, counts, n_layers, n_experts, top_k, batch, table, record,
                    assign):
     """Per-assignment uniform top-k counts (trial, layer, expert); ids to ``assign`` if record.
 
     One of three exact samplers: top-1 (two tokens per draw); the subset table when ``table``
     (all k-subsets, int64 (C(E, k), k)) has rows; else per-slot draws with duplicate rejection.
     """
-    counts = np.zeros((n_trials, n_layers, n_experts), dtype=np.int64)
+    n_trials = counts.shape[0]
     for c in prange(states.shape[0]):
         s = init_state(states[c])
         t0 = c * chunk
@@ -604,11 +614,11 @@ def _chunk_weighted(s, counts, t0, t1, w, cdf, thr, pair, fast, top_k, batch, as
 
 
 @njit(cache=True, parallel=True)
-def counts_weighted(states, chunk, n_trials, weights, top_k, batch, record, assign):
+def counts_weighted(states, chunk, counts, weights, top_k, batch, record, assign):
     """Per-assignment weighted top-k (Plackett–Luce) with per-layer ``weights`` (layer, expert)."""
     n_layers, n_experts = weights.shape
     w, cdf, thr, pair, fast = weighted_tables(weights, top_k)
-    counts = np.zeros((n_trials, n_layers, n_experts), dtype=np.int64)
+    n_trials = counts.shape[0]
     for c in prange(states.shape[0]):
         s = init_state(states[c])
         t0 = c * chunk
@@ -642,7 +652,7 @@ def _chunk_uniform_countspace(s, counts, t0, t1, top_k, batch):
 
 
 @njit(cache=True, parallel=True)
-def counts_uniform_countspace(states, chunk, n_trials, n_layers, n_experts, top_k, batch):
+def counts_uniform_countspace(states, chunk, counts, n_layers, n_experts, top_k, batch):
     """Exact per-expert counts of uniform top-k routing without visiting tokens.
 
     Experts are visited in order. Tokens are grouped by how many of their k slots are still
@@ -651,7 +661,7 @@ def counts_uniform_countspace(states, chunk, n_trials, n_layers, n_experts, top_
     Binomial(n_r, r / rem) draws, and the picked tokens move from group r to r - 1.
     Work is O(E·k) binomial draws per microbatch, independent of the batch size.
     """
-    counts = np.zeros((n_trials, n_layers, n_experts), dtype=np.int64)
+    n_trials = counts.shape[0]
     for c in prange(states.shape[0]):
         s = init_state(states[c])
         _chunk_uniform_countspace(s, counts, c * chunk, min(c * chunk + chunk, n_trials), top_k,
@@ -684,14 +694,14 @@ def _chunk_multinomial(s, counts, t0, t1, weights, batch):
 
 
 @njit(cache=True, parallel=True)
-def counts_multinomial(states, chunk, n_trials, weights, batch):
+def counts_multinomial(states, chunk, counts, weights, batch):
     """Exact counts of top-1 routing with per-layer weights.
 
     A multinomial drawn as sequential conditional binomials over experts: O(E) draws per
     microbatch, independent of the batch.
     """
     n_layers, n_experts = weights.shape
-    counts = np.zeros((n_trials, n_layers, n_experts), dtype=np.int64)
+    n_trials = counts.shape[0]
     for c in prange(states.shape[0]):
         s = init_state(states[c])
         _chunk_multinomial(s, counts, c * chunk, min(c * chunk + chunk, n_trials), weights, batch)
@@ -882,14 +892,14 @@ def _chunk_trace_tokens(s, counts, t0, t1, experts, layer_idx, batch, conc, reco
 
 
 @njit(cache=True, parallel=True)
-def trace_counts_tokens(states, chunk, n_trials, experts, layer_idx, n_experts, batch, conc,
+def trace_counts_tokens(states, chunk, counts, experts, layer_idx, n_experts, batch, conc,
                         record, assign):
     """Microbatches of ``batch`` whole trace tokens drawn uniformly with replacement.
 
     ``conc < 0``: independent tokens; otherwise a Pólya urn of concentration ``conc`` over the
     trace tokens (see the section comment).
     """
-    counts = np.zeros((n_trials, layer_idx.size, n_experts), dtype=np.int64)
+    n_trials = counts.shape[0]
     for c in prange(states.shape[0]):
         s = init_state(states[c])
         _chunk_trace_tokens(s, counts, c * chunk, min(c * chunk + chunk, n_trials), experts,
@@ -923,7 +933,7 @@ def _chunk_trace_blocks(s, counts, t0, t1, experts, layer_idx, batch, seq_of, se
 
 
 @njit(cache=True, parallel=True)
-def trace_counts_blocks(states, chunk, n_trials, experts, layer_idx, n_experts, batch, seq_of,
+def trace_counts_blocks(states, chunk, counts, experts, layer_idx, n_experts, batch, seq_of,
                         seq_start, seq_end, block, record, assign):
     """Circular block bootstrap: microbatches made of runs of consecutive same-sequence tokens.
 
@@ -934,7 +944,7 @@ def trace_counts_blocks(states, chunk, n_trials, experts, layer_idx, n_experts, 
     wrapping to the sequence's first token, for ``block`` tokens (``block <= 0``: the sequence's
     length), cut at the microbatch size.
     """
-    counts = np.zeros((n_trials, layer_idx.size, n_experts), dtype=np.int64)
+    n_trials = counts.shape[0]
     for c in prange(states.shape[0]):
         s = init_state(states[c])
         _chunk_trace_blocks(s, counts, c * chunk, min(c * chunk + chunk, n_trials), experts,
@@ -973,7 +983,7 @@ def _chunk_weighted_urn(s, counts, t0, t1, w, cdf, thr, pair, fast, top_k, batch
 
 
 @njit(cache=True, parallel=True)
-def counts_weighted_urn(states, chunk, n_trials, weights, top_k, batch, conc, record, assign):
+def counts_weighted_urn(states, chunk, counts, weights, top_k, batch, conc, record, assign):
     """Weighted top-k (Plackett–Luce) microbatches whose tokens follow a Pólya urn.
 
     A fresh token draws its k experts at every layer by successive sampling from ``weights``
@@ -983,7 +993,7 @@ def counts_weighted_urn(states, chunk, n_trials, weights, top_k, batch, conc, re
     """
     n_layers, n_experts = weights.shape
     w, cdf, thr, pair, fast = weighted_tables(weights, top_k)
-    counts = np.zeros((n_trials, n_layers, n_experts), dtype=np.int64)
+    n_trials = counts.shape[0]
     for c in prange(states.shape[0]):
         s = init_state(states[c])
         _chunk_weighted_urn(s, counts, c * chunk, min(c * chunk + chunk, n_trials), w, cdf, thr,

@@ -169,10 +169,13 @@ class Routing:
         if method == "counts":
             if w is None:
                 return K.counts_uniform_countspace(
-                    seeds, CHUNK_TRIALS, n_trials, n_layers, self.n_experts, k, batch_size
+                    seeds, CHUNK_TRIALS, K.new_counts(n_trials, n_layers, self.n_experts),
+                    n_layers, self.n_experts, k, batch_size,
                 )
             if k == 1:
-                return K.counts_multinomial(seeds, CHUNK_TRIALS, n_trials, w, batch_size)
+                return K.counts_multinomial(seeds, CHUNK_TRIALS,
+                                            K.new_counts(n_trials, n_layers, self.n_experts), w,
+                                            batch_size)
             raise McrouteError(
                 "method='counts' is exact only for uniform routing or top_k=1; "
                 f"use method='assignment' for {self!r}"
@@ -187,14 +190,14 @@ class Routing:
         k = self.top_k
         shape = (n_trials, n_layers, batch_size, k) if record else (1, 1, 1, 1)
         assign = np.zeros(shape, dtype=np.int64)
+        counts = K.new_counts(n_trials, n_layers, self.n_experts)
         if w is None:
-            counts = K.counts_uniform(
-                seeds, CHUNK_TRIALS, n_trials, n_layers, self.n_experts, k, batch_size,
+            K.counts_uniform(
+                seeds, CHUNK_TRIALS, counts, n_layers, self.n_experts, k, batch_size,
                 uniform_subset_table(self.n_experts, k, batch_size), record, assign,
             )
         else:
-            counts = K.counts_weighted(seeds, CHUNK_TRIALS, n_trials, w, k, batch_size, record,
-                                       assign)
+            K.counts_weighted(seeds, CHUNK_TRIALS, counts, w, k, batch_size, record, assign)
         return counts, assign
 
     def _countspace_exact(self) -> bool:

@@ -536,15 +536,20 @@ class Trace(_TraceLayers, Routing):
                   else _NO_RECORD)
         if self._mode == "marginal":
             w = np.ascontiguousarray(self.pl_weights()[idx])
-            counts = K.counts_weighted(seeds, CHUNK_TRIALS, n_trials, w, k, batch_size, record,
-                                       assign)
+            counts = K.counts_weighted(seeds, CHUNK_TRIALS,
+                                       K.new_counts(n_trials, w.shape[0], self.n_experts), w, k,
+                                       batch_size, record, assign)
         elif self._mode == "sequence":
             ex, seq_of, start, end = self._sequence_layout()
-            counts = K.trace_counts_blocks(seeds, CHUNK_TRIALS, n_trials, ex, idx,
+            counts = K.trace_counts_blocks(seeds, CHUNK_TRIALS,
+                                           K.new_counts(n_trials, idx.size, self.n_experts),
+                                           ex, idx,
                                            self.n_experts, batch_size, seq_of, start, end,
                                            self._block, record, assign)
         else:
-            counts = K.trace_counts_tokens(seeds, CHUNK_TRIALS, n_trials, self._experts, idx,
+            counts = K.trace_counts_tokens(seeds, CHUNK_TRIALS,
+                                           K.new_counts(n_trials, idx.size, self.n_experts),
+                                           self._experts, idx,
                                            self.n_experts, batch_size, -1.0, record, assign)
         return counts, assign
 
@@ -821,8 +826,10 @@ class Overdispersed(Routing):
         conc = -1.0 if self._rho == 0 else 1.0 / self._rho - 1.0
         base = self._base
         if isinstance(base, Trace) and base.mode == "token":
-            counts = K.trace_counts_tokens(seeds, CHUNK_TRIALS, n_trials, base.experts,
-                                           base._layer_index(n_layers), self.n_experts,
+            layer_idx = base._layer_index(n_layers)
+            counts = K.trace_counts_tokens(seeds, CHUNK_TRIALS,
+                                           K.new_counts(n_trials, layer_idx.size, self.n_experts),
+                                           base.experts, layer_idx, self.n_experts,
                                            batch_size, conc, record, assign)
             return counts, assign
         if isinstance(base, Trace):
@@ -831,7 +838,9 @@ class Overdispersed(Routing):
             w = base._weights(n_layers)
             if w is None:
                 w = np.full((n_layers, self.n_experts), 1.0 / self.n_experts)
-        counts = K.counts_weighted_urn(seeds, CHUNK_TRIALS, n_trials, np.ascontiguousarray(w),
+        counts = K.counts_weighted_urn(seeds, CHUNK_TRIALS,
+                                       K.new_counts(n_trials, w.shape[0], w.shape[1]),
+                                       np.ascontiguousarray(w),
                                        k, batch_size, conc, record, assign)
         return counts, assign
 
