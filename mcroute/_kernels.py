@@ -333,6 +333,19 @@ def new_counts(n_trials, n_layers, n_experts):
 # ---------------------------------------------------------------------------------------------
 
 
+@njit(cache=True, inline="always")
+def _touch(row):
+    """Write 0 to one word per 64-byte line of ``row`` (a row of a zeroed count array), in order.
+
+    For large expert counts the random increments that follow then hit the cache: a sequential
+    sweep is prefetched, while random first touches of a fresh row miss one by one (E = 2048,
+    top-1: 1.6 instead of 2.2 times the floor). The drivers' count arrays start zeroed (they are
+    incremented), so this changes no value.
+    """
+    for e in range(0, row.size, 8):
+        row[e] = 0
+
+
 @njit(cache=True)
 def _chunk_uniform(s, counts, t0, t1, n_experts, top_k, batch, assign):
     """Uniform top-k (k >= 2) for trials t0..t1 of one chunk; ids to ``assign`` unless None.
@@ -357,6 +370,8 @@ def _chunk_uniform(s, counts, t0, t1, n_experts, top_k, batch, assign):
     for t in range(t0, t1):
         for layer in range(n_layers):
             row = counts[t, layer]
+            if n_experts >= 512:
+                _touch(row)
             for b in range(batch):
                 if reject:
                     j = 0
@@ -409,6 +424,8 @@ def _chunk_uniform_top1(s, counts, t0, t1, n_experts, batch, assign):
     for t in range(t0, t1):
         for layer in range(n_layers):
             row = counts[t, layer]
+            if n_experts >= 512:
+                _touch(row)
             b = 0
             while b < batch:
                 x, s0, s1, s2, s3 = _step(s0, s1, s2, s3)
