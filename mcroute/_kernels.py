@@ -511,14 +511,13 @@ def _uniform_dispatch(s, counts, t0, t1, n_experts, top_k, batch, table, assign)
 
 
 @njit(cache=True, parallel=True)
-def counts_uniform(states, chunk, counts, n_layers, n_experts, top_k, batch, table, record,
-                   assign):
+def counts_uniform(states, chunk, counts, top_k, batch, table, record, assign):
     """Per-assignment uniform top-k counts (trial, layer, expert); ids to ``assign`` if record.
 
     One of three exact samplers: top-1 (two tokens per draw); the subset table when ``table``
     (all k-subsets, int64 (C(E, k), k)) has rows; else per-slot draws with duplicate rejection.
     """
-    n_trials = counts.shape[0]
+    n_trials, n_experts = counts.shape[0], counts.shape[2]
     for c in prange(states.shape[0]):
         s = init_state(states[c])
         t0 = c * chunk
@@ -669,7 +668,7 @@ def _chunk_uniform_countspace(s, counts, t0, t1, top_k, batch):
 
 
 @njit(cache=True, parallel=True)
-def counts_uniform_countspace(states, chunk, counts, n_layers, n_experts, top_k, batch):
+def counts_uniform_countspace(states, chunk, counts, top_k, batch):
     """Exact per-expert counts of uniform top-k routing without visiting tokens.
 
     Experts are visited in order. Tokens are grouped by how many of their k slots are still
@@ -909,7 +908,7 @@ def _chunk_trace_tokens(s, counts, t0, t1, experts, layer_idx, batch, conc, reco
 
 
 @njit(cache=True, parallel=True)
-def trace_counts_tokens(states, chunk, counts, experts, layer_idx, n_experts, batch, conc,
+def trace_counts_tokens(states, chunk, counts, experts, layer_idx, batch, conc,
                         record, assign):
     """Microbatches of ``batch`` whole trace tokens drawn uniformly with replacement.
 
@@ -950,7 +949,7 @@ def _chunk_trace_blocks(s, counts, t0, t1, experts, layer_idx, batch, seq_of, se
 
 
 @njit(cache=True, parallel=True)
-def trace_counts_blocks(states, chunk, counts, experts, layer_idx, n_experts, batch, seq_of,
+def trace_counts_blocks(states, chunk, counts, experts, layer_idx, batch, seq_of,
                         seq_start, seq_end, block, record, assign):
     """Circular block bootstrap: microbatches made of runs of consecutive same-sequence tokens.
 

@@ -169,8 +169,8 @@ class Routing:
         if method == "counts":
             if w is None:
                 return K.counts_uniform_countspace(
-                    seeds, CHUNK_TRIALS, K.new_counts(n_trials, n_layers, self.n_experts),
-                    n_layers, self.n_experts, k, batch_size,
+                    seeds, CHUNK_TRIALS, K.new_counts(n_trials, n_layers, self.n_experts), k,
+                    batch_size,
                 )
             if k == 1:
                 return K.counts_multinomial(seeds, CHUNK_TRIALS,
@@ -193,7 +193,7 @@ class Routing:
         counts = K.new_counts(n_trials, n_layers, self.n_experts)
         if w is None:
             K.counts_uniform(
-                seeds, CHUNK_TRIALS, counts, n_layers, self.n_experts, k, batch_size,
+                seeds, CHUNK_TRIALS, counts, k, batch_size,
                 uniform_subset_table(self.n_experts, k, batch_size), record, assign,
             )
         else:

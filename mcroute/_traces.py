@@ -543,14 +543,13 @@ class Trace(_TraceLayers, Routing):
             ex, seq_of, start, end = self._sequence_layout()
             counts = K.trace_counts_blocks(seeds, CHUNK_TRIALS,
                                            K.new_counts(n_trials, idx.size, self.n_experts),
-                                           ex, idx,
-                                           self.n_experts, batch_size, seq_of, start, end,
+                                           ex, idx, batch_size, seq_of, start, end,
                                            self._block, record, assign)
         else:
             counts = K.trace_counts_tokens(seeds, CHUNK_TRIALS,
                                            K.new_counts(n_trials, idx.size, self.n_experts),
-                                           self._experts, idx,
-                                           self.n_experts, batch_size, -1.0, record, assign)
+                                           self._experts, idx, batch_size, -1.0, record,
+                                           assign)
         return counts, assign
 
     def _draw_counts(self, batch_size, n_trials, n_layers, seeds, method):
@@ -829,7 +828,7 @@ class Overdispersed(Routing):
             layer_idx = base._layer_index(n_layers)
             counts = K.trace_counts_tokens(seeds, CHUNK_TRIALS,
                                            K.new_counts(n_trials, layer_idx.size, self.n_experts),
-                                           base.experts, layer_idx, self.n_experts,
+                                           base.experts, layer_idx,
                                            batch_size, conc, record, assign)
             return counts, assign
         if isinstance(base, Trace):
