@@ -346,6 +346,23 @@ def _touch(row):
         row[e] = 0
 
 
+@njit(cache=True, inline="always")
+def _offer(m, thresh, stamp, tok, row, assign, t, layer, b, j):
+    """Offer slot j of token ``tok`` the expert of one Lemire product ``m`` (32-bit half × E).
+
+    Taken unless the product's low half falls in the rejection zone or the token already holds
+    the expert (``stamp``); returns the next open slot.
+    """
+    e = np.int64(m >> uint64(32))
+    if (m & uint64(0xFFFFFFFF)) >= thresh and stamp[e] != tok:
+        stamp[e] = tok
+        row[e] += 1
+        if assign is not None:
+            assign[t, layer, b, j] = e
+        return j + 1
+    return j
+
+
 @njit(cache=True)
 def _chunk_uniform(s, counts, t0, t1, n_experts, top_k, batch, assign):
     """Uniform top-k (k >= 2) for trials t0..t1 of one chunk; ids to ``assign`` unless None.
@@ -377,23 +394,11 @@ def _chunk_uniform(s, counts, t0, t1, n_experts, top_k, batch, assign):
                     j = 0
                     while j < top_k:
                         x, s0, s1, s2, s3 = _step(s0, s1, s2, s3)
-                        m1 = (x >> uint64(32)) * n64
-                        e1 = np.int64(m1 >> uint64(32))
-                        if (m1 & low) >= thresh and stamp[e1] != tok:
-                            stamp[e1] = tok
-                            row[e1] += 1
-                            if assign is not None:
-                                assign[t, layer, b, j] = e1
-                            j += 1
+                        j = _offer((x >> uint64(32)) * n64, thresh, stamp, tok, row, assign, t,
+                                   layer, b, j)
                         if j < top_k:  # the second half; dropped when the token is complete
-                            m2 = (x & low) * n64
-                            e2 = np.int64(m2 >> uint64(32))
-                            if (m2 & low) >= thresh and stamp[e2] != tok:
-                                stamp[e2] = tok
-                                row[e2] += 1
-                                if assign is not None:
-                                    assign[t, layer, b, j] = e2
-                                j += 1
+                            j = _offer((x & low) * n64, thresh, stamp, tok, row, assign, t,
+                                       layer, b, j)
                     tok += 1
                 else:
                     for j in range(top_k):

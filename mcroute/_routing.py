@@ -20,6 +20,7 @@ routing is accepted.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -47,7 +48,15 @@ def uniform_subset_table(n_experts: int, top_k: int, batch_size: int) -> np.ndar
     n_sub = math.comb(n_experts, top_k)
     if top_k < 2 or n_sub > min(batch_size, SUBSET_TABLE_MAX):
         return np.empty((0, top_k), dtype=np.int64)
-    return np.array(list(itertools.combinations(range(n_experts), top_k)), dtype=np.int64)
+    return _all_subsets(n_experts, top_k)
+
+
+@functools.lru_cache(maxsize=32)
+def _all_subsets(n_experts: int, top_k: int) -> np.ndarray:
+    """All k-subsets in lexicographic order, built once per (E, k) (read-only)."""
+    table = np.array(list(itertools.combinations(range(n_experts), top_k)), dtype=np.int64)
+    table.setflags(write=False)
+    return table
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
