@@ -206,7 +206,8 @@ class Routing:
                 uniform_subset_table(self.n_experts, k, batch_size), record, assign,
             )
         else:
-            K.counts_weighted(seeds, CHUNK_TRIALS, counts, w, k, batch_size, record, assign)
+            K.counts_weighted(seeds, CHUNK_TRIALS, counts, K.weighted_tables(w, k), k, batch_size,
+                              record, assign)
         return counts, assign
 
     def _countspace_exact(self) -> bool:

@@ -537,8 +537,8 @@ class Trace(_TraceLayers, Routing):
         if self._mode == "marginal":
             w = np.ascontiguousarray(self.pl_weights()[idx])
             counts = K.counts_weighted(seeds, CHUNK_TRIALS,
-                                       K.new_counts(n_trials, w.shape[0], self.n_experts), w, k,
-                                       batch_size, record, assign)
+                                       K.new_counts(n_trials, w.shape[0], self.n_experts),
+                                       K.weighted_tables(w, k), k, batch_size, record, assign)
         elif self._mode == "sequence":
             ex, seq_of, start, end = self._sequence_layout()
             counts = K.trace_counts_blocks(seeds, CHUNK_TRIALS,
@@ -839,8 +839,8 @@ class Overdispersed(Routing):
                 w = np.full((n_layers, self.n_experts), 1.0 / self.n_experts)
         counts = K.counts_weighted_urn(seeds, CHUNK_TRIALS,
                                        K.new_counts(n_trials, w.shape[0], w.shape[1]),
-                                       np.ascontiguousarray(w),
-                                       k, batch_size, conc, record, assign)
+                                       K.weighted_tables(w, k), k, batch_size, conc, record,
+                                       assign)
         return counts, assign
 
     def _draw_counts(self, batch_size, n_trials, n_layers, seeds, method):
