@@ -278,10 +278,10 @@ def weighted_tables(weights, top_k):
       expert e has probability ``(fix[e+1] - fix[e]) / 2**32``: its weight rounded to a multiple
       of 2**-32 (an expert lighter than 2**-33 of the layer is never drawn this way). Experts of
       zero weight have an empty interval;
-    * ``guide`` (layer, 2**bits), int16 (int32 beyond 32768 experts; int16 keeps the table in
-      half the L1 cache and measured about 8% faster at E = 256): cell c covers ``h >> (32 - bits) == c``. It holds the
-      expert if one interval covers the whole cell, else ``-(first expert) - 1``, from where
-      :func:`_guide_draw` scans ``fix``;
+    * ``guide`` (layer, 2**bits): cell c covers ``h >> (32 - bits) == c``. It holds the expert
+      if one interval covers the whole cell, else ``-(first expert) - 1``, from where
+      :func:`_guide_draw` scans ``fix``. int16 (int32 beyond 32768 experts): int16 keeps the
+      table in half the L1 cache and measured about 8% faster at E = 256;
     * ``extra``: :func:`_weighted_extra_pairs`; ``fast``: :func:`_weighted_fast_layers`.
     """
     weights = np.ascontiguousarray(weights, dtype=np.float64)
@@ -1059,8 +1059,8 @@ def counts_weighted_urn(states, chunk, counts, tables, top_k, batch, conc, recor
 
     A fresh token draws its k experts at every layer by successive sampling from the weights
     behind ``tables`` (:func:`weighted_tables`); a copy repeats an earlier token's choices at
-    every layer. Each microbatch's token law is thus a draw from a Dirichlet process centred on the weighted top-k law with
-    concentration ``conc`` (``conc < 0``: independent tokens).
+    every layer. Each microbatch's token law is thus a draw from a Dirichlet process centred on
+    the weighted top-k law with concentration ``conc`` (``conc < 0``: independent tokens).
     """
     n_trials = counts.shape[0]
     for c in prange(states.shape[0]):

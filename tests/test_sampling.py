@@ -264,6 +264,66 @@ def test_extreme_skew_terminates_and_is_exact():
     assert np.all(np.abs(freq - 0.2) <= 4.5 * se)
 
 
+def _guide_case():
+    rng = np.random.default_rng(5)
+    w = rng.gamma(0.3, size=(3, 300))
+    w[0, [0, 7, 299]] = 0.0          # zero weights, the last expert among them
+    w[1, :250] = 0.0                 # most of the line held by the last 50 experts
+    w[2, 1] = 1e-12                  # lighter than one unit of 2**-32
+    return w, K.weighted_tables(w, 4)
+
+
+def test_guide_tables_partition_the_32bit_line():
+    weights, (w, cdf, fix, guide, extra, fast) = _guide_case()
+    assert guide.dtype == np.int16 and guide.shape[1] == 2 ** 13
+    width = 2 ** 32 // guide.shape[1]
+    for layer in range(w.shape[0]):
+        f = fix[layer]
+        assert f[0] == 0 and f[-1] == 2 ** 32 and np.all(f[1:] >= f[:-1])
+        units = np.diff(f).astype(np.float64)
+        # each expert's share of the line is its weight to within one unit of 2**-32
+        assert np.all(np.abs(units - w[layer] * 2.0 ** 32) <= 1.0)
+        assert np.all(units[weights[layer] == 0] == 0)
+        lo = np.arange(guide.shape[1], dtype=np.uint64) * np.uint64(width)
+        g = guide[layer].astype(np.int64)
+        pure = g >= 0
+        e = np.where(pure, g, -g - 1)
+        assert np.all(f[e] <= lo)                                   # the cell starts in e
+        assert np.all(f[e + 1][pure] >= lo[pure] + np.uint64(width))  # ... and ends in it
+        assert np.all((f[e + 1][~pure] > lo[~pure])
+                      & (f[e + 1][~pure] < lo[~pure] + np.uint64(width)))
+        assert (~pure).sum() < w.shape[1]
+
+
+def test_guide_draw_returns_the_interval_holding_h():
+    _, (w, cdf, fix, guide, extra, fast) = _guide_case()
+    shift = np.uint64(32 - 13)
+    rng = np.random.default_rng(6)
+    for layer in range(w.shape[0]):
+        f = fix[layer]
+        edges = f[(f > 0) & (f < 2 ** 32)]
+        hs = np.unique(np.concatenate([edges, edges - np.uint64(1), [0, 2 ** 32 - 1],
+                                       rng.integers(0, 2 ** 32, 2000, dtype=np.uint64)]))
+        for h in hs:
+            e = K._guide_draw(np.uint64(h), guide[layer], f, shift)
+            assert f[e] <= h < f[e + 1]
+
+
+def test_weighted_sampler_beyond_int16_expert_ids():
+    # 40000 experts: the guide table switches to int32; the law is still right.
+    n = 40000
+    r = mr.Zipf(n, 2, 1.0, permute=False)
+    tables = K.weighted_tables(r.popularity(1), 2)
+    assert tables[3].dtype == np.int32
+    c = mr.sample_counts(r, 16, 2000, rng=8)[:, 0]
+    assert np.all(c.sum(axis=1) == 32) and c.max() <= 16
+    pi = r.inclusion_probabilities(1)[0]
+    for e in (0, 1, n - 1):
+        freq = c[:, e].mean() / 16
+        se = np.sqrt(pi[e] * (1 - pi[e]) / (16 * 2000))
+        assert abs(freq - pi[e]) <= 4 * se
+
+
 def test_binomial_generator_matches_scipy():
     for n, p in [(20, 0.1), (1000, 0.3), (50, 0.9), (100000, 0.02)]:
         draws = K.binomial_many(chunk_seeds(3, 20000), 16, 20000, n, p)
