@@ -255,13 +255,16 @@ def _weighted_extra_pairs(w, top_k):
 
 
 def _guide_bits(n_experts):
-    """log2 of the guide table's cells: about 32 per expert, between 2**8 and 2**13.
+    """log2 of the guide table's cells: at least 32 per expert, between 2**8 and 2**16.
 
-    At most n_experts - 1 cells straddle an interval boundary, so a draw needs the CDF scan with
-    probability below n_experts / 2**bits.
+    At most n_experts - 1 cells straddle an interval boundary, so a draw needs the (branchy)
+    CDF scan with probability below n_experts / 2**bits, under 1/32 up to 2048 experts. At
+    E = 256 the table (2**13 int16) takes half of a 32 KiB L1 cache; a cap of 2**13 cells made
+    E = 2048 top-1 draws 2x slower (a quarter of them scanned), a floor of 2**14 made E = 256
+    no faster and multi-layer sampling slower (each layer's table is fetched per microbatch).
     """
     bits = 8
-    while bits < 13 and (1 << bits) < 32 * n_experts:
+    while bits < 16 and (1 << bits) < 32 * n_experts:
         bits += 1
     return bits
 
@@ -347,16 +350,18 @@ def new_counts(n_trials, n_layers, n_experts):
 
 
 @njit(cache=True, inline="always")
-def _touch(row):
+def _touch(row, n_increments):
     """Write 0 to one word per 64-byte line of ``row`` (a row of a zeroed count array), in order.
 
-    For large expert counts the random increments that follow then hit the cache: a sequential
-    sweep is prefetched, while random first touches of a fresh row miss one by one (E = 2048,
-    top-1: 1.6 instead of 2.2 times the floor). The drivers' count arrays start zeroed (they are
-    incremented), so this changes no value.
+    Only for rows of at least 512 experts that will take at least E / 8 increments. The random
+    increments that follow then hit the cache: a sequential sweep is prefetched, while random
+    first touches of a fresh row miss one by one (E = 2048, top-1, B = 4096: 1.6 instead of 2.2
+    times the floor). With fewer increments the sweep costs more than it saves. The drivers'
+    count arrays start zeroed (they are incremented), so this changes no value.
     """
-    for e in range(0, row.size, 8):
-        row[e] = 0
+    if row.size >= 512 and n_increments >= row.size // 8:
+        for e in range(0, row.size, 8):
+            row[e] = 0
 
 
 @njit(cache=True, inline="always")
@@ -400,8 +405,7 @@ def _chunk_uniform(s, counts, t0, t1, n_experts, top_k, batch, assign):
     for t in range(t0, t1):
         for layer in range(n_layers):
             row = counts[t, layer]
-            if n_experts >= 512:
-                _touch(row)
+            _touch(row, batch * top_k)
             for b in range(batch):
                 if reject:
                     j = 0
@@ -442,8 +446,7 @@ def _chunk_uniform_top1(s, counts, t0, t1, n_experts, batch, assign):
     for t in range(t0, t1):
         for layer in range(n_layers):
             row = counts[t, layer]
-            if n_experts >= 512:
-                _touch(row)
+            _touch(row, batch)
             b = 0
             while b < batch:
                 x, s0, s1, s2, s3 = _step(s0, s1, s2, s3)
@@ -638,9 +641,10 @@ def _chunk_weighted(s, counts, t0, t1, w, cdf, fix, guide, extra, fast, top_k, b
     loop never spins.
     """
     n_layers = counts.shape[1]
+    n = w.shape[1]
     chosen = np.empty(top_k, dtype=np.int64)
     order = np.empty(top_k, dtype=np.int64)
-    stamp = np.full(w.shape[1], -1, dtype=np.int64)
+    stamp = np.full(n, -1, dtype=np.int64)
     bits = 0
     while (1 << bits) < guide.shape[1]:
         bits += 1
@@ -658,6 +662,24 @@ def _chunk_weighted(s, counts, t0, t1, w, cdf, fix, guide, extra, fast, top_k, b
                 tok = _weighted_slow(s, row, gl, fl, shift, cdf[layer], w[layer], stamp, tok,
                                      chosen, order, top_k, batch, assign, t, layer)
                 s0, s1, s2, s3 = s[0], s[1], s[2], s[3]
+                continue
+            _touch(row, batch * top_k)
+            if top_k == 1:  # nothing to dedupe: two tokens per 64-bit number
+                for b in range(0, batch - 1, 2):
+                    x, s0, s1, s2, s3 = _step(s0, s1, s2, s3)
+                    e = _guide_draw(x >> uint64(32), gl, fl, shift)
+                    f = _guide_draw(x & low, gl, fl, shift)
+                    row[np.uint64(e)] += 1
+                    row[np.uint64(f)] += 1
+                    if assign is not None:
+                        assign[t, layer, b, 0] = e
+                        assign[t, layer, b + 1, 0] = f
+                if batch % 2 == 1:
+                    x, s0, s1, s2, s3 = _step(s0, s1, s2, s3)
+                    e = _guide_draw(x >> uint64(32), gl, fl, shift)
+                    row[np.uint64(e)] += 1
+                    if assign is not None:
+                        assign[t, layer, batch - 1, 0] = e
                 continue
             n_extra = extra[layer]
             for b in range(batch):

@@ -275,7 +275,7 @@ def _guide_case():
 
 def test_guide_tables_partition_the_32bit_line():
     weights, (w, cdf, fix, guide, extra, fast) = _guide_case()
-    assert guide.dtype == np.int16 and guide.shape[1] == 2 ** 13
+    assert guide.dtype == np.int16 and guide.shape[1] == 2 ** 14  # >= 32 cells per expert
     width = 2 ** 32 // guide.shape[1]
     for layer in range(w.shape[0]):
         f = fix[layer]
@@ -297,7 +297,7 @@ def test_guide_tables_partition_the_32bit_line():
 
 def test_guide_draw_returns_the_interval_holding_h():
     _, (w, cdf, fix, guide, extra, fast) = _guide_case()
-    shift = np.uint64(32 - 13)
+    shift = np.uint64(32 - 14)
     rng = np.random.default_rng(6)
     for layer in range(w.shape[0]):
         f = fix[layer]
