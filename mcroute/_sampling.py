@@ -22,10 +22,11 @@ from ._validate import McrouteError, check_int, check_int_list, check_real
 #: microbatch and per-assignment sampling O(B·k) cheap draws, so the crossover is a ratio B / E
 #: whatever k. Measured on one core (time per-assignment / time count-space at B/E = 32, 64,
 #: 128): uniform E=256 k=8: 0.79, 1.8, 3.6; uniform E=64 k=4: 0.71, 1.5, 3.1; uniform E=2048
-#: k=1: 0.42, 0.92, 1.9; uniform E=8 k=2: 0.40, 0.76, 1.5; top-1 Zipf(1.2) E=256 (multinomial):
-#: 1.3, 2.5, 5.7. At B/E = 64 the worst loss (E=8 k=2, 1.3x) is smaller than at 96 (E=256 k=8).
-#: ``mcroute bench`` prints the uniform crossover again.
-COUNTSPACE_MIN_TOKENS_PER_EXPERT = {"uniform": 64.0, "weighted": 32.0}
+#: k=1: 0.42, 0.92, 1.9; uniform E=8 k=2: 0.40, 0.76, 1.5. At B/E = 64 the worst loss (E=8 k=2,
+#: 1.3x) is smaller than at 96 (E=256 k=8). Top-1 weighted (multinomial), after the guide-table
+#: sampler: Zipf(1.2) E=256: 0.53, 0.98, 2.3; Zipf(1.0) E=2048: 0.56, 1.3, 2.7; Zipf(0.5) E=64:
+#: 0.59, 1.7, 2.6. ``mcroute bench`` prints the uniform crossover again.
+COUNTSPACE_MIN_TOKENS_PER_EXPERT = {"uniform": 64.0, "weighted": 64.0}
 
 __all__ = [
     "sample_counts",
@@ -100,8 +101,8 @@ def sample_counts(routing, batch_size, n_trials, n_layers=1, *, rng=None, method
         ``"assignment"`` samples every token's k experts (fused: no per-token array is kept);
         ``"counts"`` samples per-expert counts directly (exact for uniform routing and for
         top_k = 1; cost independent of B); ``"auto"`` takes counts where exact and the batch
-        has at least :data:`COUNTSPACE_MIN_TOKENS_PER_EXPERT` tokens per expert (64 for uniform
-        routing, 32 for weighted top-1), where it is measured to be faster.
+        has at least :data:`COUNTSPACE_MIN_TOKENS_PER_EXPERT` tokens per expert (64, for uniform
+        routing and for weighted top-1), where it is measured to be faster.
 
     Returns
     -------
