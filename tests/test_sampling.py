@@ -43,6 +43,7 @@ ROUTINGS = [
     mr.Zipf(32, 4, 1.2),
     mr.LogNormal(16, 2, 1.0),
     mr.Popularity([5, 0, 3, 1, 1, 0, 2, 2], top_k=3),
+    mr.Zipf(40, 1, 1.0),  # weighted top-1: two tokens per draw, odd batch
 ]
 
 
