@@ -631,7 +631,8 @@ def _chunk_weighted(s, counts, t0, t1, w, cdf, fix, guide, extra, fast, top_k, b
     first 2 * (k // 2) candidates unconditionally, then ``2 * extra[layer]`` more while it has an
     open slot (later ones are drawn and dropped), then one at a time until it holds k. The
     fixed-length parts have no branch and no dependency from one token to the next, so the CPU
-    overlaps tokens; only the last loop branches, and ``extra`` makes it rare.
+    overlaps tokens; only the last loop branches, and ``extra`` makes it rare. Top-1 (always
+    the fast path) has nothing to dedupe: two tokens per 64-bit number.
 
     Other layers (extreme skew): per slot, while the chosen experts' mass is at most 0.9, up to
     64 candidates are tried; otherwise, or if all fail (probability < 0.002), the conditional
