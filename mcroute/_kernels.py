@@ -158,7 +158,7 @@ def binomial_many(states, chunk, n_draws, n, p):
 
 
 # ---------------------------------------------------------------------------------------------
-# Alias tables and weighted draws without replacement
+# Guide tables and weighted draws without replacement
 # ---------------------------------------------------------------------------------------------
 
 
@@ -221,29 +221,24 @@ def _draw_weighted_exact(s, cdf, w, chosen, m, order):
 
 
 @njit(cache=True)
-def _weighted_fast_layers(w, top_k):
-    """Per layer: whether any k - 1 experts hold at most 0.9 of the mass (the fast path)."""
-    n_layers, n = w.shape
+def _weighted_layer_plan(w, top_k):
+    """Per layer of normalised ``w``: ``(extra, fast)``, from one sort of the layer's weights.
+
+    ``fast``: whether any k - 1 experts hold at most 0.9 of the mass (the fast path).
+
+    ``extra``: pairs of masked candidates a token gets after its first k in the fast path. Only
+    speed depends on it. The expected number of candidates a token needs is at most sum over
+    j < k of 1 / (1 - H_j), with H_j the mass of the j heaviest experts (the j experts already
+    held weigh at most H_j). Two thirds of the excess over k, rounded to pairs, at least one
+    pair, was fastest in measurements (Zipf 1.2 and 0.8, LogNormal 1.0, uniform weights;
+    E = 64 and 256, k = 4, 6 and 8).
+    """
+    n_layers = w.shape[0]
+    extra = np.ones(n_layers, dtype=np.int64)
     fast = np.zeros(n_layers, dtype=np.bool_)
     for layer in range(n_layers):
         heavy = np.sort(w[layer])[::-1]
         fast[layer] = heavy[:top_k - 1].sum() <= 0.9
-    return fast
-
-
-@njit(cache=True)
-def _weighted_extra_pairs(w, top_k):
-    """Per layer: pairs of masked candidates a token gets after its first k in the fast path.
-
-    Only speed depends on it. The expected number of candidates a token needs is at most
-    sum over j < k of 1 / (1 - H_j), with H_j the mass of the j heaviest experts (the j experts
-    already held weigh at most H_j). Two thirds of the excess over k, rounded to pairs, at least
-    one pair, was fastest in measurements (Zipf 1.2 and uniform weights, E = 256, k = 6 and 8).
-    """
-    n_layers, n = w.shape
-    extra = np.ones(n_layers, dtype=np.int64)
-    for layer in range(n_layers):
-        heavy = np.sort(w[layer])[::-1]
         bound = 0.0
         held = 0.0
         for j in range(top_k):
@@ -251,7 +246,16 @@ def _weighted_extra_pairs(w, top_k):
             held += heavy[j]
         want = ((top_k % 2) + (bound - top_k) * 2.0 / 3.0) / 2.0
         extra[layer] = max(1, np.int64(want + 0.5))
-    return extra
+    return extra, fast
+
+
+@njit(cache=True, inline="always")
+def _cell_shift(n_cells):
+    """``32 - log2(n_cells)``: a 32-bit h lies in guide cell ``h >> shift``."""
+    bits = 0
+    while (1 << bits) < n_cells:
+        bits += 1
+    return uint64(32 - bits)
 
 
 def _guide_bits(n_experts):
@@ -279,20 +283,21 @@ def weighted_tables(weights, top_k):
     * ``fix``: the CDF in 32-bit fixed point (layer, expert + 1), uint64, ``fix[E] = 2**32``. A
       draw returns the expert e with ``fix[e] <= h < fix[e + 1]`` for a uniform 32-bit h, so
       expert e has probability ``(fix[e+1] - fix[e]) / 2**32``: its weight rounded to a multiple
-      of 2**-32 (an expert lighter than 2**-33 of the layer is never drawn this way). Experts of
-      zero weight have an empty interval;
+      of 2**-32 (an expert lighter than 2**-32 of the layer may get an empty interval). Experts
+      of zero weight always have an empty interval;
     * ``guide`` (layer, 2**bits): cell c covers ``h >> (32 - bits) == c``. It holds the expert
       if one interval covers the whole cell, else ``-(first expert) - 1``, from where
       :func:`_guide_draw` scans ``fix``. int16 (int32 beyond 32768 experts): int16 keeps the
       table in half the L1 cache and measured about 8% faster at E = 256;
-    * ``extra``: :func:`_weighted_extra_pairs`; ``fast``: :func:`_weighted_fast_layers`.
+    * ``extra``, ``fast``: :func:`_weighted_layer_plan`.
     """
     weights = np.ascontiguousarray(weights, dtype=np.float64)
     n_layers, n_experts = weights.shape
     dtype = np.int16 if n_experts <= 32768 else np.int32
     guide = np.empty((n_layers, 1 << _guide_bits(n_experts)), dtype=dtype)
     w, cdf, fix = _fill_weighted_tables(weights, guide)
-    return w, cdf, fix, guide, _weighted_extra_pairs(w, top_k), _weighted_fast_layers(w, top_k)
+    extra, fast = _weighted_layer_plan(w, top_k)
+    return w, cdf, fix, guide, extra, fast
 
 
 @njit(cache=True)
@@ -303,10 +308,7 @@ def _fill_weighted_tables(weights, guide):
     cdf = np.empty((n_layers, n_experts + 1))
     fix = np.empty((n_layers, n_experts + 1), dtype=np.uint64)
     n_cells = guide.shape[1]
-    bits = 0
-    while (1 << bits) < n_cells:
-        bits += 1
-    width = uint64(1) << uint64(32 - bits)
+    width = uint64(1) << _cell_shift(n_cells)
     one = uint64(4294967296)
     for layer in range(n_layers):
         total = 0.0
@@ -646,10 +648,7 @@ def _chunk_weighted(s, counts, t0, t1, w, cdf, fix, guide, extra, fast, top_k, b
     chosen = np.empty(top_k, dtype=np.int64)
     order = np.empty(top_k, dtype=np.int64)
     stamp = np.full(n, -1, dtype=np.int64)
-    bits = 0
-    while (1 << bits) < guide.shape[1]:
-        bits += 1
-    shift = uint64(32 - bits)
+    shift = _cell_shift(guide.shape[1])
     low = uint64(0xFFFFFFFF)
     tok = 0
     s0, s1, s2, s3 = s[0], s[1], s[2], s[3]

@@ -535,7 +535,7 @@ class Trace(_TraceLayers, Routing):
         assign = (np.zeros((n_trials, n_layers, batch_size, k), dtype=np.int64) if record
                   else _NO_RECORD)
         if self._mode == "marginal":
-            w = np.ascontiguousarray(self.pl_weights()[idx])
+            w = self.pl_weights()[idx]
             counts = K.counts_weighted(seeds, CHUNK_TRIALS,
                                        K.new_counts(n_trials, w.shape[0], self.n_experts),
                                        K.weighted_tables(w, k), k, batch_size, record, assign)

@@ -219,7 +219,7 @@ def test_pair_and_joint_law_of_weighted_top2_slow_and_fast_paths():
     for w in ([4, 3, 2, 1], [93, 5, 1, 1]):
         p = np.asarray(w, float) / np.sum(w)
         r = mr.Popularity(w, top_k=2)
-        fast = bool(K._weighted_fast_layers(p[None, :], 2)[0])
+        fast = bool(K._weighted_layer_plan(p[None, :], 2)[1][0])
         assert fast == (p.max() <= 0.9)
         a = mr.sample_assignments(r, 50, 400, rng=23)[:, 0].reshape(-1, 2)
         observed = np.zeros((4, 4))
