@@ -19,8 +19,8 @@ from pathlib import Path
 
 from ._validate import McrouteError
 
-__all__ = ["cards_dir", "models_dir", "hardware_dir", "shared_data_dir", "project_data_dir",
-           "SHARED_DATA_ENV"]
+__all__ = ["cards_dir", "models_dir", "hardware_dir", "kernels_dir", "shared_data_dir",
+           "project_data_dir", "SHARED_DATA_ENV"]
 
 #: Environment variable naming the shared data folder.
 SHARED_DATA_ENV = "MCROUTE_SHARED_DATA"
@@ -60,6 +60,11 @@ def models_dir():
 def hardware_dir():
     """Folder of the hardware cards (``models/hardware``)."""
     return cards_dir().joinpath("hardware")
+
+
+def kernels_dir():
+    """Folder of the calibrated kernel-efficiency cards (``models/kernels``)."""
+    return cards_dir().joinpath("kernels")
 
 
 def shared_data_dir() -> Path:
