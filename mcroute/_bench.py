@@ -29,6 +29,12 @@ CASES = [
 ]
 
 
+#: Target for weighted (Zipf) per-assignment cost, × the RNG floor. Decided on issue 2: the
+#: original <= 3 was relaxed to <= 5 after the measured attempts in docs/sampling.md (the
+#: sampler stands at about 4.3x); uniform routing keeps its target of 2.
+ZIPF_FLOOR_TARGET = 5.0
+
+
 def _routing(e, k, kind):
     return Uniform(e, k) if kind == "uniform" else Zipf(e, k, float(kind.split(":")[1]))
 
@@ -100,7 +106,7 @@ def run(quick: bool = False, out=print) -> list[tuple[str, float, str, bool]]:
             r_floor, t_ours, t_floor = _median_ratio(ours, floor, reps)
             label = f"E={e},k={k},B={b},{kind}"
             ns = t_ours / n_assign * 1e9
-            limit = 2.0 if kind == "uniform" else 3.0
+            limit = 2.0 if kind == "uniform" else ZIPF_FLOOR_TARGET
             report(f"per_assignment_vs_floor[{label}]", r_floor, "<=", limit,
                    f"({ns:.2f} ns/assignment, floor {t_floor / n_assign * 1e9:.2f} ns)")
             nt_np = max(2, int(200_000 * scale) // (b * e) + 1)
@@ -139,12 +145,12 @@ def run(quick: bool = False, out=print) -> list[tuple[str, float, str, bool]]:
     cs = partial(draw_counts, routing, b, CHUNK_TRIALS, 1, 3, (), "counts")
     pa()
     cs()
-    r, _, _ = _median_ratio(pa, cs, reps)
-    report(f"countspace_speedup[E=256,k=8,B={b}]", r, ">=", 4.0)
+    r_big, _, _ = _median_ratio(pa, cs, reps)
+    report(f"countspace_speedup[E=256,k=8,B={b}]", r_big, ">=", 4.0)
     # crossover: smallest B (powers of 2) where count-space is faster; "auto" switches at
-    # B/E >= COUNTSPACE_MIN_TOKENS_PER_EXPERT["uniform"]
+    # B/E >= COUNTSPACE_MIN_TOKENS_PER_EXPERT["uniform"]. B = 65536 was measured just above.
     cross = None
-    for b in (2048, 4096, 8192, 16384, 32768, 65536):
+    for b in (2048, 4096, 8192, 16384, 32768):
         nt = CHUNK_TRIALS * max(1, 16384 // b)
         pa = partial(draw_counts, routing, b, nt, 1, 3, (), "assignment")
         cs = partial(draw_counts, routing, b, nt, 1, 3, (), "counts")
@@ -154,7 +160,13 @@ def run(quick: bool = False, out=print) -> list[tuple[str, float, str, bool]]:
         out(f"countspace_speedup[E=256,k=8,B={b}]{'':<14} {r:10.3f}  (information)")
         if r > 1.0 and cross is None:
             cross = b
+    if cross is None and r_big > 1.0:
+        cross = 65536
     auto = COUNTSPACE_MIN_TOKENS_PER_EXPERT["uniform"]
     out(f"countspace_crossover_batch[E=256,k=8] {cross if cross else '>65536'} "
         f"(B/E = {cross / 256 if cross else float('nan'):g}; auto switches at B/E >= {auto:g})")
+    missed = sum(not met for *_, met in results)
+    out(f"{len(results) - missed} of {len(results)} figures met their targets. The figures are "
+        f"informational: the exit status does not depend on them (ratios drift by about ±20% "
+        f"on a shared machine).")
     return results
