@@ -62,3 +62,24 @@ def test_all_is_pinned():
 def test_every_name_exists():
     for name in mcroute.__all__:
         assert hasattr(mcroute, name), name
+
+
+def test_import_is_light():
+    # `import mcroute` must not pull in the heavy dependencies; they load on first use of a
+    # function that needs them (issue 15). Checked in a fresh interpreter.
+    import subprocess
+    import sys
+
+    code = ("import sys, mcroute; heavy = ['xarray', 'pandas', 'scipy.stats', 'matplotlib', "
+            "'dask', 'numba']; print([m for m in heavy if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_lazy_names_resolve_to_their_modules():
+    import importlib
+
+    for name, module in mcroute._LAZY.items():
+        obj = getattr(mcroute, name)
+        assert obj is getattr(importlib.import_module(f"mcroute.{module}"), name)
+    assert set(mcroute._LAZY) | {"McrouteError", "__version__"} == set(mcroute.__all__)
