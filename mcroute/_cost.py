@@ -24,7 +24,16 @@ import math
 import numpy as np
 
 from ._sampling import device_map
-from ._validate import McrouteError, check_int, check_real
+from ._validate import (
+    BANDWIDTH_RANGE,
+    MAX_BATCH_SIZE,
+    MAX_CONTEXT,
+    MAX_GPUS,
+    PEAK_FLOPS_RANGE,
+    McrouteError,
+    check_int,
+    check_real,
+)
 
 __all__ = [
     "roofline_time",
@@ -116,7 +125,8 @@ def max_batch_size(memory_bytes, weight_bytes, kv_bytes_per_sequence, *, max_bat
     Returns
     -------
     int or ndarray of int64
-        Admissible batch size [sequences]; 0 when the weights alone do not fit.
+        Admissible batch size [sequences]; 0 when the weights alone do not fit; at most
+        :data:`mcroute._validate.MAX_BATCH_SIZE` (2**40).
 
     Examples
     --------
@@ -130,9 +140,10 @@ def max_batch_size(memory_bytes, weight_bytes, kv_bytes_per_sequence, *, max_bat
     kv = _nonneg_array("kv_bytes_per_sequence", kv_bytes_per_sequence)
     if np.any(kv <= 0):
         raise McrouteError(f"kv_bytes_per_sequence must be > 0, got {kv_bytes_per_sequence!r}")
-    b = np.floor(np.maximum(m - w, 0.0) / kv)
+    # Capped at MAX_BATCH_SIZE (far above any real decode batch) so that it fits int64.
+    b = np.minimum(np.floor(np.maximum(m - w, 0.0) / kv), MAX_BATCH_SIZE)
     if max_batch is not None:
-        b = np.minimum(b, check_int("max_batch", max_batch, minimum=1))
+        b = np.minimum(b, check_int("max_batch", max_batch, minimum=1, maximum=MAX_BATCH_SIZE))
     b = b.astype(np.int64)
     return int(b) if b.ndim == 0 else b
 
@@ -190,6 +201,11 @@ def _gb(x: float) -> str:
 
 
 _ATTENTION_PARALLEL = ("tensor", "data")
+
+#: Range of any rate (FLOP/s, B/s) a Deployment accepts from a HardwareSpec: from one per second
+#: (below that the roofline times of real models overflow) to the top of the card range.
+_MIN_RATE = 1.0
+_MAX_RATE = max(PEAK_FLOPS_RANGE[1], BANDWIDTH_RANGE[1])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,7 +325,7 @@ class Deployment:
                     "hardware must be a HardwareSpec (or a card name), got "
                     f"{type(self.hardware).__name__}"
                 )
-        n = check_int("n_gpus", self.n_gpus, minimum=1)
+        n = check_int("n_gpus", self.n_gpus, minimum=1, maximum=MAX_GPUS)
         put("n_gpus", n)
         for name in ("weight_dtype", "kv_dtype", "activation_dtype"):
             value = getattr(self, name)
@@ -336,9 +352,11 @@ class Deployment:
                 raise McrouteError(f"{name} must be True or False, got {getattr(self, name)!r}")
             put(name, bool(getattr(self, name)))
         if self.max_batch is not None:
-            put("max_batch", check_int("max_batch", self.max_batch, minimum=1))
+            put("max_batch", check_int("max_batch", self.max_batch, minimum=1,
+                                         maximum=MAX_BATCH_SIZE))
         if self.encoder_context is not None:
-            put("encoder_context", check_int("encoder_context", self.encoder_context, minimum=0))
+            put("encoder_context", check_int("encoder_context", self.encoder_context, minimum=0,
+                                               maximum=MAX_CONTEXT))
 
         layers = tuple(self.model.decode_layers)
         if not layers:
@@ -410,8 +428,17 @@ class Deployment:
         put("_wb", _dtype_bytes(self.weight_dtype))
         put("_kvb", _dtype_bytes(self.kv_dtype))
         put("_ab", _dtype_bytes(self.activation_dtype))
-        put("_F", float(self.hardware.peak_flops(cd)) * self.flops_efficiency)
-        put("_BW", float(self.hardware.hbm_bandwidth) * self.bandwidth_efficiency)
+        peak, bw = float(self.hardware.peak_flops(cd)), float(self.hardware.hbm_bandwidth)
+        # Card files are held to the realistic PEAK_FLOPS_RANGE / BANDWIDTH_RANGE when loaded;
+        # a HardwareSpec built by hand (toy cards in tests) only needs rates of at least one per
+        # second, so that no roofline time overflows to inf.
+        for what, v in ((f"peak FLOP/s ({cd})", peak), ("HBM bandwidth", bw)):
+            if not (math.isfinite(v) and _MIN_RATE <= v <= _MAX_RATE):
+                raise McrouteError(
+                    f"hardware {self.hardware.name!r}: {what} per GPU must be in "
+                    f"[{_MIN_RATE:g}, {_MAX_RATE:g}], got {v:g}")
+        put("_F", peak * self.flops_efficiency)
+        put("_BW", bw * self.bandwidth_efficiency)
         link = float(getattr(self.hardware, "interconnect_bandwidth", 0.0) or 0.0)
         if self.charge_all_to_all and ep > 1 and link <= 0:
             raise McrouteError(
@@ -535,7 +562,7 @@ class Deployment:
 
     def kv_bytes_per_sequence(self, context) -> float:
         """KV cache of one sequence at context L, all layers (windows and cross-attention) [B]."""
-        L = check_int("context", context, minimum=1)
+        L = check_int("context", context, minimum=1, maximum=MAX_CONTEXT)
         return kv_bytes_per_sequence(self._layers, L, kv_bytes=self._kvb,
                                      encoder_context=self._encoder_context(L))
 
@@ -548,11 +575,12 @@ class Deployment:
         """
         if context is None:
             return float(self._kv_values.sum()) * self._kvb
-        return self.kv_bytes_per_sequence(context) / check_int("context", context, minimum=1)
+        L = check_int("context", context, minimum=1, maximum=MAX_CONTEXT)
+        return self.kv_bytes_per_sequence(L) / L
 
     def kv_bytes_by_attention(self, context) -> dict:
         """KV cache of one sequence at context L split by attention kind (``"mla"``, ...) [B]."""
-        L = check_int("context", context, minimum=1)
+        L = check_int("context", context, minimum=1, maximum=MAX_CONTEXT)
         out = {}
         for ly in self._layers:
             v = kv_bytes_per_sequence((ly,), L, kv_bytes=self._kvb,
@@ -589,7 +617,7 @@ class Deployment:
 
     def exceeds_max_context(self, context) -> bool:
         """Whether L is above the model card's ``max_context``."""
-        L = check_int("context", context, minimum=1)
+        L = check_int("context", context, minimum=1, maximum=MAX_CONTEXT)
         mc = getattr(self.model, "max_context", 0) or 0
         return bool(mc and L > mc)
 
@@ -598,7 +626,7 @@ class Deployment:
 
         ``batch_size=None`` asks whether any batch (B >= 1) fits.
         """
-        L = check_int("context", context, minimum=1)
+        L = check_int("context", context, minimum=1, maximum=MAX_CONTEXT)
         if not self.weights_fit():
             return (
                 f"weights need {_gb(self.weight_bytes_per_gpu)} on the fullest GPU but only "
@@ -614,7 +642,7 @@ class Deployment:
                 f"{_gb(self.kv_bytes_per_sequence(L))}, more than is left after the weights"
             )
         if batch_size is not None:
-            b = check_int("batch_size", batch_size, minimum=1)
+            b = check_int("batch_size", batch_size, minimum=1, maximum=MAX_BATCH_SIZE)
             if b > b_max:
                 return f"batch_size {b} exceeds the admissible {b_max} at context {L}"
         return ""
@@ -632,7 +660,7 @@ class Deployment:
         (..., moe_layer)) times each expert's bytes. Under ``attention_parallel="data"`` each of
         the min(n, B) GPUs with sequences reads all attention weights.
         """
-        b = check_int("batch_size", batch_size, minimum=1)
+        b = check_int("batch_size", batch_size, minimum=1, maximum=MAX_BATCH_SIZE)
         n = self.n_gpus
         attn_copies = min(n, b) if self.attention_parallel == "data" else 1
         fixed = (attn_copies * self._attn_params.sum() + self._dense_params.sum()
@@ -783,8 +811,8 @@ class Deployment:
             ``"step_time"`` [s], ``"throughput"`` [tokens/s] and ``"weight_bytes_per_step"``
             [B] (all GPUs).
         """
-        L = check_int("context", context, minimum=1)
-        B = check_int("batch_size", batch_size, minimum=1)
+        L = check_int("context", context, minimum=1, maximum=MAX_CONTEXT)
+        B = check_int("batch_size", batch_size, minimum=1, maximum=MAX_BATCH_SIZE)
         tok = act = active = None
         if self.n_moe_layers:
             if counts is None:
@@ -807,6 +835,6 @@ class Deployment:
         are ignored (may be None) for a dense model. Returns an array (trial,) (length 1 for a
         dense model).
         """
-        L = check_int("context", context, minimum=1)
-        B = check_int("batch_size", batch_size, minimum=1)
+        L = check_int("context", context, minimum=1, maximum=MAX_CONTEXT)
+        B = check_int("batch_size", batch_size, minimum=1, maximum=MAX_BATCH_SIZE)
         return self._terms(L, B, max_tokens, max_active)["step_time"]
