@@ -162,62 +162,82 @@ def binomial_many(states, chunk, n_draws, n, p):
 # ---------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, inline="always")
-def _is_chosen(e, chosen, m):
-    for i in range(m):
-        if chosen[i] == e:
-            return True
-    return False
-
-
 @njit(cache=True)
-def _draw_weighted_exact(s, cdf, w, chosen, m, order):
-    """Inverse-CDF draw from the mass left after removing the ``m`` chosen experts.
+def _draw_weighted_exact(s, order, pos, lrel, tail, ltail, n_pos, chosen, m, cp):
+    """Exact draw from the weights left after removing the ``m`` chosen experts, in log space.
 
-    ``order`` is scratch space of at least ``m`` entries.
+    The tables (:func:`weighted_tables`) list the experts by decreasing weight: ``order[q]`` is
+    the expert at position q, ``pos`` its inverse, ``lrel[q]`` its log-weight, ``tail[q]`` the
+    mass of positions q.. relative to position q's weight (``>= 1``) and ``ltail[q]`` =
+    ``lrel[q] + log(tail[q])``; only the first ``n_pos`` positions have positive weight.
+    Everything is scaled by the heaviest expert left, position p (the first position not
+    chosen), so no mass underflows however skewed the weights are: the reduced line has length
+    ``tail[p]`` minus the chosen experts after p (at least 1). A point is drawn on it in tail
+    coordinates (mass to its right), mapped onto the full line by skipping the chosen intervals
+    (lightest first), and the expert found by binary search on ``ltail``: O(k + log E).
+    ``cp`` is scratch space of at least ``m`` entries.
     """
-    n = w.size
     for i in range(m):
-        order[i] = chosen[i]
-    for i in range(1, m):  # insertion sort of at most k entries
-        v = order[i]
+        cp[i] = pos[chosen[i]]
+    for i in range(1, m):  # insertion sort of at most k - 1 positions
+        v = cp[i]
         t = i - 1
-        while t >= 0 and order[t] > v:
-            order[t + 1] = order[t]
+        while t >= 0 and cp[t] > v:
+            cp[t + 1] = cp[t]
             t -= 1
-        order[t + 1] = v
-    rest = 1.0
-    for i in range(m):
-        rest -= w[order[i]]
-    u = uniform(s) * rest
-    for i in range(m):  # map the reduced line onto the full one, skipping chosen intervals
-        c = order[i]
-        if u >= cdf[c]:
-            u += w[c]
-    lo = 0
-    hi = n - 1
-    while lo < hi:
+        cp[t + 1] = v
+    p = 0
+    first = 0  # cp[first:m] are the chosen positions after p
+    while first < m and cp[first] == p:
+        p += 1
+        first += 1
+    lp = lrel[p]
+    rest = tail[p]
+    for a in range(first, m):
+        rest -= math.exp(lrel[cp[a]] - lp)
+    v = (1.0 - uniform(s)) * rest  # in (0, rest]
+    for a in range(m - 1, first - 1, -1):
+        c = cp[a]
+        right = math.exp(ltail[c + 1] - lp) if c + 1 < n_pos else 0.0
+        if v > right:
+            v += math.exp(lrel[c] - lp)
+    thr = lp + math.log(v)
+    lo = p
+    hi = n_pos - 1
+    while lo < hi:  # the largest q whose tail mass reaches v
         mid = (lo + hi + 1) // 2
-        if cdf[mid] <= u:
+        if ltail[mid] >= thr:
             lo = mid
         else:
             hi = mid - 1
-    if w[lo] > 0.0 and not _is_chosen(lo, chosen, m):
-        return lo
+    hit = False
+    for a in range(first, m):
+        if cp[a] == lo:
+            hit = True
+    if not hit:
+        return order[lo]
     # Reached only through rounding at an interval edge: exact linear scan.
     total = 0.0
-    for j in range(n):
-        if not _is_chosen(j, chosen, m):
-            total += w[j]
+    for q in range(p, n_pos):
+        taken = False
+        for a in range(first, m):
+            if cp[a] == q:
+                taken = True
+        if not taken:
+            total += math.exp(lrel[q] - lp)
     u = uniform(s) * total
-    last = -1
-    for j in range(n):
-        if w[j] > 0.0 and not _is_chosen(j, chosen, m):
-            last = j
-            u -= w[j]
+    last = p
+    for q in range(p, n_pos):
+        taken = False
+        for a in range(first, m):
+            if cp[a] == q:
+                taken = True
+        if not taken:
+            last = q
+            u -= math.exp(lrel[q] - lp)
             if u < 0.0:
-                return j
-    return last
+                return order[q]
+    return order[last]
 
 
 @njit(cache=True)
@@ -273,13 +293,24 @@ def _guide_bits(n_experts):
     return bits
 
 
-def weighted_tables(weights, top_k):
+def weighted_tables(weights, top_k, log_weights=None):
     """Tables of the weighted sampler for per-layer ``weights`` (layer, expert); plain Python.
 
-    Returns ``(w, cdf, fix, guide, extra, fast)``:
+    ``log_weights`` (layer, expert), if given, are the same weights in log space, up to a
+    constant per layer (``-inf`` for zero weights). They carry the ratios between experts whose
+    normalised weights underflow (e.g. Zipf with a large exponent); by default
+    ``log(weights)``. Every layer needs at least ``top_k`` experts of positive weight, and a
+    positive weight a finite log-weight (ValueError otherwise: callers validate first).
 
-    * ``w``, ``cdf``: normalised weights and their CDF (layer, expert + 1), float64, for the
-      exact fallback of the slow path;
+    Returns ``(w, exact, fix, guide, extra, fast)``:
+
+    * ``w``: normalised weights (layer, expert), float64, for the chosen mass of the slow path;
+    * ``exact``: ``(order, pos, lrel, tail, ltail, n_pos)``, the log-space tables of the exact
+      draw of the slow path (:func:`_draw_weighted_exact`), per layer: experts by decreasing
+      weight (``order``, int64, stable for ties, zero weights last) and each expert's position
+      (``pos``); log-weights in that order relative to the heaviest (``lrel``); ``tail[q]`` =
+      sum over positions i >= q of exp(lrel[i] - lrel[q]) (positive weights only, so >= 1) and
+      ``ltail = lrel + log(tail)``; ``n_pos`` (layer,), experts of positive weight;
     * ``fix``: the CDF in 32-bit fixed point (layer, expert + 1), uint64, ``fix[E] = 2**32``. A
       draw returns the expert e with ``fix[e] <= h < fix[e + 1]`` for a uniform 32-bit h, so
       expert e has probability ``(fix[e+1] - fix[e]) / 2**32``: its weight rounded to a multiple
@@ -293,19 +324,54 @@ def weighted_tables(weights, top_k):
     """
     weights = np.ascontiguousarray(weights, dtype=np.float64)
     n_layers, n_experts = weights.shape
+    if log_weights is None:
+        with np.errstate(divide="ignore"):
+            log_weights = np.log(weights)
+    lw = np.ascontiguousarray(log_weights, dtype=np.float64)
+    finite = np.isfinite(lw)
+    if (lw.shape != weights.shape or np.isnan(lw).any() or (lw == np.inf).any()
+            or np.any((weights > 0) & ~finite)):
+        raise ValueError("log_weights must have the shape of weights, no NaN or +inf, and a "
+                         "finite value wherever the weight is positive")
+    n_pos = finite.sum(axis=1).astype(np.int64)
+    if n_pos.min() < top_k:
+        raise ValueError(f"every layer needs at least top_k={top_k} experts of positive weight")
     dtype = np.int16 if n_experts <= 32768 else np.int32
     guide = np.empty((n_layers, 1 << _guide_bits(n_experts)), dtype=dtype)
-    w, cdf, fix = _fill_weighted_tables(weights, guide)
+    w, fix = _fill_weighted_tables(weights, guide)
     extra, fast = _weighted_layer_plan(w, top_k)
-    return w, cdf, fix, guide, extra, fast
+    order = np.ascontiguousarray(np.argsort(-lw, axis=1, kind="stable"), dtype=np.int64)
+    lsort = np.take_along_axis(lw, order, axis=1)
+    lrel = np.ascontiguousarray(lsort - lsort[:, :1])
+    pos = np.empty_like(order)
+    np.put_along_axis(pos, order, np.broadcast_to(np.arange(n_experts), order.shape), axis=1)
+    tail, ltail = _tail_sums(lrel, n_pos)
+    return w, (order, pos, lrel, tail, ltail, n_pos), fix, guide, extra, fast
+
+
+@njit(cache=True)
+def _tail_sums(lrel, n_pos):
+    """``tail`` and ``ltail`` of :func:`weighted_tables` (positions beyond ``n_pos``: 0, -inf)."""
+    n_layers, n_experts = lrel.shape
+    tail = np.zeros((n_layers, n_experts))
+    ltail = np.full((n_layers, n_experts), -np.inf)
+    for layer in range(n_layers):
+        n = n_pos[layer]
+        acc = 1.0
+        tail[layer, n - 1] = 1.0
+        for q in range(n - 2, -1, -1):
+            acc = 1.0 + math.exp(lrel[layer, q + 1] - lrel[layer, q]) * acc
+            tail[layer, q] = acc
+        for q in range(n):
+            ltail[layer, q] = lrel[layer, q] + math.log(tail[layer, q])
+    return tail, ltail
 
 
 @njit(cache=True)
 def _fill_weighted_tables(weights, guide):
-    """``w``, ``cdf`` and ``fix`` of :func:`weighted_tables`; fills ``guide`` in place."""
+    """``w`` and ``fix`` of :func:`weighted_tables`; fills ``guide`` in place."""
     n_layers, n_experts = weights.shape
     w = np.empty_like(weights)
-    cdf = np.empty((n_layers, n_experts + 1))
     fix = np.empty((n_layers, n_experts + 1), dtype=np.uint64)
     n_cells = guide.shape[1]
     width = uint64(1) << _cell_shift(n_cells)
@@ -318,12 +384,10 @@ def _fill_weighted_tables(weights, guide):
             if weights[layer, j] > 0.0:
                 last = j
         acc = 0.0
-        cdf[layer, 0] = 0.0
         fix[layer, 0] = 0
         for j in range(n_experts):
             w[layer, j] = weights[layer, j] / total
             acc += w[layer, j]
-            cdf[layer, j + 1] = acc
             # rounding is monotone, so intervals never overlap; all mass ends at the last
             # expert of positive weight, so trailing zero weights keep empty intervals
             fix[layer, j + 1] = one if j >= last else min(uint64(acc * 4294967296.0 + 0.5), one)
@@ -333,7 +397,7 @@ def _fill_weighted_tables(weights, guide):
             while fix[layer, e + 1] <= lo:
                 e += 1
             guide[layer, c] = e if fix[layer, e + 1] >= lo + width else -e - 1
-    return w, cdf, fix
+    return w, fix
 
 
 def new_counts(n_trials, n_layers, n_experts):
@@ -590,9 +654,19 @@ def _take(e, stamp, tok, row, held, top_k, masked, assign, t, layer, b):
 
 
 @njit(cache=True)
-def _weighted_slow(s, row, gl, fl, shift, cl, wl, stamp, tok, chosen, order, top_k, batch,
-                   assign, t, layer):
-    """Slow path of :func:`_chunk_weighted` for one microbatch (state in ``s``); returns ``tok``."""
+def _weighted_slow(s, row, gl, fl, shift, wl, exact, layer_idx, stamp, tok, chosen, cp, top_k,
+                   batch, assign, t, layer):
+    """Slow path of :func:`_chunk_weighted` for one microbatch (state in ``s``); returns ``tok``.
+
+    ``exact`` are the log-space tables of :func:`weighted_tables`, used at layer ``layer_idx``.
+    """
+    order, pos, lrel, tail, ltail, n_pos = exact
+    ol = order[layer_idx]
+    pl = pos[layer_idx]
+    ll = lrel[layer_idx]
+    tl = tail[layer_idx]
+    ltl = ltail[layer_idx]
+    npl = n_pos[layer_idx]
     s0, s1, s2, s3 = s[0], s[1], s[2], s[3]
     for b in range(batch):
         cm = 0.0
@@ -607,7 +681,7 @@ def _weighted_slow(s, row, gl, fl, shift, cl, wl, stamp, tok, chosen, order, top
                         break
             if e < 0:
                 s[0], s[1], s[2], s[3] = s0, s1, s2, s3
-                e = _draw_weighted_exact(s, cl, wl, chosen, j, order)
+                e = _draw_weighted_exact(s, ol, pl, ll, tl, ltl, npl, chosen, j, cp)
                 s0, s1, s2, s3 = s[0], s[1], s[2], s[3]
             stamp[e] = tok
             chosen[j] = e
@@ -621,7 +695,7 @@ def _weighted_slow(s, row, gl, fl, shift, cl, wl, stamp, tok, chosen, order, top
 
 
 @njit(cache=True)
-def _chunk_weighted(s, counts, t0, t1, w, cdf, fix, guide, extra, fast, top_k, batch, assign):
+def _chunk_weighted(s, counts, t0, t1, w, exact, fix, guide, extra, fast, top_k, batch, assign):
     """Weighted top-k (Plackett–Luce) for trials t0..t1 of one chunk; ids to ``assign``.
 
     Successive sampling without replacement is the same as taking, from a stream of
@@ -638,7 +712,9 @@ def _chunk_weighted(s, counts, t0, t1, w, cdf, fix, guide, extra, fast, top_k, b
 
     Other layers (extreme skew): per slot, while the chosen experts' mass is at most 0.9, up to
     64 candidates are tried; otherwise, or if all fail (probability < 0.002), the conditional
-    law is sampled directly by inverse CDF (:func:`_draw_weighted_exact`, O(k + log E)). The
+    law is sampled directly, in log space relative to the heaviest expert left, so experts
+    whose normalised weights underflow are still drawn in the right proportions
+    (:func:`_draw_weighted_exact`, O(k + log E)). The
     switch depends only on the chosen set and the number of failures, and a rejection sampler's
     accepted value does not depend on how many tries it took, so the law stays exact and the
     loop never spins.
@@ -646,7 +722,7 @@ def _chunk_weighted(s, counts, t0, t1, w, cdf, fix, guide, extra, fast, top_k, b
     n_layers = counts.shape[1]
     n = w.shape[1]
     chosen = np.empty(top_k, dtype=np.int64)
-    order = np.empty(top_k, dtype=np.int64)
+    cp = np.empty(top_k, dtype=np.int64)
     stamp = np.full(n, -1, dtype=np.int64)
     shift = _cell_shift(guide.shape[1])
     low = uint64(0xFFFFFFFF)
@@ -659,8 +735,8 @@ def _chunk_weighted(s, counts, t0, t1, w, cdf, fix, guide, extra, fast, top_k, b
             fl = fix[layer]
             if not fast[layer]:  # out of line: its code here slowed the fast loop by 5-15%
                 s[0], s[1], s[2], s[3] = s0, s1, s2, s3
-                tok = _weighted_slow(s, row, gl, fl, shift, cdf[layer], w[layer], stamp, tok,
-                                     chosen, order, top_k, batch, assign, t, layer)
+                tok = _weighted_slow(s, row, gl, fl, shift, w[layer], exact, layer, stamp, tok,
+                                     chosen, cp, top_k, batch, assign, t, layer)
                 s0, s1, s2, s3 = s[0], s[1], s[2], s[3]
                 continue
             _touch(row, batch * top_k)
@@ -707,17 +783,17 @@ def _chunk_weighted(s, counts, t0, t1, w, cdf, fix, guide, extra, fast, top_k, b
 @njit(cache=True, parallel=True)
 def counts_weighted(states, chunk, counts, tables, top_k, batch, record, assign):
     """Per-assignment weighted top-k (Plackett–Luce); ``tables`` from :func:`weighted_tables`."""
-    w, cdf, fix, guide, extra, fast = tables
+    w, exact, fix, guide, extra, fast = tables
     n_trials = counts.shape[0]
     for c in prange(states.shape[0]):
         s = init_state(states[c])
         t0 = c * chunk
         t1 = min(t0 + chunk, n_trials)
         if record:
-            _chunk_weighted(s, counts, t0, t1, w, cdf, fix, guide, extra, fast, top_k, batch,
+            _chunk_weighted(s, counts, t0, t1, w, exact, fix, guide, extra, fast, top_k, batch,
                             assign)
         else:
-            _chunk_weighted(s, counts, t0, t1, w, cdf, fix, guide, extra, fast, top_k, batch,
+            _chunk_weighted(s, counts, t0, t1, w, exact, fix, guide, extra, fast, top_k, batch,
                             None)
     return counts
 
@@ -888,50 +964,59 @@ def load_histogram(counts, max_load):
 
 
 @njit(cache=True)
-def pl_inclusion(w, top_k, t_nodes, t_weights):
+def pl_inclusion(log_w, top_k, anchors, s_nodes, s_weights):
     """Inclusion probabilities of weighted top-k sampling without replacement, by quadrature.
 
-    Successive sampling in proportion to ``w`` (normalised rates) equals an exponential race:
-    expert e finishes at T_e ~ Exp(w_e) and the k first finishers are chosen. Hence
+    Successive sampling in proportion to the weights w = exp(``log_w``) equals an exponential
+    race: expert e finishes at T_e ~ Exp(w_e) and the k first finishers are chosen. Hence
     ``pi_e = ∫ w_e exp(-w_e t) P(N_t^(-e) <= k - 1) dt`` where N_t^(-e) counts the other experts
     finished by t, a Poisson-binomial variable with success probabilities 1 - exp(-w_j t). Its
-    leave-one-out law (truncated at k - 1) comes from prefix and suffix convolutions, O(E k^2)
-    per node. ``t_nodes`` / ``t_weights`` are the quadrature nodes in t and their weights (the
-    Jacobian included).
+    leave-one-out law (truncated at k - 1) comes from prefix and suffix convolutions, O(E k)
+    per node.
+
+    The integral is taken over y = log t, so that w_j t = exp(log_w_j + y) never overflows or
+    underflows on the way: node i is ``y = s_nodes[i] - anchors[i]`` and enters as
+    ``x_j = (log_w[j] - anchors[i]) + s_nodes[i]``; an anchor is the log-weight of an expert
+    near whose time scale the node lies, so x_j stays accurate however far apart the weights
+    are. ``s_weights`` are the quadrature weights in y (t dt/dy is in the integrand).
+    Experts with ``log_w = -inf`` (weight 0) get 0.
     """
-    n = w.size
+    n = log_w.size
     pi = np.zeros(n)
     pre = np.zeros((n + 1, top_k))
-    suf = np.zeros((n + 1, top_k))
-    for i in range(t_nodes.size):
-        t = t_nodes[i]
+    sl = np.zeros(top_k)
+    cs = np.zeros(top_k)
+    p = np.empty(n)
+    q = np.empty(n)
+    x = np.empty(n)
+    for i in range(s_nodes.size):
+        for j in range(n):
+            xj = (log_w[j] - anchors[i]) + s_nodes[i]
+            ex = math.exp(xj)
+            x[j] = xj
+            q[j] = math.exp(-ex)
+            p[j] = -math.expm1(-ex)
         pre[0, :] = 0.0
         pre[0, 0] = 1.0
         for j in range(n):
-            p = 1.0 - np.exp(-w[j] * t)
-            pre[j + 1, 0] = pre[j, 0] * (1.0 - p)
+            pre[j + 1, 0] = pre[j, 0] * q[j]
             for c in range(1, top_k):
-                pre[j + 1, c] = pre[j, c] * (1.0 - p) + pre[j, c - 1] * p
-        suf[n, :] = 0.0
-        suf[n, 0] = 1.0
-        for j in range(n - 1, -1, -1):
-            p = 1.0 - np.exp(-w[j] * t)
-            suf[j, 0] = suf[j + 1, 0] * (1.0 - p)
-            for c in range(1, top_k):
-                suf[j, c] = suf[j + 1, c] * (1.0 - p) + suf[j + 1, c - 1] * p
-        for e in range(n):
-            if w[e] <= 0.0:
-                continue
-            le = 0.0
-            for a in range(top_k):
-                pa = pre[e, a]
-                if pa == 0.0:
-                    continue
-                sb = 0.0
-                for b in range(top_k - a):
-                    sb += suf[e + 1, b]
-                le += pa * sb
-            pi[e] += t_weights[i] * w[e] * np.exp(-w[e] * t) * le
+                pre[j + 1, c] = pre[j, c] * q[j] + pre[j, c - 1] * p[j]
+        sl[:] = 0.0  # law of the count finished among experts e+1.. (truncated at k - 1)
+        sl[0] = 1.0
+        for e in range(n - 1, -1, -1):
+            if log_w[e] > -np.inf:
+                acc = 0.0
+                for c in range(top_k):
+                    acc += sl[c]
+                    cs[c] = acc
+                le = 0.0
+                for a in range(top_k):
+                    le += pre[e, a] * cs[top_k - 1 - a]
+                pi[e] += s_weights[i] * math.exp(x[e] - math.exp(x[e])) * le
+            for c in range(top_k - 1, 0, -1):
+                sl[c] = sl[c] * q[e] + sl[c - 1] * p[e]
+            sl[0] = sl[0] * q[e]
     return pi
 
 
@@ -1046,7 +1131,7 @@ def trace_counts_blocks(states, chunk, counts, experts, layer_idx, batch, seq_of
 
 @njit(cache=True)
 def _chunk_weighted_urn(s, counts, t0, t1, tables, top_k, batch, conc, record, assign):
-    w, cdf, fix, guide, extra, fast = tables
+    w, exact, fix, guide, extra, fast = tables
     n_layers, n_experts = w.shape
     src = np.empty(batch, dtype=np.int64)
     fresh_of = np.empty(batch, dtype=np.int64)
@@ -1062,7 +1147,7 @@ def _chunk_weighted_urn(s, counts, t0, t1, tables, top_k, batch, conc, record, a
             else:
                 fresh_of[b] = fresh_of[src[b]]
         # The fresh tokens' choices at every layer, by the core's weighted top-k sampler.
-        _chunk_weighted(s, scratch, 0, 1, w, cdf, fix, guide, extra, fast, top_k, n_fresh,
+        _chunk_weighted(s, scratch, 0, 1, w, exact, fix, guide, extra, fast, top_k, n_fresh,
                         fresh)
         for layer in range(n_layers):
             row = counts[t, layer]

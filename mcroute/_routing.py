@@ -108,6 +108,19 @@ class Routing:
         """Popularity (layer, expert), rows summing to 1; None for uniform."""
         raise NotImplementedError
 
+    def _log_weights(self, n_layers: int) -> np.ndarray | None:
+        """The same popularity in log space, up to a constant per layer (-inf for weight 0).
+
+        The samplers and the inclusion probabilities use it for the ratios between experts
+        whose normalised weights underflow. By default the log of :meth:`_weights`; the
+        distributions of this module override it with the log-weights computed directly.
+        """
+        w = self._weights(n_layers)
+        if w is None:
+            return None
+        with np.errstate(divide="ignore"):
+            return np.log(w)
+
     def params(self) -> dict:
         """Parameters that define the distribution (for provenance and repr)."""
         return {"n_experts": self.n_experts, "top_k": self.top_k}
@@ -149,9 +162,11 @@ class Routing:
 
         Exact for uniform routing (k / E) and for k = 1 (the popularity). For weighted k > 1
         it is computed by quadrature of the exponential-race integral (see
-        ``_kernels.pl_inclusion``): composite 8-point Gauss–Legendre panels of width 0.5 in
-        log t; the error estimate returned with ``return_error=True`` is the largest absolute
-        change against panels of width 1.0 (typically < 1e-12). Rows sum to k.
+        ``_kernels.pl_inclusion`` and ``_pl_inclusion_row``): composite 8-point Gauss–Legendre
+        panels of width 0.5 in log t, from log-weights, so any skew is handled (at the limit of
+        infinite skew the k heaviest experts get 1 and the others 0); the error estimate
+        returned with ``return_error=True`` is the largest absolute change against panels of
+        width 1.0 (typically < 1e-12). Rows sum to k.
         """
         n_layers = check_int("n_layers", n_layers, minimum=1)
         w = self._weights(n_layers)
@@ -161,12 +176,13 @@ class Routing:
             return (pi, 0.0) if return_error else pi
         if k == 1:
             return (w.copy(), 0.0) if return_error else w.copy()
+        lw = self._log_weights(n_layers)
         pi = np.empty_like(w)
         err = 0.0
         for layer in range(n_layers):
-            fine = _pl_inclusion_row(w[layer], k, 0.5)
+            fine = _pl_inclusion_row(w[layer], k, 0.5, lw[layer])
             if return_error:
-                coarse = _pl_inclusion_row(w[layer], k, 1.0)
+                coarse = _pl_inclusion_row(w[layer], k, 1.0, lw[layer])
                 err = max(err, float(np.max(np.abs(fine - coarse))))
             pi[layer] = fine
         return (pi, err) if return_error else pi
@@ -206,8 +222,9 @@ class Routing:
                 uniform_subset_table(self.n_experts, k, batch_size), record, assign,
             )
         else:
-            K.counts_weighted(seeds, CHUNK_TRIALS, counts, K.weighted_tables(w, k), k, batch_size,
-                              record, assign)
+            K.counts_weighted(seeds, CHUNK_TRIALS, counts,
+                              K.weighted_tables(w, k, self._log_weights(n_layers)), k,
+                              batch_size, record, assign)
         return counts, assign
 
     def _countspace_exact(self) -> bool:
@@ -217,27 +234,61 @@ class Routing:
 
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(8)
 
+#: Zipf's alpha and LogNormal's sigma enter the log-weights as at most this much: beyond it
+#: the law in double precision is already the deterministic order of the ranks (every weight
+#: ratio between two ranks underflows), and the log-weights stay finite.
+_SKEW_CAP = 1e300
 
-def _pl_inclusion_row(w: np.ndarray, k: int, panel: float) -> np.ndarray:
-    """Plackett–Luce inclusion probabilities of one popularity row, by quadrature in y = log t."""
-    pos = w[w > 0]
-    n_pos = pos.size
+#: Window of one expert's time scale in the inclusion quadrature: expert e's share of the
+#: race integral is negligible outside w_e·t in [1e-16, 45] (below: at most w_e·t = 1e-16 in
+#: all; above: exp(-45) = 3e-20), so only y = log t within these bounds of some -log w_e is
+#: integrated.
+_WINDOW_LO = float(np.log(1e-16))
+_WINDOW_HI = float(np.log(45.0))
+
+
+def _pl_inclusion_row(w: np.ndarray, k: int, panel: float, log_w=None) -> np.ndarray:
+    """Plackett–Luce inclusion probabilities of one popularity row, by quadrature in y = log t.
+
+    ``log_w`` (default ``log(w)``) are the log-weights up to a constant; only they are used, so
+    weights whose ratios underflow in linear form are handled. Nodes are placed only where some
+    expert's integrand is not negligible (the union of the windows ``_WINDOW_LO <= log w_e + y
+    <= _WINDOW_HI``), up to the time by which k experts other than any given one have finished
+    with probability 1 - k·exp(-40 k) (y_hi = log(40 k / w_(k+1)), w_(k+1) the (k+1)-th
+    largest weight); before the first window the integral is taken in closed form. Each
+    merged window is anchored at its heaviest expert (see ``_kernels.pl_inclusion``), so the
+    nodes stay accurate whatever the spread of the weights, and cut into equal panels of width
+    at most ``panel``. The skipped gaps add at most 2e-16 to any expert.
+    """
+    if log_w is None:
+        with np.errstate(divide="ignore"):
+            log_w = np.log(np.asarray(w, dtype=float))
+    lw = np.array(log_w, dtype=float)
+    pos = np.isfinite(lw)
+    n_pos = int(pos.sum())
     if n_pos <= k:
-        return (w > 0).astype(float)
-    # The race is over, to 1e-15, before every remaining rate can finish: y_hi; nothing of
-    # weight happens before y_lo (mass there is below w_max * t_lo = 1e-15).
-    y_lo = np.log(1e-15 / pos.max())
-    y_hi = np.log(40.0 * k / pos.min())
-    n_panels = int(np.ceil((y_hi - y_lo) / panel))
-    edges = y_lo + panel * np.arange(n_panels + 1)
-    mid = 0.5 * (edges[1:] + edges[:-1])
-    half = 0.5 * panel
-    y = (mid[:, None] + half * _GL_X[None, :]).ravel()
-    wy = np.broadcast_to(half * _GL_W[None, :], (n_panels, _GL_X.size)).ravel()
-    t = np.exp(y)
-    # ∫_0^{t_lo} w_e e^{-w_e t} dt (everything before t_lo) is added in closed form below.
-    pi = K.pl_inclusion(np.ascontiguousarray(w, dtype=float), k, t, wy * t)
-    pi += -np.expm1(-w * np.exp(y_lo))
+        return pos.astype(float)
+    lw -= lw[pos].max()
+    srt = np.sort(lw[pos])[::-1]
+    s_end = np.log(40.0 * k) - srt[k]  # y_hi
+    # experts whose window starts before y_hi, grouped where windows overlap
+    srt = srt[_WINDOW_LO - srt < s_end]
+    breaks = np.nonzero(srt[:-1] - srt[1:] > _WINDOW_HI - _WINDOW_LO)[0] + 1
+    anchors, nodes, weights = [], [], []
+    for g in np.split(np.arange(srt.size), breaks):
+        anchor = srt[g[0]]
+        lo = _WINDOW_LO
+        hi = min(anchor - srt[g[-1]] + _WINDOW_HI, anchor + s_end)
+        n_panels = max(1, int(np.ceil((hi - lo) / panel)))
+        width = (hi - lo) / n_panels
+        mid = lo + width * (np.arange(n_panels) + 0.5)
+        nodes.append((mid[:, None] + 0.5 * width * _GL_X[None, :]).ravel())
+        weights.append(np.tile(0.5 * width * _GL_W, n_panels))
+        anchors.append(np.full(n_panels * _GL_X.size, anchor))
+    pi = K.pl_inclusion(lw, k, np.concatenate(anchors), np.concatenate(nodes),
+                        np.concatenate(weights))
+    # everything before the first window (y < _WINDOW_LO - max log w), in closed form
+    pi += -np.expm1(-np.exp(lw + _WINDOW_LO))
     return pi
 
 
@@ -277,11 +328,14 @@ class _Ranked(Routing):
         object.__setattr__(self, "_permute", bool(permute))
 
     def _rank_weights(self) -> np.ndarray:
+        """Weight of each rank (rank 0 the hottest), largest 1; may underflow to 0."""
         raise NotImplementedError
 
-    def _weights(self, n_layers):
-        r = self._rank_weights()
-        r = r / r.sum()
+    def _rank_log_weights(self) -> np.ndarray:
+        """Log-weight of each rank, largest 0, always finite."""
+        raise NotImplementedError
+
+    def _place(self, r, n_layers):
         out = np.empty((n_layers, self.n_experts))
         for layer in range(n_layers):
             if self._permute:
@@ -291,6 +345,13 @@ class _Ranked(Routing):
                 perm = np.arange(self.n_experts)
             out[layer, perm] = r
         return out
+
+    def _weights(self, n_layers):
+        r = self._rank_weights()
+        return self._place(r / r.sum(), n_layers)
+
+    def _log_weights(self, n_layers):
+        return self._place(self._rank_log_weights(), n_layers)
 
     def params(self):
         return {**super().params(), "layer_seed": self._layer_seed, "permute": self._permute}
@@ -338,6 +399,11 @@ class Zipf(_Ranked):
     def _rank_weights(self):
         return np.arange(1, self.n_experts + 1, dtype=float) ** -self._alpha
 
+    def _rank_log_weights(self):
+        # Above _SKEW_CAP every ratio between two ranks (at most (1 - 1/E) ** alpha)
+        # underflows to 0 already, so capping keeps the law and -alpha * log(rank) finite.
+        return -min(self._alpha, _SKEW_CAP) * np.log(np.arange(1, self.n_experts + 1, dtype=float))
+
     def params(self):
         p = super().params()
         return {"n_experts": p["n_experts"], "top_k": p["top_k"], "alpha": self._alpha,
@@ -371,10 +437,18 @@ class LogNormal(_Ranked):
         """Log-normal shape."""
         return self._sigma
 
-    def _rank_weights(self):
+    def _z(self):
         e = self.n_experts
         z = special.ndtri((e - np.arange(1, e + 1) + 0.5) / e)
-        return np.exp(self._sigma * (z - z.max()))
+        return z - z.max()
+
+    def _rank_weights(self):
+        return np.exp(self._sigma * self._z())
+
+    def _rank_log_weights(self):
+        # Neighbouring quantiles differ by more than 1 / E, so above _SKEW_CAP every ratio
+        # between two ranks underflows to 0 already; capping keeps sigma * z finite.
+        return min(self._sigma, _SKEW_CAP) * self._z()
 
     def params(self):
         p = super().params()
@@ -395,13 +469,13 @@ class Popularity(Routing):
     Popularity(weights=[0.5, 0.25, 0.125, 0.125], top_k=2)
     """
 
-    __slots__ = ("_w",)
+    __slots__ = ("_w", "_lw")
     kind = "popularity"
 
     def __init__(self, weights, top_k=1):
         try:
             w = np.array(weights, dtype=float)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise McrouteError(f"weights must be an array of non-negative numbers: {exc}") from None
         if w.ndim not in (1, 2) or w.shape[-1] < 1 or (w.ndim == 2 and w.shape[0] < 1):
             raise McrouteError(
@@ -418,10 +492,18 @@ class Popularity(Routing):
             raise McrouteError("weights must not be all zero (in every layer)")
         if np.any(nz < self.top_k):
             raise McrouteError(
-                f"weights need at least top_k={self.top_k} non-zero entries per layer, "
-                f"got {int(nz.min())}"
+                f"weights need at least top_k={self.top_k} positive entries in every layer "
+                f"(each token takes top_k distinct experts of positive weight), got "
+                f"{int(nz.min())}"
             )
-        object.__setattr__(self, "_w", _readonly(w2 / w2.sum(axis=1, keepdims=True)))
+        # Scaled by each layer's largest weight first, so the sum cannot overflow (weights
+        # near 1.8e308); the log-weights keep ratios that underflow in linear form.
+        top = w2.max(axis=1, keepdims=True)
+        scaled = w2 / top
+        with np.errstate(divide="ignore"):
+            lw = np.log(w2) - np.log(top)
+        object.__setattr__(self, "_w", _readonly(scaled / scaled.sum(axis=1, keepdims=True)))
+        object.__setattr__(self, "_lw", _readonly(lw))
         self._freeze()
 
     @property
@@ -443,6 +525,14 @@ class Popularity(Routing):
                 f"got {n_layers}"
             )
         return self._w.copy()
+
+    def _log_weights(self, n_layers):
+        if type(self)._weights is not Popularity._weights:
+            return super()._log_weights(n_layers)  # a subclass that picks its own layers
+        self._weights(n_layers)  # the same check of n_layers
+        if self._lw.shape[0] == 1:
+            return np.repeat(self._lw, n_layers, axis=0)
+        return self._lw.copy()
 
     def params(self):
         w = self._w[0] if self._w.shape[0] == 1 else self._w

@@ -831,15 +831,18 @@ class Overdispersed(Routing):
                                            base.experts, layer_idx,
                                            batch_size, conc, record, assign)
             return counts, assign
+        lw = None
         if isinstance(base, Trace):
             w = base.pl_weights()[base._layer_index(n_layers)]
         else:
             w = base._weights(n_layers)
             if w is None:
                 w = np.full((n_layers, self.n_experts), 1.0 / self.n_experts)
+            else:
+                lw = base._log_weights(n_layers)  # ratios that underflow in w
         counts = K.counts_weighted_urn(seeds, CHUNK_TRIALS,
                                        K.new_counts(n_trials, w.shape[0], w.shape[1]),
-                                       K.weighted_tables(w, k), k, batch_size, conc, record,
+                                       K.weighted_tables(w, k, lw), k, batch_size, conc, record,
                                        assign)
         return counts, assign
 
