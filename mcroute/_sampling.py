@@ -15,7 +15,16 @@ from scipy import stats
 
 from . import _kernels as K
 from ._rng import CHUNK_TRIALS, chunk_seeds, resolve_seed
-from ._validate import McrouteError, check_int, check_int_list, check_real
+from ._validate import (
+    MAX_BATCH_SIZE,
+    MAX_LAYERS,
+    McrouteError,
+    check_bytes,
+    check_int,
+    check_int_list,
+    check_real,
+    check_work,
+)
 
 #: ``method="auto"`` switches to count-space sampling (where exact) once the microbatch has at
 #: least this many tokens per expert (B / E). Count-space costs O(E·k) binomial draws per
@@ -65,6 +74,38 @@ def _resolve_method(routing, batch_size, method):
         big = batch_size / routing.n_experts >= COUNTSPACE_MIN_TOKENS_PER_EXPERT[kind]
         return "counts" if (exact and big) else "assignment"
     return method
+
+
+def sampling_draws(routing, batch_size, n_trials, n_layers, method="auto") -> int:
+    """Random draws needed to sample ``n_trials`` microbatches of ``n_layers`` layers.
+
+    Per-assignment sampling draws about B·k numbers per microbatch and layer, count-space
+    sampling E·k binomials. Used to refuse requests above :data:`~mcroute._validate.MAX_DRAWS`
+    before starting them.
+    """
+    m = _resolve_method(routing, batch_size, method)
+    per = batch_size * routing.top_k if m == "assignment" else routing.n_experts * routing.top_k
+    return n_trials * n_layers * per
+
+
+def check_sampling_request(routing, batches, n_trials, n_layers, method, *, params,
+                           expert_arrays=0):
+    """Refuse, before anything is drawn, a sampling request too large to hold or to run.
+
+    Checks the int64 block of counts held while sampling (at least ``CHUNK_TRIALS`` trials of
+    ``n_layers × n_experts``), ``expert_arrays`` extra int64 arrays (trial, layer, expert) the
+    caller keeps per batch size, and the number of random draws (:data:`MAX_DRAWS`).
+    """
+    e = routing.n_experts
+    check_bytes(f"one block of routing counts ({CHUNK_TRIALS} trials x {n_layers} layers x "
+                f"{e} experts, int64)", CHUNK_TRIALS * n_layers * e * 8,
+                "n_layers or n_experts")
+    if expert_arrays:
+        check_bytes(f"the per-expert loads ({len(batches)} batch sizes x {n_trials} trials x "
+                    f"{n_layers} layers x {e} experts, int64)",
+                    expert_arrays * len(batches) * n_trials * n_layers * e * 8, params)
+    draws = sum(sampling_draws(routing, b, n_trials, n_layers, method) for b in batches)
+    check_work("sampling", draws, params)
 
 
 def draw_counts(routing, batch_size, n_trials, n_layers, entropy, key=(), method="auto",
@@ -117,10 +158,16 @@ def sample_counts(routing, batch_size, n_trials, n_layers=1, *, rng=None, method
     ((3, 1, 8), [8, 8, 8])
     """
     check_routing(routing)
-    batch_size = check_int("batch_size", batch_size, minimum=1)
+    batch_size = check_int("batch_size", batch_size, minimum=1, maximum=MAX_BATCH_SIZE)
     n_trials = check_int("n_trials", n_trials, minimum=1)
-    n_layers = check_int("n_layers", n_layers, minimum=1)
-    return draw_counts(routing, batch_size, n_trials, n_layers, resolve_seed(rng), (), method)
+    n_layers = check_int("n_layers", n_layers, minimum=1, maximum=MAX_LAYERS)
+    entropy = resolve_seed(rng)
+    check_bytes(f"the counts ({n_trials} trials x {n_layers} layers x {routing.n_experts} "
+                "experts, int64)", n_trials * n_layers * routing.n_experts * 8,
+                "n_trials or n_layers")
+    check_sampling_request(routing, [batch_size], n_trials, n_layers, method,
+                           params="n_trials, n_layers or batch_size")
+    return draw_counts(routing, batch_size, n_trials, n_layers, entropy, (), method)
 
 
 def sample_assignments(routing, batch_size, n_trials, n_layers=1, *, rng=None):
@@ -140,12 +187,17 @@ def sample_assignments(routing, batch_size, n_trials, n_layers=1, *, rng=None):
     ((1, 1, 2, 4), True)
     """
     check_routing(routing)
-    batch_size = check_int("batch_size", batch_size, minimum=1)
+    batch_size = check_int("batch_size", batch_size, minimum=1, maximum=MAX_BATCH_SIZE)
     n_trials = check_int("n_trials", n_trials, minimum=1)
-    n_layers = check_int("n_layers", n_layers, minimum=1)
+    n_layers = check_int("n_layers", n_layers, minimum=1, maximum=MAX_LAYERS)
     if not hasattr(routing, "_draw_assignments"):
         raise McrouteError(f"{type(routing).__name__} cannot report per-token assignments")
-    seeds = chunk_seeds(resolve_seed(rng), n_trials, ())
+    entropy = resolve_seed(rng)
+    check_bytes(f"the assignments ({n_trials} trials x {n_layers} layers x {batch_size} tokens "
+                f"x {routing.top_k} slots, int64)",
+                n_trials * n_layers * batch_size * routing.top_k * 8,
+                "n_trials, n_layers or batch_size")
+    seeds = chunk_seeds(entropy, n_trials, ())
     return routing._draw_assignments(batch_size, n_trials, n_layers, seeds)
 
 
@@ -263,8 +315,11 @@ def expected_active_experts(routing, batch_size, n_layers=1):
     8.0
     """
     check_routing(routing)
-    b, scalar = check_int_list("batch_size", batch_size, minimum=1)
-    n_layers = check_int("n_layers", n_layers, minimum=1)
+    b, scalar = check_int_list("batch_size", batch_size, minimum=1, maximum=MAX_BATCH_SIZE)
+    n_layers = check_int("n_layers", n_layers, minimum=1, maximum=MAX_LAYERS)
+    check_bytes(f"the inclusion probabilities ({n_layers} layers x {routing.n_experts} experts "
+                f"x {len(b)} batch sizes)", n_layers * routing.n_experts * len(b) * 8,
+                "n_layers or batch_size")
     pi = routing.inclusion_probabilities(n_layers)
     bb = np.asarray(b, dtype=float)
     # 1 - (1 - pi)^B, computed as -expm1(B log1p(-pi)) for accuracy at small pi.
@@ -285,8 +340,9 @@ def active_experts_variance(routing, batch_size):
     π_ef = k(k−1) / (E(E−1)) for uniform routing and 0 for top-1.
     """
     check_routing(routing)
-    b = check_int("batch_size", batch_size, minimum=1)
+    b = check_int("batch_size", batch_size, minimum=1, maximum=MAX_BATCH_SIZE)
     e, k = routing.n_experts, routing.top_k
+    check_bytes(f"the pair table ({e} x {e} experts)", e * e * 8 * 4, "n_experts")
     p = routing.popularity(1)[0]
     uniform = bool(np.all(np.abs(p - 1.0 / e) <= 1e-15))
     if not (uniform or k == 1):
@@ -304,7 +360,7 @@ def active_experts_variance(routing, batch_size):
 def expert_load_distribution(routing, batch_size):
     """Exact law of one expert's load for uniform routing: ``scipy.stats.binom(B, k/E)``."""
     check_routing(routing)
-    b = check_int("batch_size", batch_size, minimum=1)
+    b = check_int("batch_size", batch_size, minimum=1, maximum=MAX_BATCH_SIZE)
     if getattr(routing, "kind", "") != "uniform":
         raise McrouteError("expert_load_distribution is exact only for Uniform routing")
     return stats.binom(b, routing.top_k / routing.n_experts)
