@@ -6,7 +6,7 @@ May import: the array layer (``_cards``), ``_cli_common``.
 from __future__ import annotations
 
 from ._cards import list_hardware, list_models, load_hardware, load_model
-from ._cli_common import format_table
+from ._cli_common import check_input_path, format_table
 
 
 def register(sub) -> None:
@@ -63,6 +63,8 @@ def run_models(args) -> int:
     """Run ``mcroute models``."""
     header = ["name", "total", "active", "s", "layers", "MoE E/k/shared", "attention",
               "KV B/tok bf16", "max ctx"]
+    if args.name is not None:
+        check_input_path("NAME", args.name)
     models = [load_model(n) for n in ([args.name] if args.name else list_models())]
     print(format_table(header, [_model_row(m) for m in models]))
     if args.name:
@@ -84,6 +86,8 @@ def run_hardware(args) -> int:
     """Run ``mcroute hardware``."""
     header = ["name", "HBM GiB", "HBM TB/s", "bf16 TFLOP/s", "fp8 TFLOP/s", "fp4 TFLOP/s",
               "link GB/s (1 dir)"]
+    if args.name is not None:
+        check_input_path("NAME", args.name)
     cards = [load_hardware(n) for n in ([args.name] if args.name else list_hardware())]
     rows = []
     for h in cards:

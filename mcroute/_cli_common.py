@@ -5,52 +5,109 @@ May import: the array and labeled layers.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import sys
 
 import numpy as np
 
 from ._results import save_dataset
 from ._routing import LogNormal, Uniform, Zipf
-from ._validate import McrouteError, check_int
+from ._validate import McrouteError, check_int, check_real
 
-__all__ = ["parse_int", "parse_int_list", "parse_size", "parse_size_list", "parse_routing",
-           "write_output", "format_table", "is_tty"]
+__all__ = ["parse_int", "parse_int_list", "parse_size", "parse_size_list", "parse_real",
+           "parse_routing", "check_input_path", "write_output", "format_table", "is_tty",
+           "INT_MAX"]
 
 _SUFFIX = {"": 1, "k": 1024, "m": 1024**2}
 
+#: Largest integer any option accepts: every count and size ends up in an int64 array or
+#: product, so larger values could only overflow. Commands and the API refuse far smaller
+#: values where a resource limit applies.
+INT_MAX = 2**63 - 1
 
-def parse_int(text, name: str, minimum: int | None = None) -> int:
+#: Digits read from an integer option (more cannot fit below INT_MAX).
+_MAX_DIGITS = 40
+_SIZE_RE = re.compile(r"\s*([0-9]{1,40})\s*([kKmM]?)\s*")
+
+
+def _shown(text, limit: int = 40) -> str:
+    """``repr(text)``, shortened for an error message."""
+    r = repr(text)
+    return r if len(r) <= limit else r[: limit - 5] + "...'"
+
+
+def parse_int(text, name: str, minimum: int | None = None, maximum: int = INT_MAX) -> int:
     """Parse a command-line integer, naming the option and the allowed range on error."""
+    s = str(text).strip()
     try:
-        value = int(str(text).strip())
+        if len(s) > _MAX_DIGITS:
+            raise ValueError
+        value = int(s)
     except ValueError:
-        raise McrouteError(f"{name} must be an integer, got {text!r}") from None
-    return check_int(name, value, minimum=minimum)
+        raise McrouteError(f"{name} must be an integer, got {_shown(text)}") from None
+    return check_int(name, value, minimum=minimum, maximum=maximum)
 
 
-def parse_size(name: str, text: str) -> int:
+def parse_real(text, name: str, *, minimum: float | None = None,
+               maximum: float | None = None, open_min: bool = False,
+               open_max: bool = False) -> float:
+    """Parse a finite real number (a string or an already converted float), naming the option."""
+    if isinstance(text, str):
+        try:
+            text = float(text.strip())
+        except ValueError:
+            raise McrouteError(f"{name} must be a number, got {_shown(text)}") from None
+    return check_real(name, text, minimum=minimum, maximum=maximum, open_min=open_min,
+                      open_max=open_max)
+
+
+def parse_size(name: str, text: str, maximum: int = INT_MAX) -> int:
     """Parse ``4096``, ``4k`` or ``128K`` (k = 1024 tokens, as context lengths are quoted)."""
-    m = re.fullmatch(r"\s*(\d+)\s*([kKmM]?)\s*", str(text))
+    m = _SIZE_RE.fullmatch(str(text))
     if not m:
-        raise McrouteError(f"{name} must be a positive integer like 4096 or 128k, got {text!r}")
+        raise McrouteError(
+            f"{name} must be a positive integer like 4096 or 128k, got {_shown(text)}")
     value = int(m.group(1)) * _SUFFIX[m.group(2).lower()]
-    if value < 1:
-        raise McrouteError(f"{name} must be >= 1, got {text!r}")
+    if value < 1 or value > maximum:
+        raise McrouteError(f"{name} must be in [1, {maximum}], got {_shown(text)}")
     return value
 
 
-def parse_size_list(name: str, text: str) -> list[int]:
-    """Comma-separated sizes, e.g. ``4k,32k,128k``."""
+def parse_size_list(name: str, text: str, maximum: int = INT_MAX) -> list[int]:
+    """Comma-separated distinct sizes, e.g. ``4k,32k,128k``."""
     parts = [p for p in str(text).split(",") if p.strip()]
     if not parts:
-        raise McrouteError(f"{name} must be a comma-separated list of sizes, got {text!r}")
-    return [parse_size(name, p) for p in parts]
+        raise McrouteError(
+            f"{name} must be a comma-separated list of sizes, got {_shown(text)}")
+    values = [parse_size(name, p, maximum) for p in parts]
+    seen = set()
+    for v, p in zip(values, parts, strict=True):
+        if v in seen:
+            raise McrouteError(f"{name} lists {v} twice (as {p.strip()!r}); give each value once")
+        seen.add(v)
+    return values
 
 
-def parse_int_list(name: str, text: str) -> list[int]:
-    """Comma-separated positive integers (k/m suffixes allowed)."""
-    return parse_size_list(name, text)
+def parse_int_list(name: str, text: str, maximum: int = INT_MAX) -> list[int]:
+    """Comma-separated distinct positive integers (k/m suffixes allowed)."""
+    return parse_size_list(name, text, maximum)
+
+
+def check_input_path(name: str, text) -> None:
+    """Refuse an existing input path that is not a regular file or a folder.
+
+    Devices, FIFOs and sockets (``/dev/zero``, ``/dev/stdin``) never end and would be read until
+    memory runs out. Paths that do not exist are left to the loader (they may be card names).
+    """
+    p = str(text)
+    try:
+        st = os.stat(p)
+    except (OSError, ValueError):
+        return
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise McrouteError(f"{name}: {p!r} is not a regular file (a device, FIFO or socket)")
 
 
 def parse_routing(text: str, n_experts: int, top_k: int):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._cli_common import parse_size
+from ._cli_common import INT_MAX, check_input_path, parse_int, parse_size
 from ._validate import McrouteError
 
 _LOG_CHOICES = {"auto": "auto", "on": True, "off": False}
@@ -52,6 +52,7 @@ def _read(path: str):
     import xarray as xr
 
     p = Path(path)
+    check_input_path("RESULTS.nc", path)
     if not p.is_file():
         raise McrouteError(f"results file {path!r} does not exist")
     try:
@@ -71,7 +72,7 @@ def _coerce(ds, dim: str, text: str):
     kind = ds[dim].dtype.kind if dim in ds.coords else "i"
     if kind in "iu":
         if text.strip().lstrip("-").isdigit():  # plain integers, 0 and negatives included
-            return int(text)
+            return parse_int(text, f"--sel {dim}", minimum=-INT_MAX)
         return parse_size(f"--sel {dim}", text)
     if kind == "f":
         try:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ._atomic import atomic_path
-from ._cli_common import format_table, parse_int, write_output
+from ._cli_common import check_input_path, format_table, parse_int, write_output
 from ._quality import (
     _card,
     card_name,
@@ -194,8 +194,40 @@ def _write_summary_csv(rows, path, command, tables) -> Path:
     return path
 
 
+def known_benchmarks(tables) -> list[str]:
+    """Benchmark names ``--benchmarks`` accepts.
+
+    Each benchmark of the tables, and ``"NAME [SETTING]"`` for every setting it is scored in
+    (the labels the fit table prints).
+    """
+    names = set()
+    for t in tables:
+        for r in t.rows:
+            names.add(r.benchmark)
+            names.add(f"{r.benchmark} [{r.setting}]")
+    return sorted(names, key=str.lower)
+
+
+def _check_benchmarks(text: str, tables) -> list[str]:
+    """Parse ``--benchmarks``; refuse names that no table scores (case-insensitive)."""
+    wanted = [b.strip() for b in text.split(",") if b.strip()]
+    if not wanted:
+        raise McrouteError(f"--benchmarks must be a comma-separated list of names, got {text!r}")
+    known = known_benchmarks(tables)
+    lower = {k.lower() for k in known}
+    unknown = [b for b in wanted if b.lower() not in lower]
+    if unknown:
+        plain = sorted({r.benchmark for t in tables for r in t.rows}, key=str.lower)
+        raise McrouteError(f"--benchmarks: unknown {', '.join(map(repr, unknown))}; the tables "
+                           f"score: {'; '.join(plain)} (a setting can be added as "
+                           "'NAME [SETTING]', as the fit table prints it)")
+    return wanted
+
+
 def run(args) -> int:
     """Run ``mcroute q-estimate``."""
+    for t in args.table or []:
+        check_input_path("--table", t)
     tables = load_quality_tables(args.table)
     if args.list:
         print("\n".join(list_moe_models(tables)))
@@ -208,10 +240,10 @@ def run(args) -> int:
     min_sizes = parse_int(args.min_sizes, "--min-sizes", minimum=2)
     ci_prob = check_prob("--ci-prob", args.ci_prob)
     max_ex = check_real("--max-extrapolation", args.max_extrapolation, minimum=1.0)
-    seed = None if args.seed is None else parse_int(args.seed, "--seed")
+    seed = None if args.seed is None else parse_int(args.seed, "--seed", minimum=0)
     benchmarks = None
-    if args.benchmarks:
-        benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+    if args.benchmarks is not None:
+        benchmarks = _check_benchmarks(args.benchmarks, tables)
     methods = ["fit", "scaling_law"] if args.method == "both" else [args.method]
     out = args.output
     ext = Path(out).suffix.lower() if out else ""

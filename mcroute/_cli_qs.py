@@ -12,8 +12,21 @@ import sys
 import numpy as np
 import xarray as xr
 
-from ._cli_common import format_table, parse_int, parse_routing, parse_size_list, write_output
-from ._validate import check_prob
+from ._cli_common import (
+    check_input_path,
+    format_table,
+    parse_int,
+    parse_real,
+    parse_routing,
+    parse_size_list,
+    write_output,
+)
+from ._validate import McrouteError, check_prob
+
+#: Largest q --q accepts (its median, and the 1 - 1e-6 quantile of a distribution): a dense twin
+#: 10^4 times the MoE's active parameters. Benchmark estimates are 0.5-20 (docs/quality.md);
+#: beyond this the twin's sizes leave the range the cost model is meant for.
+MAX_Q = 1e4
 
 
 def register(sub) -> None:
@@ -37,8 +50,8 @@ def register(sub) -> None:
     p.add_argument("--routing", default="uniform", help="uniform | zipf:ALPHA | lognormal:SIGMA")
     p.add_argument("--weight-dtype", default=None, help="weight dtype (default per model)")
     p.add_argument("--kv-dtype", default="bf16", help="KV cache dtype (default bf16)")
-    p.add_argument("--hbm-fraction", default=None, type=float,
-                   help="usable share of HBM (default 0.9)")
+    p.add_argument("--hbm-fraction", default=None,
+                   help="usable share of HBM, in (0, 1] (default 0.9)")
     p.add_argument("--dense-style", default="widen", choices=["widen", "llama"],
                    help="how the dense twin is built (default widen: same attention and KV)")
     p.add_argument("--dense-model", default=None,
@@ -100,6 +113,19 @@ def _print_case(ds, name, q_note, dep_note) -> None:
              f" at {float(ds['crossover_context']):,.0f} tokens"))
 
 
+def _parse_q(text: str, as_q, parse_q):
+    """``--q`` as a QSpec, refused when its upper end exceeds :data:`MAX_Q`."""
+    kind, sep, arg = text.strip().partition(":")
+    if kind.strip().lower() == "samples" and sep:
+        check_input_path("--q samples", arg.strip())
+    q = as_q(parse_q(text, "--q"))
+    hi = q.median() if q.is_point else q.interval(1 - 1e-6)[1]
+    if not hi <= MAX_Q:
+        raise McrouteError(f"--q must stay <= {MAX_Q:g} (a dense twin 10^4 x the active "
+                           f"parameters), got {text.strip()!r} reaching {hi:.3g}")
+    return q
+
+
 def run(args) -> int:
     """Run ``mcroute qs``."""
     from ._cards import load_model
@@ -111,9 +137,22 @@ def run(args) -> int:
     q_samples = parse_int(args.q_samples, "--q-samples", minimum=1)
     seed = parse_int(args.seed, "--seed", minimum=0)
     ci_prob = check_prob("--ci-prob", args.ci_prob)
-    hardware = args.hardware or PAPER_HARDWARE
-    gpus = parse_int(args.gpus, "--gpus", minimum=1) if args.gpus else PAPER_GPUS
-    dense_gpus = parse_int(args.dense_gpus, "--dense-gpus", minimum=1) if args.dense_gpus else None
+    hardware = PAPER_HARDWARE if args.hardware is None else args.hardware
+    check_input_path("--hardware", hardware)
+    gpus = PAPER_GPUS if args.gpus is None else parse_int(args.gpus, "--gpus", minimum=1)
+    dense_gpus = (None if args.dense_gpus is None
+                  else parse_int(args.dense_gpus, "--dense-gpus", minimum=1))
+    hbm_fraction = (None if args.hbm_fraction is None else parse_real(
+        args.hbm_fraction, "--hbm-fraction", minimum=0.0, maximum=1.0, open_min=True))
+    for flag, value in (("MODEL", args.model), ("--dense-model", args.dense_model)):
+        if value is not None:
+            check_input_path(flag, value)
+    q_given = None  # --q parsed once, before any work, unless it depends on the model
+    if args.q is not None:
+        if args.dense_model is not None:
+            q_given = parse_real(args.q, "--q", minimum=0.0, maximum=MAX_Q, open_min=True)
+        elif args.q.strip().lower() != "estimate":
+            q_given = _parse_q(args.q, as_q, parse_q)
     if args.model:
         cases = [(args.model, {})]
     else:
@@ -127,18 +166,19 @@ def run(args) -> int:
     for name, defaults in cases:
         moe = load_model(name)
         opts = dict(defaults)
-        if args.weight_dtype:
+        if args.weight_dtype is not None:
             opts["weight_dtype"] = args.weight_dtype
         opts["kv_dtype"] = args.kv_dtype
-        if args.hbm_fraction is not None:
-            opts["hbm_fraction"] = args.hbm_fraction
-        if args.dense_model:
-            q = None if args.q is None else float(args.q)
+        if hbm_fraction is not None:
+            opts["hbm_fraction"] = hbm_fraction
+        if args.dense_model is not None:
+            q = q_given
             q_note = f"dense model {args.dense_model}"
         elif args.q is None:
             q, q_note = default_q(moe)
         else:
-            q = as_q(parse_q(args.q if args.q != "estimate" else f"estimate:{moe.name}"))
+            q = q_given if q_given is not None else _parse_q(f"estimate:{moe.name}", as_q,
+                                                             parse_q)
             q_note = args.q
         routing = None
         if args.routing != "uniform":

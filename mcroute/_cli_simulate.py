@@ -5,7 +5,14 @@ May import: the labeled and array layers, ``_cli_common``.
 
 from __future__ import annotations
 
-from ._cli_common import format_table, parse_int, parse_int_list, parse_routing, write_output
+from ._cli_common import (
+    format_table,
+    parse_int,
+    parse_int_list,
+    parse_real,
+    parse_routing,
+    write_output,
+)
 from ._simulate import simulate
 from ._validate import check_int, check_prob
 
@@ -16,6 +23,11 @@ _SHOWN = [
     ("max_device_load", "max dev load"),
     ("device_imbalance", "dev imbalance"),
 ]
+
+
+#: Largest --capacity-factor: far above any used in practice (1-2); any factor >= E/k already
+#: gives every expert room for the whole microbatch.
+MAX_CAPACITY_FACTOR = 1e6
 
 
 def register(sub) -> None:
@@ -35,8 +47,9 @@ def register(sub) -> None:
     p.add_argument("--trials", default="2000", help="microbatches per batch size (default 2000)")
     p.add_argument("--layers", default="1", help="MoE layers per microbatch (default 1)")
     p.add_argument("--devices", default="1", help="devices for expert parallelism (default 1)")
-    p.add_argument("--capacity-factor", default="1.0", type=float,
-                   help="expert capacity factor for the overflow fraction (default 1.0)")
+    p.add_argument("--capacity-factor", default="1.0",
+                   help="expert capacity factor for the overflow fraction, in (0, "
+                   f"{MAX_CAPACITY_FACTOR:g}] (default 1.0)")
     p.add_argument("--method", default="auto", choices=["auto", "assignment", "counts"],
                    help="sampling method (default auto)")
     p.add_argument("--ci-prob", default=0.95, type=float, help="confidence level (default 0.95)")
@@ -55,9 +68,11 @@ def run(args) -> int:
     layers = parse_int(args.layers, "--layers", minimum=1)
     devices = parse_int(args.devices, "--devices", minimum=1)
     ci_prob = check_prob("--ci-prob", args.ci_prob)
-    seed = None if args.seed is None else parse_int(args.seed, "--seed")
+    cf = parse_real(args.capacity_factor, "--capacity-factor", minimum=0.0,
+                    maximum=MAX_CAPACITY_FACTOR, open_min=True)
+    seed = None if args.seed is None else parse_int(args.seed, "--seed", minimum=0)
     ds = simulate(routing, batches, trials, layers, devices, rng=seed, ci_prob=ci_prob,
-                  capacity_factor=args.capacity_factor, method=args.method)
+                  capacity_factor=cf, method=args.method)
     print(f"{routing!r}, {trials} trials, {layers} layer(s), {devices} device(s), "
           f"seed {ds.attrs['seed']}")
     print(f"mean [{ci_prob:.0%} CI of the mean] (p5-p95 of single microbatches)")

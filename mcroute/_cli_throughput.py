@@ -9,6 +9,7 @@ import sys
 
 from ._cards import load_hardware, load_model
 from ._cli_common import (
+    check_input_path,
     format_table,
     is_tty,
     parse_int,
@@ -71,6 +72,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     """Run ``mcroute throughput``."""
+    check_input_path("MODEL", args.model)
+    check_input_path("--hardware", args.hardware)
     model = load_model(args.model)
     hardware = load_hardware(args.hardware)
     gpus = parse_int(args.gpus, "--gpus", minimum=1)

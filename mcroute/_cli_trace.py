@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from ._cli_common import format_table, parse_int, write_output
+from ._cli_common import check_input_path, format_table, parse_int, write_output
 from ._traces import PopularityTrace
 from ._traces_fit import fit_routing, inspect_trace, real_batch_check
 from ._traces_io import FORMATS, load_trace, save_trace
@@ -30,16 +30,54 @@ def _load_args(p) -> None:
     p.add_argument("--max-records", default=None, help="read at most this many records per file")
 
 
+def _is_zip(path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
+
+
 def _load(args):
     e = None if args.experts is None else parse_int(args.experts, "--experts", minimum=1)
-    mr_ = None if args.max_records is None else parse_int(args.max_records, "--max-records")
+    mr_ = None if args.max_records is None else parse_int(args.max_records, "--max-records", 1)
+    for p in args.path:
+        check_input_path("trace path", p)
+    fmt = args.format
+    if fmt == "array" and len(args.path) == 1 and _is_zip(args.path[0]):
+        # "array" covers a .npz holding one [tokens, layers, k] array, which the npz reader
+        # handles (it also recognises a canonical trace).
+        fmt = "npz"
     path = args.path if len(args.path) > 1 else args.path[0]
-    trace = load_trace(path, args.format, n_experts=e, model=args.model, domain=args.domain,
-                       selection=args.selection, missing_layers=args.missing_layers,
-                       max_records=mr_)
+    try:
+        trace = load_trace(path, fmt, n_experts=e, model=args.model, domain=args.domain,
+                           selection=args.selection, missing_layers=args.missing_layers,
+                           max_records=mr_)
+    except OverflowError:
+        raise McrouteError(f"{', '.join(args.path)}: a number in the trace does not fit a 64-bit "
+                           "integer (expert ids, layers and positions must be below 2**63)"
+                           ) from None
+    if e is not None:
+        _check_experts(trace, e)
     for note in trace.notes:
         print(f"note: {note}", file=sys.stderr)
     return trace
+
+
+def _check_experts(trace, e: int) -> None:
+    """Apply ``--experts`` to every format, including those that record E themselves."""
+    where = trace.source or "the trace"
+    if isinstance(trace, PopularityTrace):
+        if trace.n_experts != e:
+            raise McrouteError(f"{where}: --experts {e}, but the histogram has "
+                               f"{trace.n_experts} experts")
+        return
+    hi = int(trace.experts.max()) if trace.experts.size else -1
+    if hi >= e:
+        raise McrouteError(f"{where}: expert id {hi} outside 0..{e - 1} (--experts {e})")
+    if trace.n_experts != e:
+        raise McrouteError(f"{where}: --experts {e}, but the file records n_experts = "
+                           f"{trace.n_experts}")
 
 
 def register(sub) -> None:
@@ -72,7 +110,12 @@ def register(sub) -> None:
     k.add_argument("--seed", default=None, help="seed (default: fresh entropy, printed)")
     k.add_argument("--output", default=None, help="write results to FILE.nc, .csv or .json")
     k.set_defaults(func=run_check)
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+    p.set_defaults(func=_no_action)
+
+
+def _no_action(args) -> int:
+    raise McrouteError("give an ACTION: convert, inspect, fit or check "
+                       "(mcroute trace --help describes them)")
 
 
 def run_convert(args) -> int:
@@ -121,7 +164,7 @@ def run_fit(args) -> int:
         trace = trace.decode_only()
     boot = parse_int(args.boot, "--boot", minimum=10)
     ci_prob = check_prob("--ci-prob", args.ci_prob)
-    seed = None if args.seed is None else parse_int(args.seed, "--seed")
+    seed = None if args.seed is None else parse_int(args.seed, "--seed", minimum=0)
     ds = fit_routing(trace, n_boot=boot, ci_prob=ci_prob, rng=seed)
     print(f"{trace!r}, {boot} bootstrap replicates, seed {ds.attrs['seed']}")
     print(f"estimate [{ci_prob:.0%} interval]; gof = bootstrap p-value of the deviance")
@@ -162,7 +205,7 @@ def run_check(args) -> int:
         raise McrouteError("the real-batch check needs a per-token trace with microbatch ids")
     trials = parse_int(args.trials, "--trials", minimum=2)
     ci_prob = check_prob("--ci-prob", args.ci_prob)
-    seed = None if args.seed is None else parse_int(args.seed, "--seed")
+    seed = None if args.seed is None else parse_int(args.seed, "--seed", minimum=0)
     ds = real_batch_check(trace, n_trials=trials, ci_prob=ci_prob, rng=seed)
     sizes = ds["batch_size"].values
     print(f"{trace!r}: {sizes.size} real decode steps of {sizes.min()}-{sizes.max()} tokens, "

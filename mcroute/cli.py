@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import warnings
 
 from ._validate import McrouteError
 from ._version import __version__
@@ -27,12 +29,53 @@ COMMAND_MODULES = [
     "mcroute._cli_sweep",
 ]
 
+#: Environment variable: when set to 1, an internal error (a bug) shows its traceback.
+DEBUG_ENV = "MCROUTE_DEBUG"
+
+#: Exit status of bad input (usage errors, invalid values, unreadable or malformed files).
+EXIT_BAD_INPUT = 2
+#: Exit status of an internal error (a bug in mcroute): one line, traceback with MCROUTE_DEBUG=1.
+EXIT_INTERNAL = 1
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line (inner line breaks become spaces), printable on any stream."""
+    flat = " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+    # Lone surrogates (undecodable bytes in argv) cannot be encoded: escape them.
+    return flat.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _value_type(convert):
+    """Wrap an argparse ``type``: refuse an empty value or a NUL character, then convert."""
+
+    def checked(text):
+        if isinstance(text, str):
+            if not text.strip():
+                raise argparse.ArgumentTypeError("must not be empty")
+            if "\0" in text:
+                raise argparse.ArgumentTypeError("must not contain a NUL character")
+        return convert(text) if convert is not None else text
+
+    # argparse names the type in its message ("invalid float value: 'x'").
+    checked.__name__ = getattr(convert, "__name__", "value")
+    return checked
+
 
 class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors are one line and exit 2."""
+    """An ArgumentParser whose usage errors are one line and exit 2.
+
+    It also refuses empty option values: ``--gpus ''`` is an error naming the option, never a
+    silent fall-back to the default.
+    """
+
+    def add_argument(self, *args, **kwargs):  # noqa: D102
+        action = kwargs.get("action")
+        if action in (None, "store", "append", "extend") and kwargs.get("nargs") != 0:
+            kwargs["type"] = _value_type(kwargs.get("type"))
+        return super().add_argument(*args, **kwargs)
 
     def error(self, message):  # noqa: D102
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {_one_line(message)}\n")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -49,25 +92,68 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _error_message(command: str, exc: BaseException) -> tuple[int, str]:
+    """The exit status and the one-line message for an exception raised by a command.
+
+    Bad input (exit 2): :class:`McrouteError` (the normal case: it names the parameter or the
+    file and what is allowed), and the errors that only bad input can cause below the checks:
+    ``OSError`` (unreadable files), ``ValueError``/``KeyError``, ``OverflowError``,
+    ``MemoryError`` and ``RecursionError``. Anything else is a bug in mcroute (exit 1), still
+    reported on one line; ``MCROUTE_DEBUG=1`` shows its traceback.
+    """
+    text = _one_line(str(exc))
+    where = f"mcroute {command}"
+    if isinstance(exc, McrouteError):
+        return EXIT_BAD_INPUT, f"{where}: error: {text or 'invalid input'}"
+    if isinstance(exc, MemoryError):
+        return EXIT_BAD_INPUT, (f"{where}: error: out of memory: the request is too large for "
+                                "this machine (reduce trials, layers, batch sizes or the grid)")
+    if isinstance(exc, OverflowError):
+        return EXIT_BAD_INPUT, f"{where}: error: a number is too large ({text or 'overflow'})"
+    if isinstance(exc, RecursionError):
+        return EXIT_BAD_INPUT, f"{where}: error: input nested too deeply ({text})"
+    if isinstance(exc, UnicodeError):
+        return EXIT_BAD_INPUT, f"{where}: error: cannot decode or encode text ({text})"
+    if isinstance(exc, (OSError, ValueError, KeyError)):
+        return EXIT_BAD_INPUT, f"{where}: error: {text or type(exc).__name__}"
+    return EXIT_INTERNAL, (f"{where}: internal error (a bug in mcroute {__version__}; please "
+                           f"report it): {type(exc).__name__}: {text} (set {DEBUG_ENV}=1 for "
+                           "the traceback)")
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Print a warning as one line, without the source line Python adds."""
+    print(f"mcroute: warning: {_one_line(str(message))} ({category.__name__})",
+          file=sys.stderr if file is None else file)
+
+
 def main(argv=None) -> int:
-    """Run the CLI; return the exit status (0 ok, 2 bad input)."""
+    """Run the CLI; return the exit status (0 ok, 2 bad input, 1 internal error, 130 Ctrl-C).
+
+    Every failure prints exactly one line on stderr and no traceback.
+    """
     parser = make_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help, --version, usage errors
-        return int(exc.code or 0)
+        return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
+        print("mcroute: error: give a COMMAND (listed above)", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
-        return int(args.func(args) or 0)
-    except (McrouteError, ValueError, OSError, KeyError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"mcroute {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("mcroute: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        status, line = _error_message(args.command, exc)
+        if status == EXIT_INTERNAL and os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        print(line, file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":  # pragma: no cover
