@@ -17,8 +17,23 @@ from ._cost import Deployment
 from ._results import DEFAULT_QUANTILES, provenance, summarize
 from ._rng import CHUNK_TRIALS, resolve_seed
 from ._routing import Uniform
-from ._sampling import check_routing, draw_counts, expected_active_experts
-from ._validate import McrouteError, check_int, check_prob
+from ._sampling import (
+    check_routing,
+    check_sampling_request,
+    draw_counts,
+    expected_active_experts,
+    sampling_draws,
+)
+from ._validate import (
+    MAX_BATCH_SIZE,
+    MAX_CONTEXT,
+    McrouteError,
+    check_bytes,
+    check_int,
+    check_prob,
+    check_unique,
+    check_work,
+)
 
 __all__ = ["decode_throughput", "parse_tokens", "THROUGHPUT_VARIABLES"]
 
@@ -36,32 +51,45 @@ THROUGHPUT_VARIABLES = {
 _SUFFIX = {"": 1, "k": 1024, "m": 1024**2}
 
 
-def parse_tokens(name: str, value) -> int:
+#: Upper limit of each token parameter parsed by :func:`parse_tokens` (``context``,
+#: ``batch_size``); see mcroute._validate.
+_TOKEN_MAX = {"context": MAX_CONTEXT, "batch_size": MAX_BATCH_SIZE}
+
+
+def parse_tokens(name: str, value, maximum: int | None = None) -> int:
     """Parse a token count: an int or a string like ``"4096"``, ``"4k"``, ``"128K"`` (k = 1024).
+
+    ``maximum`` defaults to the limit of the parameter (``MAX_CONTEXT`` for ``context``,
+    ``MAX_BATCH_SIZE`` for ``batch_size``, see mcroute._validate).
 
     Examples
     --------
     >>> parse_tokens("context", "128k"), parse_tokens("context", 4096)
     (131072, 4096)
     """
+    if maximum is None:
+        maximum = _TOKEN_MAX.get(name.split("[")[0])
     if isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d+)\s*([kKmM]?)\s*", value)
+        m = re.fullmatch(r"\s*(\d{1,30})\s*([kKmM]?)\s*", value)
         if not m:
             raise McrouteError(
-                f"{name} must be a positive integer like 4096 or 128k, got {value!r}")
+                f"{name} must be a positive integer like 4096 or 128k"
+                f"{'' if maximum is None else f' (at most {maximum})'}, got {value[:40]!r}")
         value = int(m.group(1)) * _SUFFIX[m.group(2).lower()]
-    return check_int(name, value, minimum=1)
+    return check_int(name, value, minimum=1, maximum=maximum)
 
 
 def _token_list(name: str, value) -> tuple[list[int], bool]:
     if isinstance(value, str) or np.ndim(value) == 0:
         return [parse_tokens(name, value)], True
-    values = list(np.asarray(value, dtype=object).ravel())
+    try:
+        values = list(np.asarray(value, dtype=object).ravel())
+    except (ValueError, TypeError):
+        raise McrouteError(f"{name} must be a token count or a list of them") from None
     if not values:
         raise McrouteError(f"{name} must not be empty")
     out = [parse_tokens(f"{name}[{i}]", v) for i, v in enumerate(values)]
-    if len(set(out)) != len(out):
-        raise McrouteError(f"{name} must not repeat values, got {out}")
+    check_unique(name, out)
     return out, False
 
 
@@ -87,6 +115,32 @@ def _spec_dict(spec):
     if dataclasses.is_dataclass(spec):
         return dataclasses.asdict(spec)
     return {"name": getattr(spec, "name", str(spec))}
+
+
+#: Arrays of n_trials values per (context, batch size) point held by decode_throughput: five
+#: per-trial terms and the four summarised variables built from them.
+_PER_TRIAL_ARRAYS = 9
+
+
+def _check_request(dep, routing, contexts, batches, b_max_mode, n_trials, method):
+    """Refuse, before any draw, a request whose results or sampling work exceed the limits."""
+    npts = len(contexts) * len(batches)
+    check_bytes(f"the per-trial results ({npts} points x {n_trials} trials x "
+                f"{_PER_TRIAL_ARRAYS} arrays, float64)", npts * n_trials * _PER_TRIAL_ARRAYS * 8,
+                "n_trials, or the number of contexts and batch sizes")
+    if routing is None:
+        return
+    check_sampling_request(routing, [1], n_trials, dep.n_moe_layers, method,
+                           params="n_trials or batch_size")
+    draws = 0
+    for L in contexts:
+        bmax = dep.max_batch_size(L)
+        for b in batches:
+            B = bmax if b_max_mode else b
+            if 1 <= B <= bmax:
+                draws += sampling_draws(routing, B, n_trials, dep.n_moe_layers, method)
+    check_work("the routing Monte Carlo over all (context, batch size) points", draws,
+               "n_trials, batch_size or the number of contexts")
 
 
 def _point(dep, routing, L, B, n_trials, entropy, method, tick):
@@ -154,7 +208,9 @@ def decode_throughput(
         Routing distribution of the MoE layers; default ``Uniform(E, k)`` of the model. Its E and
         k must match the model. Ignored for a dense model.
     n_trials : int
-        Monte Carlo steps per point, >= 1 (>= 2 for intervals).
+        Monte Carlo steps per point, >= 2 (intervals need two). Requests whose per-trial
+        results or random draws exceed the limits of mcroute._validate (``MAX_RESULT_BYTES``,
+        ``MAX_DRAWS``) are refused before anything is computed.
     rng : None, int, SeedSequence or Generator
         Seed; stored as ``attrs["seed"]``. Each (context, batch size) draws from the stream keyed
         by their values, so any subset of the grid reproduces the same numbers.
@@ -208,12 +264,13 @@ def decode_throughput(
     else:
         batches, b_scalar = _token_list("batch_size", batch_size)
         b_max_mode = False
-    n_trials = check_int("n_trials", n_trials, minimum=1)
+    n_trials = check_int("n_trials", n_trials, minimum=2)
     ci_prob = check_prob("ci_prob", ci_prob)
     routing = _resolve_routing(dep, routing)
     entropy = resolve_seed(rng)
     if progress is not None and not callable(progress):
         raise McrouteError(f"progress must be a callable or None, got {progress!r}")
+    _check_request(dep, routing, contexts, batches, b_max_mode, n_trials, method)
     total = len(contexts) * len(batches) * n_trials
     done = [0]
 
