@@ -32,7 +32,8 @@ Dense GEMM with M = m rows: ``dense_floor_s + (t_mem**p + t_cmp**p)**(1/p)`` wit
 ``p = dense_overlap_p``; zero when m == 0.
 
 Decode attention:
-``max(kv_bytes / (bw * <kind>_eta_bw), flops / (peak_flops * <kind>_eta_compute))`` for kind ``mla`` or ``gqa`` (MHA is GQA with one query head per KV head).
+``max(kv_bytes / (bw * <kind>_eta_bw), flops / (peak_flops * <kind>_eta_compute))``
+for kind ``mla`` or ``gqa`` (MHA is GQA with one query head per KV head).
 
 HBM streaming: ``nbytes / (bw * hbm_eta)``. Per-layer fixed overhead: ``layer_overhead_s``.
 
