@@ -35,7 +35,18 @@ from ._quality import QSpec, as_q
 from ._results import DEFAULT_QUANTILES, _summary_arrays, provenance, summarize
 from ._rng import generator, resolve_seed
 from ._throughput import _token_list, decode_throughput
-from ._validate import McrouteError, check_int, check_prob
+from ._validate import (
+    MAX_CONTEXT,
+    MAX_GPUS,
+    MAX_Q,
+    MAX_Q_SAMPLES,
+    McrouteError,
+    check_bytes,
+    check_int,
+    check_int_list,
+    check_prob,
+    check_unique,
+)
 
 __all__ = ["DENSE_STYLES", "dense_twin", "qs_analysis", "min_gpus", "crossover_context"]
 
@@ -63,9 +74,17 @@ def _check_moe(model) -> ModelSpec:
     return model
 
 
-def _check_q_value(q) -> float:
-    if isinstance(q, bool) or not isinstance(q, numbers.Real) or not math.isfinite(q) or q <= 0:
-        raise McrouteError(f"q must be a finite number > 0, got {q!r}")
+def _check_q_value(q, name="q") -> float:
+    """A point value of q: finite, > 0 and at most MAX_Q (see mcroute._validate)."""
+    try:
+        ok = (not isinstance(q, bool) and isinstance(q, numbers.Real) and math.isfinite(q)
+              and 0 < q <= MAX_Q)
+    except OverflowError:  # an int beyond the float range
+        ok = False
+    if not ok:
+        shown = f"{q!r}"[:40] if not isinstance(q, int) or abs(q) < 10**30 else "a huge integer"
+        raise McrouteError(f"{name} must be a finite number in (0, {MAX_Q:g}] "
+                           f"(mcroute._validate.MAX_Q), got {shown}")
     return float(q)
 
 
@@ -209,8 +228,10 @@ def min_gpus(model, hardware, context, *, candidates=None, **deployment_options)
     >>> mr.min_gpus("llama-3.1-70b", "h100-sxm", 8192)
     2
     """
-    cands = candidates if candidates is not None else [2**i for i in range(13)]
-    for n in sorted(int(c) for c in cands):
+    cands = [2**i for i in range(13)] if candidates is None else check_int_list(
+        "candidates", candidates, minimum=1, maximum=MAX_GPUS)[0]
+    check_int("context", context, minimum=1, maximum=MAX_CONTEXT)
+    for n in sorted(cands):
         try:
             dep = Deployment(model, hardware, n, **deployment_options)
         except McrouteError as exc:
@@ -292,13 +313,20 @@ def _parse_q_arg(q):
     if isinstance(q, (list, tuple)):
         if not q:
             raise McrouteError("q must not be an empty list")
-        return [_check_q_value(v) for v in q], None, False
+        values = [_check_q_value(v) for v in q]
+        check_unique("q", values)
+        return values, None, False
     if isinstance(q, numbers.Real) and not isinstance(q, bool):
         return [_check_q_value(q)], None, True
     spec = q if isinstance(q, QSpec) else as_q(q)
     if spec.is_point:
-        return [spec.median()], None, True
+        return [_check_q_value(spec.median())], None, True
     return None, spec, True
+
+
+#: Arrays of (q, context, trial) values held by qs_analysis (throughputs, penalties and their
+#: summaries' working copies), for the memory check before starting.
+_QS_ARRAYS = 8
 
 
 def qs_analysis(
@@ -341,7 +369,7 @@ def qs_analysis(
     routing : Routing, optional
         Routing of the MoE's layers (default uniform over its E experts, top-k).
     n_trials : int
-        Monte Carlo decode steps per context.
+        Monte Carlo decode steps per context, >= 2 (intervals need two).
     rng : None, int, SeedSequence or Generator
         Seed (stored in ``attrs["seed"]``).
     ci_prob : float
@@ -408,16 +436,21 @@ def qs_analysis(
         raise McrouteError("q is required (a number, a list, a distribution or 'estimate') "
                            "unless dense_model is given")
     hw = load_hardware(hardware) if isinstance(hardware, str) else hardware
-    n_gpus = check_int("n_gpus", n_gpus, minimum=1)
+    n_gpus = check_int("n_gpus", n_gpus, minimum=1, maximum=MAX_GPUS)
     dense_n = n_gpus if dense_n_gpus is None else check_int("dense_n_gpus", dense_n_gpus,
-                                                            minimum=1)
+                                                            minimum=1, maximum=MAX_GPUS)
     contexts, ctx_scalar = _token_list("context", context)
-    n_trials = check_int("n_trials", n_trials, minimum=1)
+    n_trials = check_int("n_trials", n_trials, minimum=2)
     ci_prob = check_prob("ci_prob", ci_prob)
-    n_q_samples = check_int("n_q_samples", n_q_samples, minimum=1)
+    n_q_samples = check_int("n_q_samples", n_q_samples, minimum=1, maximum=MAX_Q_SAMPLES)
     if dense_style not in DENSE_STYLES:
         raise McrouteError(f"dense_style must be one of {DENSE_STYLES}, got {dense_style!r}")
     q_points, q_spec, q_scalar = _parse_q_arg(q)
+    nq_max = len(q_points) if q_spec is None else n_q_samples
+    check_bytes(f"the per-trial results ({nq_max} values of q x {len(contexts)} contexts x "
+                f"{n_trials} trials x {_QS_ARRAYS} arrays, float64)",
+                nq_max * len(contexts) * n_trials * _QS_ARRAYS * 8,
+                "n_trials, the number of q values or the number of contexts")
     entropy = resolve_seed(rng)
     moe_dep = Deployment(moe, hw, n_gpus, **deployment_options)
 
@@ -435,6 +468,12 @@ def qs_analysis(
         raise McrouteError("with dense_model, q must be a number (it is only reported)")
     else:
         q_values = np.asarray(q_spec.sample(n_q_samples, generator(entropy, (7,))), dtype=float)
+        bad = ~(np.isfinite(q_values) & (q_values > 0) & (q_values <= MAX_Q))
+        if bad.any():
+            raise McrouteError(
+                f"q: {int(bad.sum())} of {n_q_samples} draws of {q_spec!r} fall outside "
+                f"(0, {MAX_Q:g}] (mcroute._validate.MAX_Q), e.g. {q_values[bad][0]:g}; give a "
+                "narrower distribution of q")
         draw_of_trial = np.arange(n_trials) % n_q_samples
 
     nq, nc = len(q_values), len(contexts)
