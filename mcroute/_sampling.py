@@ -17,6 +17,7 @@ from . import _kernels as K
 from ._rng import CHUNK_TRIALS, chunk_seeds, resolve_seed
 from ._validate import (
     MAX_BATCH_SIZE,
+    MAX_CAPACITY_FACTOR,
     MAX_LAYERS,
     McrouteError,
     check_bytes,
@@ -254,10 +255,12 @@ def microbatch_stats(counts, *, n_devices=1, placement=None, capacity_factor=1.0
         raise McrouteError("counts must be an integer array (trial, layer, expert)")
     n_experts = counts.shape[2]
     dev = device_map(n_experts, n_devices, placement)
-    cf = check_real("capacity_factor", capacity_factor, minimum=0.0, open_min=True)
+    cf = check_real("capacity_factor", capacity_factor, minimum=0.0, maximum=MAX_CAPACITY_FACTOR,
+                    open_min=True)
     total = counts.sum(axis=2)
-    bk = total[..., 0:1].max() if total.size else 0
-    capacity = int(np.ceil(cf * bk / n_experts))
+    bk = int(total[..., 0:1].max()) if total.size else 0
+    # No expert holds more than B·k tokens, so a larger capacity means the same (and fits int64).
+    capacity = min(int(np.ceil(cf * bk / n_experts)), bk)
     active, max_load, max_dev, max_dev_act, over = K.count_stats(
         counts.astype(np.int64, copy=False), dev, n_devices, capacity
     )

@@ -13,13 +13,24 @@ from ._results import DEFAULT_QUANTILES, provenance, summarize
 from ._rng import CHUNK_TRIALS, resolve_seed
 from ._sampling import (
     check_routing,
+    check_sampling_request,
     device_map,
     draw_counts,
     expected_active_experts,
     load_histogram,
     microbatch_stats,
 )
-from ._validate import check_int, check_int_list, check_prob, check_real
+from ._validate import (
+    MAX_BATCH_SIZE,
+    MAX_CAPACITY_FACTOR,
+    MAX_LAYERS,
+    check_bytes,
+    check_int,
+    check_int_list,
+    check_prob,
+    check_real,
+    check_unique,
+)
 
 __all__ = ["simulate", "STAT_META"]
 
@@ -64,7 +75,10 @@ def simulate(
     batch_size : int or sequence of int
         Tokens per microbatch B; a sequence becomes the ``batch_size`` dim.
     n_trials : int
-        Microbatches drawn per batch size (Monte Carlo trials), >= 2 for intervals.
+        Microbatches drawn per batch size (Monte Carlo trials), >= 2 (intervals need two).
+        Sampling streams in blocks, but every trial's statistics are kept: requests whose
+        results or random draws exceed the limits of mcroute._validate (``MAX_RESULT_BYTES``,
+        ``MAX_DRAWS``) are refused before anything is drawn.
     n_layers : int
         MoE layers per microbatch.
     n_devices : int
@@ -108,15 +122,29 @@ def simulate(
     222.44
     """
     check_routing(routing)
-    batches, scalar = check_int_list("batch_size", batch_size, minimum=1)
-    n_trials = check_int("n_trials", n_trials, minimum=1)
-    n_layers = check_int("n_layers", n_layers, minimum=1)
+    batches, scalar = check_int_list("batch_size", batch_size, minimum=1,
+                                     maximum=MAX_BATCH_SIZE)
+    check_unique("batch_size", batches)
+    n_trials = check_int("n_trials", n_trials, minimum=2)
+    n_layers = check_int("n_layers", n_layers, minimum=1, maximum=MAX_LAYERS)
     n_devices = check_int("n_devices", n_devices, minimum=1)
     dev = device_map(routing.n_experts, n_devices, placement)
-    capacity_factor = check_real("capacity_factor", capacity_factor, minimum=0.0, open_min=True)
+    capacity_factor = check_real("capacity_factor", capacity_factor, minimum=0.0,
+                                 maximum=MAX_CAPACITY_FACTOR, open_min=True)
     ci_prob = check_prob("ci_prob", ci_prob)
     entropy = resolve_seed(rng)
     e = routing.n_experts
+    nb = len(batches)
+    check_bytes(f"the per-trial statistics ({nb} batch sizes x {n_trials} trials x {n_layers} "
+                f"layers x {len(STAT_META)} statistics, float64)",
+                nb * n_trials * n_layers * len(STAT_META) * 8, "n_trials or n_layers")
+    if histogram:
+        check_bytes(f"the load histogram ({nb} batch sizes x {n_layers} layers x "
+                    f"{max(batches) + 1} loads, float64)",
+                    nb * n_layers * (max(batches) + 1) * 8, "batch_size (with histogram=True)")
+    check_sampling_request(routing, batches, n_trials, n_layers, method,
+                           params="n_trials, n_layers or batch_size",
+                           expert_arrays=1 if expert_load else 0)
 
     per_block = (_BLOCK_ELEMENTS // max(n_layers * e, 1)) // CHUNK_TRIALS * CHUNK_TRIALS
     per_block = max(CHUNK_TRIALS, per_block)

@@ -35,6 +35,7 @@ __all__ = [
     "MAX_EXPERTS",
     "MAX_LAYERS",
     "MAX_GPUS",
+    "MAX_CAPACITY_FACTOR",
     "MAX_CONTEXT",
     "MAX_RESULT_BYTES",
     "MAX_DRAWS",
@@ -61,6 +62,10 @@ MAX_EXPERTS = 2**20
 #: Largest number of layers (of a model card, or ``n_layers`` of a simulation). Published models
 #: have at most a few hundred layers; every per-layer array stays small at 65,536.
 MAX_LAYERS = 2**16
+
+#: Largest expert capacity factor. At a factor of E or more no expert can overflow (capacity
+#: >= B·k), so values above MAX_EXPERTS change nothing; the limit keeps the capacity finite.
+MAX_CAPACITY_FACTOR = float(2**20)
 
 #: Largest GPU count of one deployment (``n_gpus``): a million GPUs, far beyond any real replica.
 MAX_GPUS = 2**20

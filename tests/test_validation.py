@@ -21,7 +21,7 @@ import mcroute as mr
         (lambda: mr.Popularity([1, -1, 2]), "non-negative"),
         (lambda: mr.Popularity([1, float("nan"), 2]), "NaN"),
         (lambda: mr.Popularity([0, 0, 0]), "all zero"),
-        (lambda: mr.Popularity([1, 0, 0], top_k=2), "at least top_k=2 non-zero"),
+        (lambda: mr.Popularity([1, 0, 0], top_k=2), "at least top_k=2 positive"),
         (lambda: mr.Popularity([[1, 1], [0, 0]]), "all zero"),
         (lambda: mr.Popularity(np.ones((2, 2, 2))), "shape"),
         (lambda: mr.Popularity(["a", "b"]), "weights"),
