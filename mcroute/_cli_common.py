@@ -9,6 +9,7 @@ import os
 import re
 import stat
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -17,8 +18,8 @@ from ._routing import LogNormal, Uniform, Zipf
 from ._validate import McrouteError, check_int, check_real
 
 __all__ = ["parse_int", "parse_int_list", "parse_size", "parse_size_list", "parse_real",
-           "parse_routing", "check_input_path", "write_output", "format_table", "is_tty",
-           "INT_MAX"]
+           "parse_routing", "check_input_path", "check_output_path", "write_output",
+           "format_table", "is_tty", "INT_MAX"]
 
 _SUFFIX = {"": 1, "k": 1024, "m": 1024**2}
 
@@ -127,6 +128,27 @@ def parse_routing(text: str, n_experts: int, top_k: int):
     raise McrouteError(
         f"--routing must be uniform, zipf:ALPHA or lognormal:SIGMA, got {text!r}"
     )
+
+
+def check_output_path(path, allowed=(".nc", ".csv", ".json"), flag: str = "--output") -> None:
+    """Refuse a bad output path before any work is done.
+
+    Checks the extension, that the folder exists, and that no folder or non-regular file is in
+    the way (the write itself checks again, atomically).
+    """
+    if path is None:
+        return
+    p = Path(str(path))
+    ext = p.suffix.lower()
+    if allowed and ext not in allowed:
+        listed = ", ".join(allowed[:-1]) + f" or {allowed[-1]}" if len(allowed) > 1 else allowed[0]
+        raise McrouteError(f"{flag} must end in {listed}, got {str(path)!r}")
+    target = Path(os.path.realpath(p)) if p.is_symlink() else p
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise McrouteError(f"{flag}: output folder {str(folder)!r} does not exist")
+    if target.exists() and not target.is_file():
+        raise McrouteError(f"{flag}: {str(path)!r} exists and is not a regular file")
 
 
 def write_output(ds, path) -> None:

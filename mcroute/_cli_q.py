@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ._atomic import atomic_path
-from ._cli_common import check_input_path, format_table, parse_int, write_output
+from ._cli_common import check_input_path, check_output_path, format_table, parse_int, write_output
 from ._quality import (
     _card,
     card_name,
@@ -247,8 +247,7 @@ def run(args) -> int:
     methods = ["fit", "scaling_law"] if args.method == "both" else [args.method]
     out = args.output
     ext = Path(out).suffix.lower() if out else ""
-    if out and ext not in (".csv", ".nc", ".json"):
-        raise McrouteError(f"--output must end in .csv, .nc or .json, got {out!r}")
+    check_output_path(out, (".csv", ".nc", ".json"))
 
     if seed is None:
         from ._rng import resolve_seed

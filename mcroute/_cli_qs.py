@@ -14,6 +14,7 @@ import xarray as xr
 
 from ._cli_common import (
     check_input_path,
+    check_output_path,
     format_table,
     parse_int,
     parse_real,
@@ -132,6 +133,7 @@ def run(args) -> int:
     from ._qs import PAPER_CASES, PAPER_CONTEXTS, PAPER_GPUS, PAPER_HARDWARE, default_q, qs_analysis
     from ._quality import as_q, parse_q
 
+    check_output_path(args.output)
     contexts = parse_size_list("--context", args.context)
     trials = parse_int(args.trials, "--trials", minimum=2)
     q_samples = parse_int(args.q_samples, "--q-samples", minimum=1)

@@ -6,6 +6,7 @@ May import: the labeled and array layers, ``_cli_common``.
 from __future__ import annotations
 
 from ._cli_common import (
+    check_output_path,
     format_table,
     parse_int,
     parse_int_list,
@@ -60,6 +61,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     """Run ``mcroute simulate``."""
+    check_output_path(args.output)
     e = parse_int(args.experts, "--experts", minimum=1)
     k = check_int("--top-k", parse_int(args.top_k, "--top-k"), minimum=1, maximum=e)
     routing = parse_routing(args.routing, e, k)

@@ -10,6 +10,7 @@ import sys
 from ._cards import load_hardware, load_model
 from ._cli_common import (
     check_input_path,
+    check_output_path,
     format_table,
     is_tty,
     parse_int,
@@ -72,6 +73,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     """Run ``mcroute throughput``."""
+    check_output_path(args.output)
     check_input_path("MODEL", args.model)
     check_input_path("--hardware", args.hardware)
     model = load_model(args.model)

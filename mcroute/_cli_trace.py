@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from ._cli_common import check_input_path, format_table, parse_int, write_output
+from ._cli_common import check_input_path, check_output_path, format_table, parse_int, write_output
 from ._traces import PopularityTrace
 from ._traces_fit import fit_routing, inspect_trace, real_batch_check
 from ._traces_io import FORMATS, load_trace, save_trace
@@ -39,6 +39,8 @@ def _is_zip(path) -> bool:
 
 
 def _load(args):
+    check_output_path(args.output, (".npz",) if args.action == "convert" else
+                      (".nc", ".csv", ".json"))
     e = None if args.experts is None else parse_int(args.experts, "--experts", minimum=1)
     mr_ = None if args.max_records is None else parse_int(args.max_records, "--max-records", 1)
     for p in args.path:
@@ -59,9 +61,13 @@ def _load(args):
                            ) from None
     if e is not None:
         _check_experts(trace, e)
+    return trace
+
+
+def _print_notes(trace) -> None:
+    """The loader's notes, printed once the command has succeeded (a failure stays one line)."""
     for note in trace.notes:
         print(f"note: {note}", file=sys.stderr)
-    return trace
 
 
 def _check_experts(trace, e: int) -> None:
@@ -125,6 +131,7 @@ def run_convert(args) -> int:
         raise McrouteError("histograms have no per-token data; only per-token traces convert "
                            "to the canonical .npz")
     out = save_trace(trace, args.output)
+    _print_notes(trace)
     print(f"wrote {out}: {trace!r}", file=sys.stderr)
     return 0
 
@@ -137,6 +144,7 @@ def run_inspect(args) -> int:
     """Run ``mcroute trace inspect``."""
     trace = _load(args)
     ds = inspect_trace(trace)
+    _print_notes(trace)
     print(f"{trace!r}  (E={trace.n_experts}, k={trace.top_k}; "
           f"uniform share {1 / trace.n_experts:.3g})")
     header = ["layer", "tokens", "hottest share", "entropy [nat]", "eff. experts", "Gini",
@@ -159,13 +167,14 @@ def run_inspect(args) -> int:
 
 def run_fit(args) -> int:
     """Run ``mcroute trace fit``."""
-    trace = _load(args)
-    if args.decode_only and not isinstance(trace, PopularityTrace):
-        trace = trace.decode_only()
     boot = parse_int(args.boot, "--boot", minimum=10)
     ci_prob = check_prob("--ci-prob", args.ci_prob)
     seed = None if args.seed is None else parse_int(args.seed, "--seed", minimum=0)
+    trace = _load(args)
+    if args.decode_only and not isinstance(trace, PopularityTrace):
+        trace = trace.decode_only()
     ds = fit_routing(trace, n_boot=boot, ci_prob=ci_prob, rng=seed)
+    _print_notes(trace)
     print(f"{trace!r}, {boot} bootstrap replicates, seed {ds.attrs['seed']}")
     print(f"estimate [{ci_prob:.0%} interval]; gof = bootstrap p-value of the deviance")
     header = ["layer", "tokens", "zipf alpha", "gof", "lognormal sigma", "gof", "better",
@@ -200,13 +209,14 @@ def run_fit(args) -> int:
 
 def run_check(args) -> int:
     """Run ``mcroute trace check``."""
-    trace = _load(args)
-    if isinstance(trace, PopularityTrace):
-        raise McrouteError("the real-batch check needs a per-token trace with microbatch ids")
     trials = parse_int(args.trials, "--trials", minimum=2)
     ci_prob = check_prob("--ci-prob", args.ci_prob)
     seed = None if args.seed is None else parse_int(args.seed, "--seed", minimum=0)
+    trace = _load(args)
+    if isinstance(trace, PopularityTrace):
+        raise McrouteError("the real-batch check needs a per-token trace with microbatch ids")
     ds = real_batch_check(trace, n_trials=trials, ci_prob=ci_prob, rng=seed)
+    _print_notes(trace)
     sizes = ds["batch_size"].values
     print(f"{trace!r}: {sizes.size} real decode steps of {sizes.min()}-{sizes.max()} tokens, "
           f"{trials} simulated microbatches per size, seed {ds.attrs['seed']}")

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -57,3 +58,301 @@ def test_python_dash_m():
     r = subprocess.run([sys.executable, "-m", "mcroute", "--version"], capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0 and mcroute.__version__ in r.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 11: every failure is one line; values that used to give tracebacks or silent nonsense
+# ---------------------------------------------------------------------------------------------
+
+BIG = str(2**63)  # one past the int64 range
+SIM = ["simulate", "--experts", "8", "--top-k", "2", "--trials", "4", "--batch", "4"]
+THR = ["throughput", "deepseek-v3", "--hardware", "h200", "--gpus", "8", "--trials", "4"]
+QS = ["qs", "deepseek-v3", "--trials", "4", "--context", "4k", "--q-samples", "4"]
+
+
+@pytest.fixture(scope="module")
+def traces(tmp_path_factory):
+    """A canonical .npz with expert ids 0..7, the same array as .npy, and JSON lines whose ids
+    reach 2**63."""
+    import json
+
+    import numpy as np
+
+    from mcroute._traces_io import save_trace
+
+    d = tmp_path_factory.mktemp("traces")
+    rng = np.random.default_rng(11)
+    ex = np.stack([rng.permutation(8)[:2] for _ in range(60)]).reshape(20, 3, 2)
+    assert ex.max() == 7
+    save_trace(mcroute.Trace(ex, n_experts=8, model="toy"), d / "x.npz")
+    np.save(d / "a.npy", ex)
+    with open(d / "big.jsonl", "w") as fh:
+        for t in range(3):
+            for layer in range(2):
+                ids = [2**63, 1] if t == 1 else [0, 1]
+                fh.write(json.dumps({"token_idx": t, "layer": layer, "expert_ids": ids}) + "\n")
+    return d
+
+
+# (argv, text the single line must contain). Each was a traceback, a silent default or a
+# misleading exit 0 in the adversarial run of issue 11.
+CASES = [
+    (["simulate", "--experts", BIG, "--top-k", "2"], "--experts"),
+    (["simulate", "--experts", "8", "--top-k", BIG], "--top-k"),
+    (SIM + ["--capacity-factor", "1e308"], "--capacity-factor"),
+    (SIM + ["--capacity-factor", "nan"], "--capacity-factor"),
+    (SIM + ["--capacity-factor", "0"], "--capacity-factor"),
+    (SIM + ["--capacity-factor", ""], "--capacity-factor"),
+    (SIM + ["--layers", BIG], "--layers"),
+    (SIM + ["--trials", "9" * 5000], "--trials"),  # beyond Python's int-from-str digit limit
+    (SIM + ["--seed", "-1"], "--seed"),
+    (SIM + ["--batch", "4,4"], "--batch"),
+    (SIM + ["--batch", BIG], "--batch"),
+    (SIM + ["--batch", "99999999999999999999k"], "--batch"),
+    (SIM + ["--devices", ""], "--devices"),
+    (SIM + ["--routing", ""], "--routing"),
+    (SIM + ["--output", ""], "--output"),
+    (SIM + ["--ci-prob", "nan"], "--ci-prob"),
+    (SIM + ["--experts", "8\x00"], "--experts"),
+    (["simulate", "--experts", " ", "--top-k", "2"], "--experts"),
+    (THR + ["--context", BIG], "--context"),
+    (THR + ["--gpus", ""], "--gpus"),
+    (THR + ["--max-batch", "-3"], "--max-batch"),
+    (["throughput", "deepseek-v3", "--hardware", "/dev/zero", "--gpus", "8"], "/dev/zero"),
+    (["throughput", "/dev/zero", "--hardware", "h200", "--gpus", "8"], "/dev/zero"),
+    (["throughput", "deepseek-v3", "--hardware", "", "--gpus", "8"], "--hardware"),
+    (QS + ["--q", "1e308"], "--q"),
+    (QS + ["--q", "lognormal:4,40"], "--q"),
+    (QS + ["--q", "samples:/dev/zero"], "/dev/zero"),
+    (QS + ["--gpus", ""], "--gpus"),
+    (QS + ["--hardware", ""], "--hardware"),
+    (QS + ["--hbm-fraction", "2"], "--hbm-fraction"),
+    (QS + ["--dense-model", "llama-3.1-70b", "--q", "x"], "--q"),
+    (["qs", "", "--trials", "4"], "model"),
+    (["q-estimate", "deepseek-v3", "--benchmarks", "nope", "--boot", "10"], "MMLU"),
+    (["q-estimate", "deepseek-v3", "--benchmarks", ",", "--boot", "10"], "--benchmarks"),
+    (["q-estimate", "deepseek-v3", "--table", "/dev/zero"], "/dev/zero"),
+    (["models", "/dev/zero"], "/dev/zero"),
+    (["hardware", ""], "name"),
+    (["plot", "/dev/zero", "--output", "x.png"], "/dev/zero"),
+    (["trace"], "ACTION"),
+    (["trace", "inspect", "/dev/zero"], "/dev/zero"),
+    (["trace", "inspect", ""], "path"),
+    (["trace", "fit", "TRACES/x.npz", "--boot", BIG], "--boot"),
+    (["trace", "inspect", "TRACES/x.npz", "--experts", "4"], "expert id 7 outside 0..3"),
+    (["trace", "inspect", "TRACES/x.npz", "--experts", "16"], "n_experts = 8"),
+    (["trace", "inspect", "TRACES/a.npy", "--experts", "4"], "outside 0..3"),
+    (["trace", "inspect", "TRACES/big.jsonl"], "64-bit"),
+    (["trace", "inspect", "TRACES/big.jsonl", "--experts", "8"], "outside 0..7"),
+    ([], "COMMAND"),
+]
+
+
+@pytest.mark.parametrize("argv,needle", CASES)
+def test_issue11_bad_input_is_one_line_exit_2(argv, needle, traces, capsys):
+    argv = [a.replace("TRACES", str(traces)) for a in argv]
+    t0 = time.perf_counter()
+    rc = main(argv)
+    elapsed = time.perf_counter() - t0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2, err
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert needle.lower() in err[0].lower(), err[0]
+    assert elapsed < 30  # refused up front, not after allocating or computing
+
+
+def test_trace_format_array_accepts_npz(traces, capsys):
+    """``--format array`` on a .npz (which holds the array) loads it instead of failing."""
+    assert main(["trace", "inspect", str(traces / "x.npz"), "--format", "array"]) == 0
+    assert main(["trace", "inspect", str(traces / "x.npz"), "--experts", "8"]) == 0
+    assert "E=8" in capsys.readouterr().out
+
+
+def test_q_estimate_known_benchmark_still_runs(capsys):
+    """The --benchmarks check accepts names as printed, in any case."""
+    rc = main(["q-estimate", "deepseek-v3", "--benchmarks", "mmlu", "--boot", "20", "--seed",
+               "1", "--summary"])
+    assert rc == 0
+    assert "deepseek" in capsys.readouterr().out.lower()
+
+
+def test_internal_error_is_one_line_exit_1(monkeypatch, capsys):
+    """A bug (an exception no input check raises) is still one line, exit 1, and names itself
+    as an internal error; MCROUTE_DEBUG=1 shows the traceback."""
+    import mcroute._cli_simulate as sim
+
+    def boom(*a, **k):
+        raise TypeError("unexpected\nsecond line")
+
+    monkeypatch.setattr(sim, "simulate", boom)
+    assert main(SIM) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "internal error" in err[0] and "TypeError" in err[0]
+    monkeypatch.setenv("MCROUTE_DEBUG", "1")
+    with pytest.raises(TypeError):
+        main(SIM)
+
+
+@pytest.mark.parametrize("exc,status,needle", [
+    (__import__("mcroute").McrouteError("line one\nline two"), 2, "line one line two"),
+    (OverflowError("int too big"), 2, "too large"),
+    (MemoryError(), 2, "out of memory"),
+    (RecursionError("deep"), 2, "nested"),
+    (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), 2, "decode"),
+    (FileNotFoundError(2, "No such file", "x.nc"), 2, "x.nc"),
+    (ValueError("\udcff bad"), 2, "bad"),
+    (AttributeError("x"), 1, "internal error"),
+])
+def test_error_message_classes(exc, status, needle):
+    from mcroute.cli import _error_message
+
+    got, line = _error_message("simulate", exc)
+    assert got == status and needle in line and "\n" not in line
+    line.encode("utf-8")  # printable on any UTF-8 stream (lone surrogates escaped)
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 11 item 9: atomic writes — stale temporaries, symbolic links, permission bits
+# ---------------------------------------------------------------------------------------------
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def _tmp_name(target, host, pid, rand="abcd1234"):
+    from mcroute._atomic import TMP_TAG
+
+    return f".{target}{TMP_TAG}{host}.{pid}.{rand}.nc"
+
+
+def test_stale_temporaries_removed_on_next_write(tmp_path, capsys):
+    import os
+
+    from mcroute._atomic import STALE_SECONDS, _host
+
+    host = _host()
+    old = time.time() - STALE_SECONDS - 60
+    files = {
+        "dead": _tmp_name("res.nc", host, _dead_pid()),  # killed writer on this host
+        "live_fresh": _tmp_name("res.nc", host, os.getpid(), "live0001"),  # a write in progress
+        "live_old": _tmp_name("res.nc", host, os.getpid(), "live0002"),  # untouched for > 1 h
+        "remote_fresh": _tmp_name("res.nc", "otherhost", 1, "rem00001"),
+        "remote_old": _tmp_name("res.nc", "otherhost", 1, "rem00002"),
+        "other_target": _tmp_name("other.nc", host, _dead_pid()),  # not this target
+        "user_file": ".res.nc.backup.nc",  # not ours
+    }
+    for key, name in files.items():
+        (tmp_path / name).write_bytes(b"x" * 100)
+        if key.endswith("_old"):
+            os.utime(tmp_path / name, (old, old))
+    out = tmp_path / "res.nc"
+    assert main(SIM + ["--seed", "0", "--output", str(out)]) == 0
+    capsys.readouterr()
+    left = {p.name for p in tmp_path.iterdir()}
+    gone = {"dead", "live_old", "remote_old"}
+    for key, name in files.items():
+        assert (name in left) == (key not in gone), key
+    assert out.is_file()
+
+
+def test_killed_write_debris_is_cleaned(tmp_path):
+    """kill -9 during a write leaves its temporary; the next write to the target removes it."""
+    import os
+    import signal
+
+    from mcroute._atomic import TMP_TAG, atomic_path
+
+    out = tmp_path / "big.nc"
+    code = ("import sys, time\nfrom mcroute._atomic import atomic_path\n"
+            "with atomic_path(sys.argv[1]) as t:\n"
+            "    t.write_bytes(b'y' * 10**6)\n    print('writing', flush=True)\n"
+            "    time.sleep(300)\n")
+    p = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE,
+                         text=True)
+    assert p.stdout.readline().strip() == "writing"
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait(timeout=60)
+    p.stdout.close()
+    debris = [f for f in tmp_path.iterdir() if TMP_TAG in f.name]
+    assert len(debris) == 1 and debris[0].stat().st_size == 10**6 and not out.exists()
+    with atomic_path(out) as t:
+        t.write_text("done")
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["big.nc"]
+    assert out.read_text() == "done"
+
+
+def test_overwrite_keeps_permission_bits_and_new_file_follows_umask(tmp_path):
+    import os
+    import stat
+
+    from mcroute._atomic import _umask, atomic_path
+
+    out = tmp_path / "r.csv"
+    out.write_text("old")
+    for mode in (0o600, 0o640, 0o444):
+        os.chmod(out, mode)
+        with atomic_path(out) as t:
+            t.write_text(f"new {mode:o}")
+        assert stat.S_IMODE(out.stat().st_mode) == mode
+        assert out.read_text() == f"new {mode:o}"
+    fresh = tmp_path / "fresh.csv"
+    with atomic_path(fresh) as t:
+        t.write_text("x")
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o666 & ~_umask()
+
+
+def test_overwrite_through_symlink_keeps_the_link(tmp_path, capsys):
+    import os
+    import stat
+
+    real_dir = tmp_path / "store"
+    real_dir.mkdir()
+    real = real_dir / "real.nc"
+    real.write_text("old")
+    os.chmod(real, 0o600)
+    link = tmp_path / "link.nc"
+    link.symlink_to(real)
+    assert main(SIM + ["--seed", "0", "--output", str(link)]) == 0
+    capsys.readouterr()
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert real.read_bytes()[:4] == b"\x89HDF"  # NetCDF4 written to the link's target
+    assert stat.S_IMODE(real.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.nc", "store"]
+    assert sorted(p.name for p in real_dir.iterdir()) == ["real.nc"]
+    dangling = tmp_path / "dangling.csv"
+    dangling.symlink_to(real_dir / "new.csv")
+    assert main(SIM + ["--seed", "0", "--output", str(dangling)]) == 0
+    capsys.readouterr()
+    assert dangling.is_symlink() and (real_dir / "new.csv").is_file()
+
+
+def test_failed_write_keeps_old_output_and_leaves_nothing(tmp_path):
+    from mcroute._atomic import atomic_path
+
+    out = tmp_path / "r.json"
+    out.write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(out) as t:
+        t.write_text("half")
+        raise RuntimeError("killed")
+    assert out.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "loop"])
+def test_output_that_is_not_a_file_is_refused(kind, tmp_path, capsys):
+    import os
+
+    target = tmp_path / "t.nc"
+    if kind == "folder":
+        target.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(target)
+    else:
+        target.symlink_to(tmp_path / "t.nc")
+    assert main(SIM + ["--seed", "0", "--output", str(target)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "t.nc" in err[0]
