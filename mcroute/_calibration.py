@@ -141,7 +141,8 @@ class KernelParam:
         ``"1"``, ``"s"``, ``"tokens"``.
     dist : str
         ``"normal"`` or ``"lognormal"``: how per-trial draws are made. A lognormal draw is
-        ``value * exp(sd / value * z)`` (median ``value``).
+        ``value * exp(s z)`` with ``s = sqrt(log(1 + (sd / value)**2))`` (median ``value``; the
+        log-scale width of a lognormal whose coefficient of variation is ``sd / value``).
     lower, upper : float
         Clip bounds of the draws (always within the parameter's physical limits).
     source : str
@@ -231,7 +232,7 @@ class KernelCard:
             if p.sd == 0:
                 x = np.full(int(n), p.value)
             elif p.dist == "lognormal":
-                x = p.value * np.exp(p.sd / p.value * z[i])
+                x = p.value * np.exp(math.sqrt(math.log1p((p.sd / p.value) ** 2)) * z[i])
             else:
                 x = p.value + p.sd * z[i]
             out[name] = np.clip(x, p.lower, p.upper)

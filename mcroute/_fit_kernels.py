@@ -347,8 +347,8 @@ def _a2a_fit(points, x0):
 
     t = np.array([pt[-1] for pt in points])
     res = optimize.least_squares(lambda x: np.log(model(x) / t), x0,
-                                 bounds=([0, 0, 0.01, 0.01], [1000, 1000, 1, 1]), x_scale="jac",
-                                 xtol=1e-12, ftol=1e-12, gtol=1e-12)
+                                 bounds=([0, 0, 0.01, 0.01], [1000, 1000, 1, 1]),
+                                 x_scale="jac", xtol=1e-12, ftol=1e-12, gtol=1e-12)
     scale = np.array([1e-6, 1e-6, 1, 1])
     return res.x * scale, _cov_sd(res) * scale, model(res.x), t
 
@@ -370,6 +370,7 @@ def fit_deepep() -> dict:
     vals, sd, pred, t = _a2a_fit(pts, [30.0, 20.0, 0.9, 0.8])
     n = len(rows)
     return dict(values=vals, sd=sd, file=file, rows=_rows(rows), ep=[p[0] for p in pts[:n]],
+                tmax=float(t.max()),
                 dispatch=(pred[:n], t[:n]), combine=(pred[n:], t[n:]), maxrel=_maxrel(pred, t))
 
 
@@ -393,6 +394,7 @@ def fit_mori() -> dict:
     n = len(rows)
     labels = [f"{r['hardware']} {r['kernels']}" for r in rows]
     return dict(values=vals, sd=sd, file=file, rows=_rows(rows), labels=labels, rms=rms,
+                tmax=float(t.max()),
                 dispatch=(pred[:n], t[:n]), combine=(pred[n:], t[n:]), maxrel=_maxrel(pred, t))
 
 
@@ -539,6 +541,7 @@ def _hopper_params(F: dict) -> dict:
                                     ("a2a_eta_scaleout", "1"))):
         P[k] = _p(dp["values"][i], dp["sd"][i], units,
                   f"{dp['file']} {dp['rows']} (v5_legacy_doc = latest)", resid=dp["maxrel"],
+                  upper=dp["tmax"] if units == "s" else None,
                   note="H800, NVLink 200 GB/s per direction (h800 card), CX7 400 Gb/s; "
                        "sd from the fit covariance")
     for i, (k, units) in enumerate((("allreduce_latency_s", "s"), ("allreduce_eta", "1"))):
@@ -573,7 +576,7 @@ def _mi300_params(F: dict, generic: dict) -> dict:
                                     ("a2a_eta_scaleout", "1"))):
         P[k] = _p(mo["values"][i], mo["sd"][i], units,
                   f"{mo['file']} {mo['rows']} (v7 = latest; MI300X+CX7 and MI355X+AINIC)",
-                  resid=mo["maxrel"],
+                  resid=mo["maxrel"], upper=mo["tmax"] if units == "s" else None,
                   note="pooled MI300X (xGMI 448 GB/s) and MI355X (537.6 GB/s), 400 Gb/s NICs; "
                        "the MI300X EP32 row is marked stale in the README; sd: covariance and "
                        "the rms residual (the model misfits the EP32 rows)")
@@ -591,7 +594,7 @@ def _generic_params(hop: dict, mi: dict | None = None) -> dict:
             a, b = hop[k], mi[k]
             mean = (a["value"] + b["value"]) / 2
             half = abs(a["value"] - b["value"]) / 2
-            G[k] = dict(a, value=mean,
+            G[k] = dict(a, value=mean, upper=max(a["upper"], b["upper"]),
                         sd=float(math.sqrt(half ** 2 + (a["sd"] ** 2 + b["sd"] ** 2) / 2
                                            + (GENERIC_REL_SD * mean) ** 2)),
                         source=f"generic: mean of hopper ({a['source']}) and mi300 "
