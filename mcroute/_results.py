@@ -25,13 +25,14 @@ import xarray as xr
 from scipy import stats
 
 from ._atomic import atomic_path
-from ._validate import McrouteError, check_prob
+from ._validate import McrouteError, check_prob, check_unique
 from ._version import __version__
 
 #: Default quantile levels of the single-draw band ``<name>_q``.
 DEFAULT_QUANTILES = (0.05, 0.5, 0.95)
 
-__all__ = ["DEFAULT_QUANTILES", "summarize", "provenance", "save_dataset"]
+__all__ = ["DEFAULT_QUANTILES", "summarize", "provenance", "save_dataset", "strict_json",
+           "json_safe"]
 
 
 def _summary_arrays(x: np.ndarray, ci_prob: float, quantiles: np.ndarray):
@@ -93,10 +94,15 @@ def summarize(
         ``ds`` with the summary variables added (coords ``ci_bound`` and ``quantile``).
     """
     ci_prob = check_prob("ci_prob", ci_prob)
-    q = np.asarray(quantiles, dtype=float)
+    try:
+        q = np.asarray(quantiles, dtype=float)
+    except (TypeError, ValueError, OverflowError):
+        q = np.asarray([np.nan])
     if q.ndim != 1 or q.size == 0 or np.any(~np.isfinite(q)) or np.any((q < 0) | (q > 1)):
-        raise McrouteError(
-            f"quantiles must be a non-empty list of levels in [0, 1], got {quantiles!r}")
+        shown = repr(quantiles)
+        raise McrouteError("quantiles must be a non-empty list of levels in [0, 1], got "
+                           f"{shown if len(shown) <= 80 else shown[:77] + '...'}")
+    check_unique("quantiles", q.tolist())
     out = ds.copy()
     out = out.assign_coords(ci_bound=["lower", "upper"], quantile=q)
     for name in names:
@@ -136,7 +142,7 @@ def _attr_value(v):
     if v is None:
         return ""
     if isinstance(v, (dict, list, tuple)):
-        return json.dumps(v, default=_json_default, sort_keys=True)
+        return strict_json(v, sort_keys=True)
     if isinstance(v, np.generic):
         return v.item()
     return v
@@ -157,6 +163,31 @@ def provenance(*, seed: int, n_trials: int, ci_prob: float, **specs) -> dict:
     for k, v in specs.items():
         attrs[k] = _attr_value(v)
     return attrs
+
+
+def json_safe(o):
+    """Return ``o`` with every NaN or infinite float replaced by None (JSON ``null``).
+
+    Recurses into dicts, lists and tuples and converts numpy scalars and arrays, so that the
+    result can be written with ``allow_nan=False``: strict JSON, which JavaScript's
+    ``JSON.parse`` and other strict parsers accept (bare ``NaN`` / ``Infinity`` are not JSON).
+    """
+    if isinstance(o, dict):
+        return {k if isinstance(k, str) else str(k): json_safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [json_safe(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return json_safe(o.tolist())
+    if isinstance(o, np.generic):
+        o = o.item()
+    if isinstance(o, float) and not np.isfinite(o):
+        return None
+    return o
+
+
+def strict_json(obj, **kwargs) -> str:
+    """``json.dumps`` of ``obj`` as strict JSON: NaN and infinities written as ``null``."""
+    return json.dumps(json_safe(obj), default=_json_default, allow_nan=False, **kwargs)
 
 
 def _json_default(o):
@@ -199,6 +230,9 @@ def _to_json_dict(ds: xr.Dataset) -> dict:
 def save_dataset(ds: xr.Dataset, path) -> Path:
     """Write ``ds`` to ``.nc`` (NetCDF4 via h5netcdf), ``.csv`` (tidy) or ``.json``.
 
+    JSON is strict: NaN (e.g. the trials of an infeasible point) and infinities are written as
+    ``null``, which every JSON parser accepts.
+
     The file is written to a temporary file in the same folder and renamed into place, so an
     existing file is never left half-written.
     """
@@ -219,5 +253,5 @@ def save_dataset(ds: xr.Dataset, path) -> Path:
                 frame.to_csv(fh, index=False)
         else:
             with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(_to_json_dict(ds), fh, default=_json_default, allow_nan=True)
+                fh.write(strict_json(_to_json_dict(ds)))
     return path
