@@ -91,6 +91,14 @@ def _rows(rows) -> str:
     return "rows " + ", ".join(parts)
 
 
+def _cite(rows, default_file: str) -> str:
+    """``file rows ...`` for rows that may come from several files (key ``_file``)."""
+    files = {}
+    for r in rows:
+        files.setdefault(r.get("_file", default_file), []).append(r)
+    return "; ".join(f"{f} {_rows(rs)}" for f, rs in files.items())
+
+
 def _f(x) -> float:
     return float(str(x).replace("~", ""))
 
@@ -239,6 +247,7 @@ def fit_expert_gemm() -> dict:
         pred = _curve_model(c, shared, fl, ec)
         report[n] = dict(pred=pred, meas=c["t"], maxrel=_maxrel(pred, c["t"]), hold=c["hold"],
                          file=c["file"], rows=_rows(c["rows"]), desc=c["desc"], note=c["note"],
+                         cite=_cite(c["rows"], c["file"]),
                          x=[r.get(k) for r in c["rows"] for k in ("batch_size", "M", "m_per_group")
                             if k in r])
     scale = [1, 1, 1, 1e-6] + [1e-6, 1] * nc
@@ -467,7 +476,7 @@ def _hopper_params(F: dict) -> dict:
     ex, de, hb, ml, dp, ar = (F["expert"], F["dense"], F["hbm"], F["mla"], F["deepep"],
                               F["allreduce"])
     P = {}
-    fitted_curves = ", ".join(f"{ex['report'][n]['file']} {ex['report'][n]['rows']}"
+    fitted_curves = "; ".join(ex["report"][n]["cite"]
                               for n in ex["fit_names"])
     ex_resid = max(ex["report"][n]["maxrel"] for n in ex["fit_names"])
     for k, units in zip(_SHARED, ("1", "tokens", "1", "s"), strict=True):
@@ -485,9 +494,8 @@ def _hopper_params(F: dict) -> dict:
     rep = ex["report"]
     P["moe_layer_floor_s"] = _p(
         fl.mean(), math.sqrt(np.mean(fl_sd ** 2) + fl.std() ** 2), "s",
-        f"per-curve floors of {rep['vllm_mixtral_bf16_h100']['file']} "
-        f"{rep['vllm_mixtral_bf16_h100']['rows']} and {rep['vllm_qwen3_fp8_h100']['file']} "
-        f"{rep['vllm_qwen3_fp8_h100']['rows']}",
+        f"per-curve floors of {rep['vllm_mixtral_bf16_h100']['cite']} and "
+        f"{rep['vllm_qwen3_fp8_h100']['cite']}",
         resid=max(rep["vllm_mixtral_bf16_h100"]["maxrel"], rep["vllm_qwen3_fp8_h100"]["maxrel"]),
         note="mean of the two fused-MoE layer floors; sd: covariance and their spread")
     # Compute efficiency: DeepGEMM FP8 grouped GEMM (the production kernel of wide-EP decode);
@@ -497,8 +505,7 @@ def _hopper_params(F: dict) -> dict:
     dgc = pc["deepgemm_grouped_fp8_h800"]
     P["moe_compute_eta"] = _p(
         dgc["eta_c"], math.sqrt(dgc["eta_c_sd"] ** 2 + tuned.std() ** 2), "1",
-        f"{rep['deepgemm_grouped_fp8_h800']['file']} v3 rows "
-        f"({rep['deepgemm_grouped_fp8_h800']['rows']})",
+        f"{rep['deepgemm_grouped_fp8_h800']['cite']} (v3 rows, joint fit)",
         resid=rep["deepgemm_grouped_fp8_h800"]["maxrel"],
         note="DeepGEMM curve's compute efficiency in the joint fit; sd adds the spread over the "
              "tuned kernels (DeepGEMM, vLLM Mixtral tuned, vLLM Gemma4 tuned)")
@@ -731,7 +738,7 @@ def report(F: dict) -> str:
                      f"eta_c={pc['eta_c']:.3f}±{pc['eta_c_sd']:.3f}")
     for n, r in ex["report"].items():
         tag = "HELD OUT" if r["hold"] else "fitted"
-        lines.append(f"  [{tag}] {n} ({r['desc']}; {r['file']} {r['rows']}): max rel err "
+        lines.append(f"  [{tag}] {n} ({r['desc']}; {r['cite']}): max rel err "
                      f"{r['maxrel']:.3f}")
         lines.append("     x:    " + " ".join(str(x) for x in r["x"]))
         lines.append("     err%: " + " ".join(f"{100 * (p / m - 1):+.1f}"
