@@ -162,23 +162,37 @@ def binomial_many(states, chunk, n_draws, n, p):
 # ---------------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
-def _draw_weighted_exact(s, order, pos, lrel, tail, ltail, n_pos, chosen, m, cp):
-    """Exact draw from the weights left after removing the ``m`` chosen experts, in log space.
+@njit(cache=True, inline="always")
+def _is_taken(q, cp, first, m):
+    for a in range(first, m):
+        if cp[a] == q:
+            return True
+    return False
 
-    The tables (:func:`weighted_tables`) list the experts by decreasing weight: ``order[q]`` is
-    the expert at position q, ``pos`` its inverse, ``lrel[q]`` its log-weight, ``tail[q]`` the
-    mass of positions q.. relative to position q's weight (``>= 1``) and ``ltail[q]`` =
-    ``lrel[q] + log(tail[q])``; only the first ``n_pos`` positions have positive weight.
-    Everything is scaled by the heaviest expert left, position p (the first position not
-    chosen), so no mass underflows however skewed the weights are: the reduced line has length
-    ``tail[p]`` minus the chosen experts after p (at least 1). A point is drawn on it in tail
-    coordinates (mass to its right), mapped onto the full line by skipping the chosen intervals
-    (lightest first), and the expert found by binary search on ``ltail``: O(k + log E).
-    ``cp`` is scratch space of at least ``m`` entries.
+
+@njit(cache=True)
+def _draw_weighted_exact(s, it, ft, n_pos, chosen, m, cp):
+    """Exact draw from the weights left after removing the ``m`` chosen experts.
+
+    ``it``, ``ft`` and ``n_pos`` are one layer's tables of the exact draw (``exact`` of
+    :func:`weighted_tables`): the experts by decreasing weight (``it[0, q]`` is the expert at
+    position q, ``it[1]`` the inverse); per position q the log-weight relative to the heaviest
+    (``ft[0]``), the mass of positions q.. relative to position q's weight (``ft[1]``, >= 1),
+    and the same mass relative to the heaviest in log space (``ft[2]``) and linear form
+    (``ft[4]``; ``ft[3]`` is the linear weight); ``n_pos`` experts have positive weight.
+
+    The heaviest expert left is at p, the first position not chosen. The reduced line (all
+    positions from p, less the chosen ones) is drawn on in tail coordinates (mass to the right
+    of the point), mapped onto the full line by skipping the chosen intervals (lightest first),
+    and the expert found by binary search on the tail masses: O(k + log E). If p weighs at
+    least e^-300 of the heaviest, this runs in linear form relative to the heaviest (what it
+    needs does not underflow: experts that do are e^-400 below p and never matter). Otherwise
+    everything is relative to p, in log space, so the law among experts whose normalised
+    weights underflow is still exact. ``cp`` is scratch space of at least ``m`` entries.
+    (Two packed tables rather than seven arrays: every array argument costs time per call.)
     """
     for i in range(m):
-        cp[i] = pos[chosen[i]]
+        cp[i] = it[1, chosen[i]]
     for i in range(1, m):  # insertion sort of at most k - 1 positions
         v = cp[i]
         t = i - 1
@@ -191,53 +205,56 @@ def _draw_weighted_exact(s, order, pos, lrel, tail, ltail, n_pos, chosen, m, cp)
     while first < m and cp[first] == p:
         p += 1
         first += 1
-    lp = lrel[p]
-    rest = tail[p]
-    for a in range(first, m):
-        rest -= math.exp(lrel[cp[a]] - lp)
-    v = (1.0 - uniform(s)) * rest  # in (0, rest]
-    for a in range(m - 1, first - 1, -1):
-        c = cp[a]
-        right = math.exp(ltail[c + 1] - lp) if c + 1 < n_pos else 0.0
-        if v > right:
-            v += math.exp(lrel[c] - lp)
-    thr = lp + math.log(v)
+    lp = ft[0, p]
     lo = p
     hi = n_pos - 1
-    while lo < hi:  # the largest q whose tail mass reaches v
-        mid = (lo + hi + 1) // 2
-        if ltail[mid] >= thr:
-            lo = mid
-        else:
-            hi = mid - 1
-    hit = False
-    for a in range(first, m):
-        if cp[a] == lo:
-            hit = True
-    if not hit:
-        return order[lo]
-    # Reached only through rounding at an interval edge: exact linear scan.
+    if lp >= -300.0:
+        rest = ft[4, p]
+        for a in range(first, m):
+            rest -= ft[3, cp[a]]
+        v = (1.0 - uniform(s)) * rest  # in (0, rest]
+        for a in range(m - 1, first - 1, -1):
+            c = cp[a]
+            if c + 1 >= n_pos or v > ft[4, c + 1]:
+                v += ft[3, c]
+        while lo < hi:  # the largest q whose tail mass reaches v
+            mid = (lo + hi + 1) // 2
+            if ft[4, mid] >= v:
+                lo = mid
+            else:
+                hi = mid - 1
+    else:
+        rest = ft[1, p]
+        for a in range(first, m):
+            rest -= math.exp(ft[0, cp[a]] - lp)
+        v = (1.0 - uniform(s)) * rest
+        for a in range(m - 1, first - 1, -1):
+            c = cp[a]
+            if c + 1 >= n_pos or v > math.exp(ft[2, c + 1] - lp):
+                v += math.exp(ft[0, c] - lp)
+        thr = lp + math.log(v)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if ft[2, mid] >= thr:
+                lo = mid
+            else:
+                hi = mid - 1
+    if not _is_taken(lo, cp, first, m):
+        return it[0, lo]
+    # Reached only through rounding at an interval edge: exact linear scan, relative to p.
     total = 0.0
     for q in range(p, n_pos):
-        taken = False
-        for a in range(first, m):
-            if cp[a] == q:
-                taken = True
-        if not taken:
-            total += math.exp(lrel[q] - lp)
+        if not _is_taken(q, cp, first, m):
+            total += math.exp(ft[0, q] - lp)
     u = uniform(s) * total
     last = p
     for q in range(p, n_pos):
-        taken = False
-        for a in range(first, m):
-            if cp[a] == q:
-                taken = True
-        if not taken:
+        if not _is_taken(q, cp, first, m):
             last = q
-            u -= math.exp(lrel[q] - lp)
+            u -= math.exp(ft[0, q] - lp)
             if u < 0.0:
-                return order[q]
-    return order[last]
+                return it[0, q]
+    return it[0, last]
 
 
 @njit(cache=True)
@@ -305,12 +322,14 @@ def weighted_tables(weights, top_k, log_weights=None):
     Returns ``(w, exact, fix, guide, extra, fast)``:
 
     * ``w``: normalised weights (layer, expert), float64, for the chosen mass of the slow path;
-    * ``exact``: ``(order, pos, lrel, tail, ltail, n_pos)``, the log-space tables of the exact
-      draw of the slow path (:func:`_draw_weighted_exact`), per layer: experts by decreasing
-      weight (``order``, int64, stable for ties, zero weights last) and each expert's position
-      (``pos``); log-weights in that order relative to the heaviest (``lrel``); ``tail[q]`` =
-      sum over positions i >= q of exp(lrel[i] - lrel[q]) (positive weights only, so >= 1) and
-      ``ltail = lrel + log(tail)``; ``n_pos`` (layer,), experts of positive weight;
+    * ``exact``: ``(itab, ftab, n_pos)``, the tables of the exact draw of the slow path
+      (:func:`_draw_weighted_exact`). ``itab`` (layer, 2, expert) int64: the experts by
+      decreasing weight (stable for ties, zero weights last) and each expert's position in
+      that order. ``ftab`` (layer, 5, expert) float64, per position q: ``lrel``, the
+      log-weight relative to the heaviest; ``tail`` = sum over positions i >= q of
+      exp(lrel[i] - lrel[q]) (positive weights only, so >= 1); ``ltail = lrel + log(tail)``;
+      ``exp(lrel)`` and ``exp(ltail)`` (these two may underflow to 0). ``n_pos`` (layer,):
+      experts of positive weight;
     * ``fix``: the CDF in 32-bit fixed point (layer, expert + 1), uint64, ``fix[E] = 2**32``. A
       draw returns the expert e with ``fix[e] <= h < fix[e + 1]`` for a uniform 32-bit h, so
       expert e has probability ``(fix[e+1] - fix[e]) / 2**32``: its weight rounded to a multiple
@@ -346,7 +365,11 @@ def weighted_tables(weights, top_k, log_weights=None):
     pos = np.empty_like(order)
     np.put_along_axis(pos, order, np.broadcast_to(np.arange(n_experts), order.shape), axis=1)
     tail, ltail = _tail_sums(lrel, n_pos)
-    return w, (order, pos, lrel, tail, ltail, n_pos), fix, guide, extra, fast
+    with np.errstate(under="ignore"):
+        ftab = np.ascontiguousarray(
+            np.stack([lrel, tail, ltail, np.exp(lrel), np.exp(ltail)], axis=1))
+    itab = np.ascontiguousarray(np.stack([order, pos], axis=1))
+    return w, (itab, ftab, n_pos), fix, guide, extra, fast
 
 
 @njit(cache=True)
@@ -658,15 +681,12 @@ def _weighted_slow(s, row, gl, fl, shift, wl, exact, layer_idx, stamp, tok, chos
                    batch, assign, t, layer):
     """Slow path of :func:`_chunk_weighted` for one microbatch (state in ``s``); returns ``tok``.
 
-    ``exact`` are the log-space tables of :func:`weighted_tables`, used at layer ``layer_idx``.
+    ``exact`` are the tables of the exact draw (:func:`weighted_tables`), used at layer
+    ``layer_idx``.
     """
-    order, pos, lrel, tail, ltail, n_pos = exact
-    ol = order[layer_idx]
-    pl = pos[layer_idx]
-    ll = lrel[layer_idx]
-    tl = tail[layer_idx]
-    ltl = ltail[layer_idx]
-    npl = n_pos[layer_idx]
+    it = exact[0][layer_idx]
+    ft = exact[1][layer_idx]
+    npl = exact[2][layer_idx]
     s0, s1, s2, s3 = s[0], s[1], s[2], s[3]
     for b in range(batch):
         cm = 0.0
@@ -681,7 +701,7 @@ def _weighted_slow(s, row, gl, fl, shift, wl, exact, layer_idx, stamp, tok, chos
                         break
             if e < 0:
                 s[0], s[1], s[2], s[3] = s0, s1, s2, s3
-                e = _draw_weighted_exact(s, ol, pl, ll, tl, ltl, npl, chosen, j, cp)
+                e = _draw_weighted_exact(s, it, ft, npl, chosen, j, cp)
                 s0, s1, s2, s3 = s[0], s[1], s[2], s[3]
             stamp[e] = tok
             chosen[j] = e
