@@ -503,15 +503,37 @@ def expert_gemm_time(loads, weight_bytes_per_expert, flops_per_token_per_expert,
     bw = _pos("bw", bw)
     pf = _pos("peak_flops", peak_flops)
     nd = loads.ndim
-    touched = loads > 0
-    m = np.where(touched, loads, 1.0)
-    cost = expert_cost(m, w, f, a, bw=bw, peak_flops=pf,
-                       eta_max=_param(p, "moe_stream_eta_max", nd),
-                       m_half=_param(p, "moe_stream_m_half", nd),
-                       eta_c=_param(p, "moe_compute_eta", nd),
-                       p=_param(p, "moe_overlap_p", nd),
-                       tau=_param(p, "moe_expert_overhead_s", nd))
-    total = np.where(touched, cost, 0.0).sum(axis=-1)
+    names = ("moe_stream_eta_max", "moe_stream_m_half", "moe_compute_eta", "moe_overlap_p",
+             "moe_expert_overhead_s")
+    kw = dict(bw=bw, peak_flops=pf)
+    top = int(loads.max()) if loads.size else 0
+    lead = max((np.size(p[k]) for k in names if k in p), default=1)
+    if (w.ndim == f.ndim == a.ndim == 0 and loads.size and top <= 65536
+            and lead * top * 4 <= loads.size and np.array_equal(loads, np.floor(loads))):
+        # Integer loads: cost(m) depends on m (and the trial's parameters) only, so tabulate it
+        # for m = 0..max once per parameter row and gather (same numbers, far fewer powers).
+        ms = np.arange(1, top + 1, dtype=float)[None, :]
+        g = expert_cost(ms, w, f, a, eta_max=_param(p, names[0], 2), m_half=_param(p, names[1], 2),
+                        eta_c=_param(p, names[2], 2), p=_param(p, names[3], 2),
+                        tau=_param(p, names[4], 2), **kw)
+        table = np.concatenate([np.zeros((g.shape[0], 1)), g], axis=1)
+        idx = loads.astype(np.int64)
+        if table.shape[0] == 1:
+            per = table[0][idx]
+        else:
+            if loads.shape[0] != table.shape[0]:
+                raise McrouteError(f"per-trial kernel parameters have {table.shape[0]} trials but "
+                                   f"loads have {loads.shape[0]} on the leading axis")
+            rows = np.arange(table.shape[0]).reshape((-1,) + (1,) * (nd - 1))
+            per = table[rows, idx]
+        total = per.sum(axis=-1)
+    else:
+        touched = loads > 0
+        m = np.where(touched, loads, 1.0)
+        cost = expert_cost(m, w, f, a, eta_max=_param(p, names[0], nd),
+                           m_half=_param(p, names[1], nd), eta_c=_param(p, names[2], nd),
+                           p=_param(p, names[3], nd), tau=_param(p, names[4], nd), **kw)
+        total = np.where(touched, cost, 0.0).sum(axis=-1)
     return total + _param(p, "moe_layer_floor_s", nd - 1)
 
 

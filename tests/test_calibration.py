@@ -296,3 +296,46 @@ def test_communication_at_least_roofline(par, tok, hidden, k, ep, gpn, db, cb, n
         roof = 0.0 if ep == 1 else max(v * r / so, v * (1 - r) / nv)
         _ge(t, roof)
     _ge(C.all_reduce_time(S, n, link_bw=nv, p=par), 2 * (n - 1) / n * S / nv)
+
+
+def test_fit_command_check_and_report(capsys):
+    _kernel_data_or_skip()
+    assert FK.main(["--check"]) == 0
+    out = capsys.readouterr().out
+    assert "committed cards match the re-fit" in out
+    assert "[HELD OUT] sglang_fbgemm_triton_fp8_h200" in out
+
+
+def test_card_hardware_names_are_hardware_cards():
+    # Every listed name is a bundled hardware card, except h20 (no hardware card yet; listed so
+    # that a future h20 card maps to the Hopper kernels).
+    known = set(mr._cards.list_hardware())
+    for name in C.list_kernel_cards():
+        for hw in C.load_kernel_card(name).hardware:
+            assert hw in known or hw == "h20", (name, hw)
+
+
+def test_expert_time_matches_elementwise_reference():
+    # expert_gemm_time tabulates cost(m) for integer loads; compare with an obviously-correct
+    # element-by-element sum of expert_cost, with per-trial parameters.
+    card = C.load_kernel_card("generic")
+    d = card.draw(6, rng=11)
+    loads = np.random.default_rng(2).poisson(3.0, size=(6, 4, 40))
+    W, f, a = 30e6, 60e6, 2e4
+    t = C.expert_gemm_time(loads, W, f, bw=4.8e12, peak_flops=1.98e15, p=d,
+                           act_bytes_per_token=a)
+    ref = np.zeros((6, 4))
+    for i in range(6):
+        for j in range(4):
+            ref[i, j] = d["moe_layer_floor_s"][i] + sum(
+                float(C.expert_cost(m, W, f, a, bw=4.8e12, peak_flops=1.98e15,
+                                    eta_max=d["moe_stream_eta_max"][i],
+                                    m_half=d["moe_stream_m_half"][i],
+                                    eta_c=d["moe_compute_eta"][i], p=d["moe_overlap_p"][i],
+                                    tau=d["moe_expert_overhead_s"][i]))
+                for m in loads[i, j] if m > 0)
+    np.testing.assert_allclose(t, ref, rtol=1e-12)
+    # Non-integer loads take the element-wise path and agree with the tabulated one.
+    t2 = C.expert_gemm_time(loads + 1e-9 * (loads > 0), W, f, bw=4.8e12, peak_flops=1.98e15,
+                            p=d, act_bytes_per_token=a)
+    np.testing.assert_allclose(t2, ref, rtol=1e-6)
