@@ -37,7 +37,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._resources import hardware_dir, models_dir
-from ._validate import McrouteError
+from ._validate import (
+    BANDWIDTH_RANGE,
+    HBM_BYTES_RANGE,
+    INTERCONNECT_RANGE,
+    MAX_CARD_INT,
+    MAX_CONTEXT,
+    MAX_EXPERTS,
+    MAX_LAYERS,
+    PEAK_FLOPS_RANGE,
+    McrouteError,
+    read_bounded,
+    short_repr,
+)
 
 __all__ = [
     "DTYPE_BYTES",
@@ -387,8 +399,9 @@ class ModelSpec:
         origin : str
             Name of the file (or other origin) used in error messages.
         """
-        card = _validate_model_card(card, origin)
-        return _build_model(card, origin)
+        with _malformed(origin):
+            card = _validate_model_card(card, origin)
+            return _build_model(card, origin)
 
     def to_dict(self) -> dict:
         """Return the card dictionary of this spec (``from_dict(spec.to_dict()) == spec``).
@@ -448,8 +461,9 @@ class ModelSpec:
         ``layer_types`` (else even blocks slide, as in the reference implementation).
         """
         cfg, origin = _read_hf(path_or_dict)
-        card = _hf_to_card(cfg, origin, name)
-        return cls.from_dict(card, origin=origin)
+        with _malformed(origin):
+            card = _hf_to_card(cfg, origin, name)
+            return cls.from_dict(card, origin=origin)
 
 
 @dataclass(frozen=True)
@@ -511,6 +525,11 @@ class HardwareSpec:
     @classmethod
     def from_dict(cls, card: dict, origin: str = "<dict>") -> HardwareSpec:
         """Build a spec from a hardware card dictionary, validating every key."""
+        with _malformed(origin):
+            return cls._from_dict(card, origin)
+
+    @classmethod
+    def _from_dict(cls, card: dict, origin: str) -> HardwareSpec:
         c = _validate(card, _HW_SCHEMA, origin, "")
         flops = c["peak_dense_flops_per_s"]
         for k in flops:
@@ -542,6 +561,29 @@ class HardwareSpec:
 # ---------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------
+
+
+class _malformed:
+    """Turn any stray Python error while reading a card into a McrouteError naming its origin.
+
+    The validators raise McrouteError for every case they know; this is the safety net for
+    inputs they do not foresee (issue 11: no traceback for a malformed card).
+    """
+
+    def __init__(self, origin):
+        self.origin = origin
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if exc is None or isinstance(exc, McrouteError):
+            return False
+        if isinstance(exc, (TypeError, ValueError, AttributeError, KeyError, IndexError,
+                            OverflowError, RecursionError, ZeroDivisionError)):
+            raise McrouteError(f"{self.origin}: malformed card ({type(exc).__name__}: "
+                               f"{str(exc)[:120]})") from None
+        return False
 
 
 def _card_names(folder) -> list[str]:
@@ -581,13 +623,12 @@ def _read_card(name_or_path, folder, known, kind):
     if isinstance(name_or_path, (dict, ModelSpec, HardwareSpec)):
         raise McrouteError(f"{kind} must be a card name or a path to a .toml file, "
                            f"got {type(name_or_path).__name__}")
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise McrouteError(f"{kind} must be a card name or a path to a .toml file, "
+                           f"got {type(name_or_path).__name__}")
     if _is_path(name_or_path):
         path = Path(name_or_path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise McrouteError(f"cannot read {kind} card {str(path)!r}: {exc.strerror or exc}") \
-                from None
+        text = read_bounded(path, f"{kind} card {str(path)!r}")
         origin, expect = str(path), None
     else:
         key = str(name_or_path).strip().lower()
@@ -598,8 +639,10 @@ def _read_card(name_or_path, folder, known, kind):
         origin, expect = f"{kind} card {key}.toml", key
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise McrouteError(f"{origin}: not valid TOML: {exc}") from None
+    except (tomllib.TOMLDecodeError, ValueError) as exc:  # ValueError: an int of > 4300 digits
+        raise McrouteError(f"{origin}: not valid TOML: {str(exc)[:200]}") from None
+    except RecursionError:
+        raise McrouteError(f"{origin}: not valid TOML: nested too deeply") from None
     if expect is not None and data.get("name") != expect:
         raise McrouteError(f"{origin}: field 'name' must equal the file name {expect!r}, "
                            f"got {data.get('name')!r}")
@@ -662,9 +705,13 @@ _REQ = object()  # marks a required key
 class _T:
     """Schema entry: kind in {int, num, bool, str, strlist, intlist, window_layers, table}."""
 
-    def __init__(self, kind, default=_REQ, minimum=None, choices=None, sub=None):
+    def __init__(self, kind, default=_REQ, minimum=None, choices=None, sub=None, maximum=None):
         self.kind, self.default, self.minimum, self.choices, self.sub = \
             kind, default, minimum, choices, sub
+        # Every integer field is bounded (mcroute._validate.MAX_CARD_INT unless tighter), so
+        # that no product of card numbers overflows or allocates absurdly.
+        self.maximum = MAX_CARD_INT if maximum is None and kind in ("int", "intlist") \
+            else maximum
 
 
 _ATTN_SCHEMA = {
@@ -688,7 +735,7 @@ _FFN_SCHEMA = {
     "intermediate": _T("int", None, minimum=1),
 }
 _MOE_SCHEMA = {
-    "n_routed_experts": _T("int", minimum=1),
+    "n_routed_experts": _T("int", minimum=1, maximum=MAX_EXPERTS),
     "top_k": _T("int", minimum=1),
     "expert_intermediate": _T("int", minimum=1),
     "n_shared_experts": _T("int", 0, minimum=0),
@@ -698,7 +745,7 @@ _MOE_SCHEMA = {
     "topk_groups": _T("int", None, minimum=1),
 }
 _ENC_SCHEMA = {
-    "n_layers": _T("int", minimum=1),
+    "n_layers": _T("int", minimum=1, maximum=MAX_LAYERS),
     "dense_layers": _T("intlist", [], minimum=0),
 }
 _MODEL_SCHEMA = {
@@ -708,11 +755,11 @@ _MODEL_SCHEMA = {
     "notes": _T("str", None),
     "published_total_params": _T("num", None, minimum=0),
     "published_active_params": _T("num", None, minimum=0),
-    "n_layers": _T("int", minimum=1),
+    "n_layers": _T("int", minimum=1, maximum=MAX_LAYERS),
     "hidden": _T("int", minimum=1),
     "vocab": _T("int", minimum=1),
     "tie_word_embeddings": _T("bool"),
-    "max_context_tokens": _T("int", minimum=1),
+    "max_context_tokens": _T("int", minimum=1, maximum=MAX_CONTEXT),
     "extra_resident_params": _T("int", 0, minimum=0),
     "attention": _T("table", sub=_ATTN_SCHEMA),
     "ffn": _T("table", sub=_FFN_SCHEMA),
@@ -724,9 +771,11 @@ _HW_SCHEMA = {
     "display_name": _T("str"),
     "source": _T("strlist"),
     "notes": _T("str", None),
-    "hbm_bytes": _T("num", minimum=1),
-    "hbm_bandwidth_bytes_per_s": _T("num", minimum=1),
-    "interconnect_bandwidth_bytes_per_s": _T("num", minimum=0),
+    "hbm_bytes": _T("num", minimum=HBM_BYTES_RANGE[0], maximum=HBM_BYTES_RANGE[1]),
+    "hbm_bandwidth_bytes_per_s": _T("num", minimum=BANDWIDTH_RANGE[0],
+                                    maximum=BANDWIDTH_RANGE[1]),
+    "interconnect_bandwidth_bytes_per_s": _T("num", minimum=INTERCONNECT_RANGE[0],
+                                             maximum=INTERCONNECT_RANGE[1]),
     "peak_dense_flops_per_s": _T("flopstable"),
 }
 
@@ -737,12 +786,16 @@ _TYPE_WORDS = {"int": "an integer", "num": "a number", "bool": "true or false", 
 
 
 def _bad(origin, key, spec, value, extra=""):
-    lim = f" >= {spec.minimum}" if spec.minimum is not None and spec.kind in ("int", "num",
-                                                                              "intlist") else ""
+    lim = ""
+    if spec.kind in ("int", "num", "intlist"):
+        if spec.minimum is not None and spec.maximum is not None:
+            lim = f" in [{spec.minimum:g}, {spec.maximum:g}]"
+        elif spec.minimum is not None:
+            lim = f" >= {spec.minimum}"
     if spec.choices:
         lim = f" (one of {', '.join(spec.choices)})"
     return McrouteError(f"{origin}: field '{key}' must be {_TYPE_WORDS[spec.kind]}{lim}{extra}, "
-                        f"got {value!r}")
+                        f"got {short_repr(value)}")
 
 
 def _is_int(v) -> bool:
@@ -752,11 +805,16 @@ def _is_int(v) -> bool:
 def _check_value(origin, key, spec, v):
     k = spec.kind
     if k == "int":
-        if not _is_int(v) or (spec.minimum is not None and v < spec.minimum):
+        if not _is_int(v) or (spec.minimum is not None and v < spec.minimum) \
+                or (spec.maximum is not None and v > spec.maximum):
             raise _bad(origin, key, spec, v)
     elif k == "num":
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                or (spec.minimum is not None and v < spec.minimum):
+        try:
+            ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+        except OverflowError:  # an int beyond the float range
+            ok = False
+        if not ok or (spec.minimum is not None and v < spec.minimum) \
+                or (spec.maximum is not None and v > spec.maximum):
             raise _bad(origin, key, spec, v)
     elif k == "bool":
         if not isinstance(v, bool):
@@ -771,25 +829,33 @@ def _check_value(origin, key, spec, v):
             raise _bad(origin, key, spec, v)
         v = list(v)
     elif k == "intlist":
-        if not isinstance(v, list) or not all(_is_int(i) and i >= (spec.minimum or 0) for i in v):
+        if not isinstance(v, list) or not all(
+                _is_int(i) and (spec.minimum or 0) <= i <= spec.maximum for i in v):
             raise _bad(origin, key, spec, v)
         if len(set(v)) != len(v):
             raise _bad(origin, key, spec, v, " without repeats")
         v = sorted(v)
     elif k == "window_layers":
-        ok = v in ("all", "even", "odd") or (
-            isinstance(v, list) and all(_is_int(i) and i >= 0 for i in v))
+        ok = (isinstance(v, str) and v in ("all", "even", "odd")) or (
+            isinstance(v, list) and all(_is_int(i) and 0 <= i < MAX_LAYERS for i in v))
         if not ok:
             raise _bad(origin, key, spec, v)
         v = sorted(set(v)) if isinstance(v, list) else v
     elif k == "flopstable":
         if not isinstance(v, dict) or not v:
             raise _bad(origin, key, spec, v)
+        lo, hi = PEAK_FLOPS_RANGE
         for dt, f in v.items():
-            if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) \
-                    or f <= 0:
-                raise McrouteError(f"{origin}: field '{key}.{dt}' must be a positive number "
-                                   f"[FLOP/s], got {f!r}")
+            try:
+                ok = (not isinstance(f, bool) and isinstance(f, (int, float))
+                      and math.isfinite(f) and lo <= f <= hi)
+            except OverflowError:  # an int beyond the float range
+                ok = False
+            if not ok:
+                raise McrouteError(
+                    f"{origin}: field '{key}.{dt}' must be a number in [{lo:g}, {hi:g}] "
+                    f"[FLOP/s per GPU] (mcroute._validate.PEAK_FLOPS_RANGE), got "
+                    f"{short_repr(f)}")
         v = dict(v)
     return v
 
@@ -1018,17 +1084,24 @@ _MISSING = object()
 def _read_hf(path_or_dict):
     if isinstance(path_or_dict, dict):
         return path_or_dict, "HF config <dict>"
-    path = Path(path_or_dict)
-    if path.is_dir():
-        path = path / "config.json"
+    if not isinstance(path_or_dict, (str, os.PathLike)):
+        raise McrouteError("path_or_dict must be a path to config.json (or its folder) or a "
+                           f"dict, got {type(path_or_dict).__name__}")
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise McrouteError(f"cannot read HF config {str(path)!r}: {exc.strerror or exc}") from None
+        path = Path(path_or_dict)
+        if path.is_dir():
+            path = path / "config.json"
+    except (TypeError, ValueError, OSError) as exc:  # e.g. a NUL byte in the path
+        raise McrouteError(f"cannot read HF config {short_repr(path_or_dict)}: {exc}") from None
+    text = read_bounded(path, f"HF config {str(path)!r}")
     try:
         cfg = json.loads(text)
     except json.JSONDecodeError as exc:
         raise McrouteError(f"{path}: not valid JSON: {exc}") from None
+    except ValueError as exc:  # an int of more than 4300 digits
+        raise McrouteError(f"{path}: not valid JSON: {str(exc)[:120]}") from None
+    except RecursionError:
+        raise McrouteError(f"{path}: not valid JSON: nested too deeply") from None
     if not isinstance(cfg, dict):
         raise McrouteError(f"{path}: HF config must be a JSON object")
     return cfg, str(path)
@@ -1042,16 +1115,18 @@ class _HF:
         self.mt = cfg.get("model_type")
 
     def err(self, key, what):
-        return McrouteError(f"{self.origin}: field '{key}' {what} (model_type {self.mt!r})")
+        return McrouteError(f"{self.origin}: field '{key}' {what} (model_type "
+                            f"{short_repr(self.mt)})")
 
-    def int(self, key, default=_MISSING, minimum=1):
+    def int(self, key, default=_MISSING, minimum=1, maximum=MAX_CARD_INT):
         v = self.cfg.get(key, _MISSING)
         if v is _MISSING or v is None:
             if default is _MISSING:
                 raise self.err(key, "is missing")
             return default
-        if not _is_int(v) or v < minimum:
-            raise self.err(key, f"must be an integer >= {minimum}, got {v!r}")
+        if not _is_int(v) or not minimum <= v <= maximum:
+            raise self.err(key, f"must be an integer in [{minimum}, {maximum}], got "
+                                f"{short_repr(v)}")
         return v
 
     def intlist(self, key, default=_MISSING):
@@ -1060,14 +1135,14 @@ class _HF:
             if default is _MISSING:
                 raise self.err(key, "is missing")
             return default
-        if not isinstance(v, list) or not all(_is_int(i) and i >= 0 for i in v):
-            raise self.err(key, f"must be a list of layer indices, got {v!r}")
+        if not isinstance(v, list) or not all(_is_int(i) and 0 <= i < MAX_LAYERS for i in v):
+            raise self.err(key, f"must be a list of layer indices, got {short_repr(v)}")
         return v
 
     def bool(self, key, default):
         v = self.cfg.get(key, default)
         if not isinstance(v, bool):
-            raise self.err(key, f"must be true or false, got {v!r}")
+            raise self.err(key, f"must be true or false, got {short_repr(v)}")
         return v
 
     def head_dim(self, n_heads, hidden):
@@ -1101,10 +1176,11 @@ def _hf_to_card(cfg, origin, name):
     hf = _HF(cfg, origin)
     mt = hf.mt
     if mt not in HF_MODEL_TYPES:
-        raise McrouteError(f"{origin}: field 'model_type' {mt!r} is not supported; supported: "
+        raise McrouteError(f"{origin}: field 'model_type' {short_repr(mt)} is not supported; "
+                           "supported: "
                            f"{', '.join(HF_MODEL_TYPES)}")
     h = hf.int("hidden_size")
-    L = hf.int("num_hidden_layers")
+    L = hf.int("num_hidden_layers", maximum=MAX_LAYERS)
     nm = name or cfg.get("_name_or_path") or mt
     nm = str(nm).rstrip("/").split("/")[-1]
     card = {
@@ -1125,7 +1201,7 @@ def _hf_to_card(cfg, origin, name):
             "v_head_dim": hf.int("v_head_dim"),
         }
         card["ffn"]["intermediate"] = hf.int("intermediate_size")
-        e = hf.int("n_routed_experts", None)
+        e = hf.int("n_routed_experts", None, maximum=MAX_EXPERTS)
         if e is not None:
             first = hf.int("first_k_dense_replace", 0, minimum=0)
             freq = hf.int("moe_layer_freq", 1)
@@ -1150,7 +1226,7 @@ def _hf_to_card(cfg, origin, name):
         if cfg.get("use_sliding_window"):
             raise hf.err("use_sliding_window", "is true; Qwen sliding-window layouts are not "
                                                "supported")
-        e = hf.int("num_experts", 0, minimum=0) if mt == "qwen3_moe" else 0
+        e = hf.int("num_experts", 0, minimum=0, maximum=MAX_EXPERTS) if mt == "qwen3_moe" else 0
         inter = hf.int("intermediate_size", None if e else _MISSING)
         if inter is not None:
             card["ffn"]["intermediate"] = inter
@@ -1173,7 +1249,7 @@ def _hf_to_card(cfg, origin, name):
             k = hf.int("experts_per_token")
         else:
             k = hf.int("num_experts_per_tok")
-        card["moe"] = {"n_routed_experts": hf.int(key_e), "top_k": k,
+        card["moe"] = {"n_routed_experts": hf.int(key_e, maximum=MAX_EXPERTS), "top_k": k,
                        "expert_intermediate": hf.int("intermediate_size")}
         win = hf.int("sliding_window", 0, minimum=0)
         if win:
@@ -1193,7 +1269,8 @@ def _gpt_oss_sliding(hf, L):
     if types is None:
         return "even"
     if not isinstance(types, list) or len(types) != L:
-        raise hf.err("layer_types", f"must list one type per layer ({L}), got {types!r}")
+        raise hf.err("layer_types", f"must list one type per layer ({L}), got "
+                                    f"{short_repr(types)}")
     allowed = ("sliding_attention", "full_attention")
     if any(t not in allowed for t in types):
         raise hf.err("layer_types", f"entries must be one of {allowed}")

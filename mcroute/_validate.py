@@ -30,6 +30,7 @@ __all__ = [
     "check_bytes",
     "check_work",
     "read_bounded",
+    "short_repr",
     "INT64_MAX",
     "MAX_BATCH_SIZE",
     "MAX_EXPERTS",
@@ -44,6 +45,9 @@ __all__ = [
     "MAX_BOOT_DRAWS",
     "MAX_CARD_BYTES",
     "PEAK_FLOPS_RANGE",
+    "MAX_CARD_INT",
+    "HBM_BYTES_RANGE",
+    "INTERCONNECT_RANGE",
     "BANDWIDTH_RANGE",
 ]
 
@@ -103,6 +107,18 @@ MAX_BOOT_DRAWS = 2**28
 #: KiB; the limit is checked before reading, and at most this many bytes + 1 are ever read.
 MAX_CARD_BYTES = 2**20
 
+#: Largest integer field of a model card or HF config (hidden size, vocabulary, intermediate
+#: sizes, heads, ...) unless a tighter limit applies (MAX_LAYERS, MAX_EXPERTS, MAX_CONTEXT).
+#: 2**40 is far above any real model dimension and keeps products of several dimensions (the
+#: parameter counts) finite and exact enough in float64.
+MAX_CARD_INT = 2**40
+
+#: Allowed range of a hardware card's HBM per GPU [B]: 1 MiB to 1 PiB.
+HBM_BYTES_RANGE = (float(2**20), float(2**50))
+
+#: Allowed range of a hardware card's interconnect bandwidth per GPU [B/s] (0: not given).
+INTERCONNECT_RANGE = (0.0, 1e15)
+
 #: Allowed range of a hardware card's peak FLOP/s per GPU [FLOP/s], per dtype. 1e9 (a GFLOP/s)
 #: is below any accelerator of the last decade; 1e18 (an exaFLOP/s on one GPU) is 100x beyond
 #: the fastest announced part. Outside it the roofline times are nonsense (inf, 0 or NaN).
@@ -131,19 +147,19 @@ def check_int(name: str, value, *, minimum: int | None = None, maximum: int | No
             ok = False
         if not ok:
             raise McrouteError(
-                f"{name} must be an integer{_range(minimum, maximum)}, got {_short(value)}")
+                f"{name} must be an integer{_range(minimum, maximum)}, got {short_repr(value)}")
     value = int(value)
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise McrouteError(
-            f"{name} must be an integer{_range(minimum, maximum)}, got {_short(value)}")
+            f"{name} must be an integer{_range(minimum, maximum)}, got {short_repr(value)}")
     if abs(value) > INT64_MAX:
         lo = -INT64_MAX if minimum is None else minimum
         raise McrouteError(
-            f"{name} must be an integer{_range(lo, INT64_MAX)} (int64), got {_short(value)}")
+            f"{name} must be an integer{_range(lo, INT64_MAX)} (int64), got {short_repr(value)}")
     return value
 
 
-def _short(value) -> str:
+def short_repr(value) -> str:
     """``repr`` of a received value, shortened so that an error stays one readable line."""
     try:
         if isinstance(value, int) and abs(value) >= 10**30:
@@ -162,7 +178,7 @@ def check_int_list(name: str, value, *, minimum: int | None = None,
         values = None if scalar else list(np.asarray(value, dtype=object).ravel())
     except (ValueError, TypeError, RecursionError):
         raise McrouteError(f"{name} must be an integer or a list of integers, got "
-                           f"{_short(value)}") from None
+                           f"{short_repr(value)}") from None
     if scalar:
         return [check_int(name, value, minimum=minimum, maximum=maximum)], True
     if not values:
@@ -177,7 +193,7 @@ def check_unique(name: str, values) -> None:
     for v in values:
         if v in seen:
             raise McrouteError(f"{name} must not repeat values (they label a dimension), got "
-                               f"{_short(list(values))}; {v!r} appears twice")
+                               f"{short_repr(list(values))}; {v!r} appears twice")
         seen.add(v)
 
 
@@ -219,7 +235,7 @@ def read_bounded(path, what: str, limit: int | None = None, *, binary: bool = Fa
     try:
         st = os.stat(path)
     except (OSError, ValueError, TypeError) as exc:
-        raise McrouteError(f"{what}: cannot read ({_oserror(exc)})") from None
+        raise McrouteError(f"cannot read {what}: {_oserror(exc)}") from None
     if not stat.S_ISREG(st.st_mode):
         raise McrouteError(f"{what}: not a regular file")
     if st.st_size > limit:
@@ -229,7 +245,7 @@ def read_bounded(path, what: str, limit: int | None = None, *, binary: bool = Fa
         with open(path, "rb") as f:
             data = f.read(limit + 1)
     except (OSError, ValueError) as exc:
-        raise McrouteError(f"{what}: cannot read ({_oserror(exc)})") from None
+        raise McrouteError(f"cannot read {what}: {_oserror(exc)}") from None
     if len(data) > limit:
         raise McrouteError(f"{what}: larger than the limit of {limit} bytes "
                            "(mcroute._validate.MAX_CARD_BYTES)")
@@ -263,7 +279,7 @@ def check_real(
         b = "inf" if maximum is None else f"{maximum:g}"
         allowed = f" in {lo}{a}, {b}{hi}"
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise McrouteError(f"{name} must be a finite real number{allowed}, got {_short(value)}")
+        raise McrouteError(f"{name} must be a finite real number{allowed}, got {short_repr(value)}")
     try:
         x = float(value)
     except OverflowError:  # an int beyond the float range
@@ -274,7 +290,7 @@ def check_real(
     if maximum is not None:
         bad |= x > maximum or (open_max and x == maximum)
     if bad:
-        raise McrouteError(f"{name} must be a finite real number{allowed}, got {_short(value)}")
+        raise McrouteError(f"{name} must be a finite real number{allowed}, got {short_repr(value)}")
     return x
 
 
