@@ -9,6 +9,7 @@ import sys
 
 from ._cli_common import is_tty, parse_int
 from ._sweep import _sweep, load_sweep_spec
+from ._validate import McrouteError
 
 
 def register(sub) -> None:
@@ -33,7 +34,11 @@ def register(sub) -> None:
                        help="send cells to the Dask scheduler at ADDRESS (e.g. "
                        "tcp://10.0.0.1:8786); its workers need mcroute installed")
     p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted sweep: skip the cells in OUTPUT.parts/")
+                   help="continue an interrupted sweep: check the parts in OUTPUT.parts/ "
+                   "(checksums, then content) and skip their cells")
+    p.add_argument("--recompute-bad", action="store_true",
+                   help="with --resume: delete parts that fail their check and compute their "
+                   "cells again (default: a bad part is an error naming it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.add_argument("--trials", default=None, metavar="N", help="override the spec's n_trials")
     p.set_defaults(func=run)
@@ -42,11 +47,13 @@ def register(sub) -> None:
 def run(args) -> int:
     """Run ``mcroute sweep``."""
     spec = load_sweep_spec(args.spec)
+    if args.recompute_bad and not args.resume:
+        raise McrouteError("--recompute-bad needs --resume")
     workers = None if args.workers is None else parse_int(args.workers, "--workers", 1)
     trials = None if args.trials is None else parse_int(args.trials, "--trials", 2)
     ds, info = _sweep(spec, args.output, resume=args.resume, workers=workers,
                       scheduler=args.scheduler, progress=not args.quiet and is_tty(),
-                      n_trials=trials)
+                      n_trials=trials, recompute_bad=args.recompute_bad)
     if not args.quiet:
         dims = " x ".join(f"{n} {len(ds[n])}" for n in spec.axis_names) or "1 cell"
         print(f"sweep {spec.kind}: {info['cells']} cells ({dims}), {info['computed']} "

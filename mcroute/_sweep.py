@@ -14,11 +14,12 @@ integer derived from the spec's ``seed`` and a SHA-256 of the cell's axis (name,
 and nothing else, so any subset of cells, in any order, on any number of workers, gives the same
 numbers as the full run.
 
-Storage: completed cells are written, a task (a group of cells) at a time, as part files in
-``<output>.parts/`` (each written to a temporary name and renamed), next to a
-``manifest.json`` holding the hash of the spec. ``resume=True`` skips the cells found there and
-refuses a different spec. At the end the parts are merged into the full grid, the output is
-written atomically and only then is the parts folder removed.
+Storage: completed cells are written, a task (a group of cells) at a time, as NetCDF part
+files in ``<output>.parts/`` (each written to a temporary name and renamed), next to a
+``manifest.json`` holding the hash of the spec and each part's SHA-256. ``resume=True`` checks
+and skips the cells found there and refuses a different spec. Nothing read from disk is ever
+unpickled. At the end the parts are merged into the full grid, the output is written
+atomically and only then is the parts folder removed.
 """
 
 from __future__ import annotations
@@ -26,15 +27,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import os
-import pickle
+import re
 import shutil
+import stat
 import sys
 import tempfile
 import time
 import tomllib
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -64,6 +68,12 @@ TOP_LEVEL_KEYS = {
     "axes": "table: parameter = [values] — one dim per entry, in this order",
     "fixed": "table: parameter = value — the same for every cell",
 }
+
+#: Largest grid (number of cells) a sweep may have; larger studies are split into several
+#: sweeps. The limit is checked from the axis lengths before any value is looked at.
+MAX_CELLS = 100_000
+#: Largest spec file read (bytes).
+MAX_SPEC_BYTES = 1 << 20
 
 #: Cell attrs that are not carried into the sweep's attrs (the sweep sets its own).
 _OWN_ATTRS = {"mcroute_version", "created_at", "n_trials", "ci_prob", "seed"}
@@ -272,7 +282,12 @@ def _run_simulate(p, *, rng, n_trials, ci_prob, quantiles):
 def _prepare_simulate(p):
     if p["top_k"] > p["n_experts"]:
         raise McrouteError(f"top_k ({p['top_k']}) must be <= n_experts ({p['n_experts']})")
-    _routing_object(p.get("routing", "uniform"), p["n_experts"], p["top_k"])
+    routing = _routing_object(p.get("routing", "uniform"), p["n_experts"], p["top_k"])
+    from ._sampling import _resolve_method
+
+    batches = p["batch_size"] if isinstance(p["batch_size"], tuple) else (p["batch_size"],)
+    for b in batches:  # e.g. method = "counts" with a weighted top-k routing
+        _resolve_method(routing, b, p.get("method", "auto"))
 
 
 _SIMULATE_PARAMS = (
@@ -472,7 +487,7 @@ class SweepSpec:
     @property
     def n_cells(self) -> int:
         """Number of cells (product of the axis lengths; 1 without axes)."""
-        return int(np.prod(self.shape, dtype=np.int64)) if self.axes else 1
+        return math.prod(self.shape)
 
     def cell_coords(self, index: int) -> dict:
         """Axis values of cell ``index`` (C order over the axes)."""
@@ -504,6 +519,13 @@ class SweepSpec:
         """The same spec with another number of trials."""
         n = _check_trials(n_trials, "n_trials")
         return dataclasses.replace(self, n_trials=n)
+
+
+def _check_n_cells(n: int, where: str) -> None:
+    if n > MAX_CELLS:
+        raise McrouteError(f"{where}: the grid has {n:,} cells (the product of the axis "
+                           f"lengths), more than the {MAX_CELLS:,} a sweep may have; split it "
+                           "into several sweeps")
 
 
 def _check_trials(value, where) -> int:
@@ -553,9 +575,21 @@ def load_sweep_spec(source) -> SweepSpec:
         where = str(path)
         try:
             with open(path, "rb") as fh:
-                raw = tomllib.load(fh)
+                if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                    raise McrouteError(f"sweep spec {where!r} is not a regular file")
+                blob = fh.read(MAX_SPEC_BYTES + 1)
         except FileNotFoundError:
             raise McrouteError(f"sweep spec {where!r} does not exist") from None
+        except IsADirectoryError:
+            raise McrouteError(f"sweep spec {where!r} is a folder") from None
+        except OSError as exc:
+            raise McrouteError(f"sweep spec {where!r} cannot be read ({exc.strerror})") from None
+        if len(blob) > MAX_SPEC_BYTES:
+            raise McrouteError(f"{where}: a sweep spec may have at most {MAX_SPEC_BYTES} bytes")
+        try:
+            raw = tomllib.loads(blob.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise McrouteError(f"{where}: not UTF-8 text (a TOML file is expected)") from None
         except tomllib.TOMLDecodeError as exc:
             raise McrouteError(f"{where}: malformed TOML: {exc}") from None
     else:
@@ -569,7 +603,7 @@ def load_sweep_spec(source) -> SweepSpec:
     if "kind" not in raw:
         raise McrouteError(f"{where}: key 'kind' is required (one of {sorted(CELL_KINDS)})")
     kind_name = raw["kind"]
-    if kind_name not in CELL_KINDS:
+    if not isinstance(kind_name, str) or kind_name not in CELL_KINDS:
         raise McrouteError(f"{where}: kind must be one of {sorted(CELL_KINDS)}, got "
                            f"{kind_name!r}")
     kind = CELL_KINDS[kind_name]
@@ -593,6 +627,8 @@ def load_sweep_spec(source) -> SweepSpec:
             for q in qs)):
         raise McrouteError(f"{where}: quantiles must be a non-empty list of levels in [0, 1], "
                            f"got {qs!r}")
+    if len({float(q) for q in qs}) != len(qs):
+        raise McrouteError(f"{where}: quantiles: repeated level in {qs!r}")
     keep = raw.get("keep_trials", False)
     if not isinstance(keep, bool):
         raise McrouteError(f"{where}: keep_trials must be true or false, got {keep!r}")
@@ -613,6 +649,8 @@ def load_sweep_spec(source) -> SweepSpec:
                 raise McrouteError(
                     f"{where}: unknown key {key!r} in [{table}] (kind {kind.name!r} allows: "
                     f"{', '.join(p.name for p in kind.params)})")
+    _check_n_cells(math.prod(len(v) if isinstance(v, list) else 1
+                             for v in axes_raw.values()), where)
     both = set(axes_raw) & set(fixed_raw)
     if both:
         raise McrouteError(f"{where}: {sorted(both)[0]!r} is in both [axes] and [fixed]")
@@ -749,8 +787,11 @@ def _run_task(spec: SweepSpec, cells, on_cell=None) -> xr.Dataset:
     return part
 
 
-def _worker_task(spec: SweepSpec, cells, numba_threads=None) -> xr.Dataset:
-    """Entry point on Dask workers (module level, so it pickles by reference).
+def _worker_task(spec: SweepSpec, cells, numba_threads=None):
+    """Entry point on Dask workers (module level, so Dask ships it by reference).
+
+    Returns ``(dataset, data, schema)`` as :func:`_encode_part` does: the part is serialised
+    to NetCDF on the worker, so the process that writes the files only hashes and writes bytes.
 
     ``numba_threads``: cap on the numba threads of this task's thread (local clusters run one
     single-threaded worker process per core, so 1 avoids oversubscription). The cap is set with
@@ -761,89 +802,361 @@ def _worker_task(spec: SweepSpec, cells, numba_threads=None) -> xr.Dataset:
         import numba
 
         numba.set_num_threads(max(1, min(int(numba_threads), numba.config.NUMBA_NUM_THREADS)))
-    return _run_task(spec, cells)
+    return _encode_part(_run_task(spec, cells), spec.spec_hash())
 
 
 # -- the store --------------------------------------------------------------------------------
-class _PartStore:
-    """``<output>.parts/``: manifest.json plus one file per finished task.
+#: Version of the part and manifest format (1 was pickled parts, never read any more).
+PART_FORMAT = 2
+#: Largest manifest.json read back (bytes); a sweep of MAX_CELLS one-cell parts needs ~15 MB.
+MAX_MANIFEST_BYTES = 64 << 20
+#: Largest part file read back (bytes).
+MAX_PART_BYTES = 8 << 30
+_PART_NAME = re.compile(r"part-[0-9]{9}-[0-9a-f]{10}\.nc")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_MANIFEST_TYPES = {"format": int, "mcroute_version": str, "spec_hash": str, "spec": dict,
+                   "n_cells": int, "schemas": list, "parts": dict}
+_DTYPE_CLASSES = {"f": "float", "i": "int", "u": "int", "b": "bool", "U": "str", "S": "str",
+                  "O": "str"}
 
-    A part is a pickle of ``{"format", "mcroute_version", "cells", "dataset"}`` (the task's
-    cells stacked on a ``cell`` dim), written to a temporary name, flushed to disk and renamed,
-    so a part either exists whole or not at all. Parts are internal: only the same mcroute
-    version reads them back (the manifest checks it), and the merged output is NetCDF, CSV or
-    JSON. (NetCDF parts were tried first: h5netcdf needs ~10 ms per variable and file, which
-    made the part files cost more than the cells they hold.)
+
+def _dtype_class(dtype) -> str:
+    return _DTYPE_CLASSES.get(np.dtype(dtype).kind, f"other:{np.dtype(dtype).str}")
+
+
+def _normalize_part(ds: xr.Dataset) -> xr.Dataset:
+    """The in-memory form of a part, identical whether just computed or read back from disk."""
+    ds = ds.copy()
+    ds.attrs = {}
+    for v in ds.variables.values():
+        v.attrs = {k: _attr_value(a) for k, a in v.attrs.items()}
+        v.encoding = {}
+    return ds
+
+
+def _part_schema(ds: xr.Dataset) -> dict:
+    """``{variable: [dims, dtype class]}`` for every variable (coordinates included)."""
+    return {name: [list(v.dims), _dtype_class(v.dtype)]
+            for name, v in sorted(ds.variables.items())}
+
+
+def _encode_part(part: xr.Dataset, spec_hash: str) -> tuple[xr.Dataset, bytes, dict]:
+    """``(normalized dataset, NetCDF-4 bytes, schema)`` of one task's cells."""
+    ds = _normalize_part(part)
+    out = ds.copy()
+    out.attrs = {"mcroute_part_format": PART_FORMAT, "mcroute_version": __version__,
+                 "spec_hash": spec_hash}
+    with _local_locks():
+        data = bytes(out.to_netcdf(engine="h5netcdf"))
+    return ds, data, _part_schema(ds)
+
+
+@contextlib.contextmanager
+def _local_locks():
+    """Make xarray use a process-local write lock, also inside a Dask worker.
+
+    In a worker xarray would take a Dask-distributed lock keyed by the target, which fails
+    for an in-memory buffer; the part is written by this thread alone.
+    """
+    if "dask" not in sys.modules:
+        yield
+        return
+    import dask
+
+    with dask.config.set(scheduler="synchronous"):
+        yield
+
+
+def _decode_part(data: bytes) -> xr.Dataset:
+    """Parse NetCDF bytes (data only: no pickle, no code). Any warning is an error here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with xr.open_dataset(io.BytesIO(data), engine="h5netcdf", decode_times=False,
+                             decode_timedelta=False, cache=False) as ds:
+            return ds.load()
+
+
+class _BadPart(Exception):
+    """A part file that fails its checksum or validation (message: the problem)."""
+
+
+class _PartStore:
+    """``<output>.parts/``: ``manifest.json`` plus one NetCDF file per finished task.
+
+    A part ``part-<first cell>-<tag>.nc`` holds the task's cells stacked on a ``cell`` dim
+    (the flat cell indices are the ``cell`` coordinate) and the cells' attrs as JSON strings
+    (``cell_attrs``). It is written to a temporary name, flushed and renamed; then its SHA-256,
+    its number of cells and its variables (names, dims, dtype classes; stored once per distinct
+    set in ``schemas``) are added to the manifest, which is itself replaced atomically. Reading
+    back (``--resume``) checks the manifest's structure, then each part's checksum *before*
+    parsing it, then its content against the manifest and the spec's grid. Nothing is ever
+    unpickled; a file that fails is an error naming it, or, with ``recompute_bad``, is deleted
+    and its cells are computed again. The checksums detect corruption (bit rot, truncation, a
+    partial copy), not deliberate edits by someone who can rewrite the manifest too.
     """
 
-    FORMAT = 1
-
     def __init__(self, folder: Path):
-        self.folder = folder
-        self.manifest = folder / "manifest.json"
+        self.folder = Path(folder)
+        self.manifest_path = self.folder / "manifest.json"
+        self.created = False  # this run created the folder
+        self.n_written = 0  # parts written by this run
+        self.datasets: dict[str, xr.Dataset] = {}  # name -> normalized part, validated
+        self.manifest: dict = {}
 
-    def start(self, spec: SweepSpec, resume: bool) -> set:
+    # ---- starting / resuming
+    def start(self, spec: SweepSpec, resume: bool, recompute_bad: bool = False) -> set:
         """Create or reopen the folder; return the flat indices of completed cells."""
+        self.spec = spec
         h = spec.spec_hash()
-        if self.folder.exists():
-            if not resume:
-                raise McrouteError(
-                    f"{self.folder} holds the parts of an unfinished sweep; pass --resume "
-                    "(resume=True) to continue it, or delete the folder to start again")
+        if not self.folder.exists():
+            self.folder.mkdir()
+            self.created = True
+            self.manifest = {"format": PART_FORMAT, "mcroute_version": __version__,
+                             "spec_hash": h, "spec": spec.to_dict(), "n_cells": spec.n_cells,
+                             "schemas": [], "parts": {}}
+            self._write_manifest()
+            return set()
+        if not resume:
+            raise McrouteError(
+                f"{self.folder} holds the parts of an unfinished sweep; pass --resume "
+                "(resume=True) to continue it, or delete the folder to start again")
+        if not self.folder.is_dir() or self.folder.is_symlink():
+            raise McrouteError(f"{self.folder} is not a folder of sweep parts; delete it")
+        old = self._read_manifest()
+        if old["spec_hash"] != h:
+            diff = _spec_difference(old["spec"], spec.to_dict(), old["mcroute_version"])
+            raise McrouteError(f"--resume: the spec differs from the interrupted run's "
+                               f"({diff}); use the same spec and --trials, or delete "
+                               f"{self.folder}")
+        if old["n_cells"] != spec.n_cells:
+            raise McrouteError(f"{self.manifest_path}: n_cells is {old['n_cells']}, the spec "
+                               f"has {spec.n_cells} cells; delete {self.folder}")
+        self.manifest = old
+        changed = self._sweep_folder(recompute_bad)
+        done: dict[int, str] = {}
+        for name in sorted(self.manifest["parts"]):
             try:
-                old = json.loads(self.manifest.read_text())
-            except (OSError, ValueError):
-                raise McrouteError(f"{self.manifest} is missing or unreadable; delete "
-                                   f"{self.folder} to start again") from None
-            if old.get("spec_hash") != h:
-                diff = _spec_difference(old.get("spec", {}), spec.to_dict(),
-                                        old.get("mcroute_version"))
-                raise McrouteError(f"--resume: the spec differs from the interrupted run's "
-                                   f"({diff}); use the same spec and --trials, or delete "
-                                   f"{self.folder}")
-            for stale in self.folder.glob(".*"):  # temporary files of an interrupted write
-                stale.unlink(missing_ok=True)
-            done = set()
-            for f in self.parts():
-                done.update(self._read(f)["cells"])
-            return done
-        self.folder.mkdir(parents=True)
-        _write_text_atomic(self.manifest, json.dumps(
-            {"spec_hash": h, "spec": spec.to_dict(), "mcroute_version": __version__,
-             "n_cells": spec.n_cells}, indent=1, sort_keys=True))
-        return set()
+                ds = self._read_part(name, done)
+            except _BadPart as exc:
+                path = self.folder / name
+                if not recompute_bad:
+                    raise McrouteError(
+                        f"{path}: {exc}; rerun with --resume --recompute-bad "
+                        f"(recompute_bad=True) to recompute its cells, or delete "
+                        f"{self.folder} to start again") from None
+                path.unlink(missing_ok=True)
+                del self.manifest["parts"][name]
+                changed = True
+                continue
+            self.datasets[name] = ds
+            for c in ds["cell"].values:
+                done[int(c)] = name
+        if changed:
+            self._write_manifest()
+        return set(done)
 
-    def parts(self) -> list[Path]:
-        """The finished part files, in name order."""
-        return sorted(self.folder.glob("part-*.pkl"))
+    def _sweep_folder(self, recompute_bad: bool) -> bool:
+        """Delete temporary files and uncommitted parts; drop entries of deleted parts."""
+        changed = False
+        entries = self.manifest["parts"]
+        for f in sorted(self.folder.iterdir()):
+            name = f.name
+            if name == "manifest.json":
+                continue
+            if name.startswith("."):  # temporary file of an interrupted write
+                if f.is_file() or f.is_symlink():
+                    f.unlink(missing_ok=True)
+                continue
+            if _PART_NAME.fullmatch(name) and not f.is_symlink():
+                if name not in entries:  # renamed into place, killed before the manifest
+                    f.unlink(missing_ok=True)
+                continue
+            if recompute_bad and (f.is_file() or f.is_symlink()):
+                f.unlink(missing_ok=True)
+                continue
+            raise McrouteError(f"{f}: unexpected file in the parts folder (not a part written "
+                               f"by this mcroute version; parts are never unpickled); delete "
+                               f"it, or delete {self.folder} to start again")
+        for name in list(entries):
+            if not (self.folder / name).exists():  # deleted by hand: its cells are recomputed
+                del entries[name]
+                changed = True
+        return changed
 
+    def _read_manifest(self) -> dict:
+        path = self.manifest_path
+        where = f"{path}"
+        try:
+            st = path.lstat()
+        except OSError:
+            raise McrouteError(f"{where} is missing; delete {self.folder} to start "
+                               "again") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise McrouteError(f"{where} is not a regular file; delete {self.folder}")
+        if st.st_size > MAX_MANIFEST_BYTES:
+            raise McrouteError(f"{where} is {st.st_size} bytes, more than the "
+                               f"{MAX_MANIFEST_BYTES} a manifest may have; delete {self.folder}")
+        try:
+            m = json.loads(path.read_bytes().decode("utf-8"))
+        except (OSError, ValueError, RecursionError) as exc:
+            raise McrouteError(f"{where}: unreadable manifest ({type(exc).__name__}: "
+                               f"{_short(exc)}); delete {self.folder} to start again") from None
+        bad = f"{where}: malformed manifest: "
+        tail = f"; delete {self.folder} to start again"
+        if not isinstance(m, dict):
+            raise McrouteError(f"{bad}a JSON object is expected, got {type(m).__name__}{tail}")
+        if "format" not in m:
+            raise McrouteError(f"{where}: manifest of an older mcroute (pickled parts, which "
+                               f"are never loaded){tail}")
+        for key, typ in _MANIFEST_TYPES.items():
+            if key not in m:
+                raise McrouteError(f"{bad}key {key!r} is missing{tail}")
+            val = m[key]
+            if not isinstance(val, typ) or (typ is int and isinstance(val, bool)):
+                raise McrouteError(f"{bad}{key!r} must be {typ.__name__}, got "
+                                   f"{type(val).__name__}{tail}")
+        if m["format"] != PART_FORMAT:
+            raise McrouteError(f"{bad}format {m['format']} (this mcroute reads "
+                               f"{PART_FORMAT}){tail}")
+        for i, s in enumerate(m["schemas"]):
+            if not isinstance(s, dict) or not all(
+                    isinstance(k, str) and isinstance(v, list) and len(v) == 2
+                    and isinstance(v[0], list) and all(isinstance(d, str) for d in v[0])
+                    and isinstance(v[1], str) for k, v in s.items()):
+                raise McrouteError(f"{bad}schemas[{i}] must map variable names to "
+                                   f"[dims, dtype]{tail}")
+        for name, e in m["parts"].items():
+            if not _PART_NAME.fullmatch(name):
+                raise McrouteError(f"{bad}part name {name!r} is not part-NNNNNNNNN-TAG.nc{tail}")
+            if (not isinstance(e, dict) or set(e) != {"sha256", "n_cells", "schema"}
+                    or not isinstance(e["sha256"], str) or not _SHA256.fullmatch(e["sha256"])
+                    or any(isinstance(e[k], bool) or not isinstance(e[k], int)
+                           for k in ("n_cells", "schema"))
+                    or e["n_cells"] < 1 or not 0 <= e["schema"] < len(m["schemas"])):
+                raise McrouteError(f"{bad}entry of {name!r} must be {{'sha256': 64 hex digits, "
+                                   f"'n_cells': int >= 1, 'schema': index into schemas}}{tail}")
+        return m
+
+    def _read_part(self, name: str, done: dict) -> xr.Dataset:
+        """Checksum, parse and validate one part; raise _BadPart naming the problem."""
+        entry = self.manifest["parts"][name]
+        path = self.folder / name
+        try:
+            st = path.lstat()
+            if not stat.S_ISREG(st.st_mode):
+                raise _BadPart("not a regular file")
+            if st.st_size > MAX_PART_BYTES:
+                raise _BadPart(f"{st.st_size} bytes, more than the {MAX_PART_BYTES} allowed")
+            data = path.read_bytes()
+        except OSError as exc:
+            raise _BadPart(f"unreadable ({_short(exc)})") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != entry["sha256"]:
+            raise _BadPart(f"checksum mismatch (SHA-256 {digest[:12]}…, the manifest recorded "
+                           f"{entry['sha256'][:12]}…): the file is corrupt or truncated")
+        try:
+            ds = _decode_part(data)
+        except Exception as exc:  # noqa: BLE001 - any parser failure means a bad file
+            raise _BadPart(f"not a readable NetCDF part ({type(exc).__name__}: "
+                           f"{_short(exc)})") from None
+        self._check_part(ds, entry, done)
+        return _normalize_part(ds)
+
+    def _check_part(self, ds: xr.Dataset, entry: dict, done: dict) -> None:
+        spec = self.spec
+        if ds.attrs.get("mcroute_part_format") != PART_FORMAT:
+            raise _BadPart(f"attribute mcroute_part_format is "
+                           f"{ds.attrs.get('mcroute_part_format')!r}, expected {PART_FORMAT}")
+        if ds.attrs.get("spec_hash") != self.manifest["spec_hash"]:
+            raise _BadPart("written for another spec (spec_hash attribute differs)")
+        expected = self.manifest["schemas"][entry["schema"]]
+        have = _part_schema(ds)
+        for var in sorted(set(expected) - set(have)):
+            raise _BadPart(f"variable {var!r} is missing")
+        for var in sorted(set(have) - set(expected)):
+            raise _BadPart(f"unexpected variable {var!r}")
+        for var, (dims, cls) in expected.items():
+            if have[var][0] != dims:
+                raise _BadPart(f"variable {var!r} has dims {tuple(have[var][0])}, expected "
+                               f"{tuple(dims)}")
+            if have[var][1] != cls:
+                raise _BadPart(f"variable {var!r} has dtype {ds[var].dtype}, expected {cls}")
+        if "cell" not in ds.dims or "cell" not in ds.coords:
+            raise _BadPart("no cell coordinate")
+        for var, v in ds.data_vars.items():
+            if not v.dims or v.dims[0] != "cell":
+                raise _BadPart(f"variable {var!r} has dims {v.dims}; the first must be 'cell'")
+        for dim in ds.dims:
+            if dim in spec.axis_names:
+                raise _BadPart(f"dim {dim!r} is an axis of the sweep")
+            if dim not in ds.coords:
+                raise _BadPart(f"dim {dim!r} has no coordinate")
+            c = ds[dim].values
+            if c.dtype.kind == "f" and not np.isfinite(c).all():
+                raise _BadPart(f"coordinate {dim!r} holds non-finite values")
+            if len(np.unique(c)) != c.size:
+                raise _BadPart(f"coordinate {dim!r} holds repeated values")
+        cells = ds["cell"].values
+        if cells.dtype.kind != "i":
+            raise _BadPart(f"cell indices have dtype {cells.dtype}, expected integers")
+        if cells.size != entry["n_cells"]:
+            raise _BadPart(f"holds {cells.size} cells, the manifest recorded "
+                           f"{entry['n_cells']}")
+        if cells.size and (cells.min() < 0 or cells.max() >= spec.n_cells):
+            raise _BadPart(f"cell index out of range [0, {spec.n_cells}): "
+                           f"{int(cells.min())}..{int(cells.max())}")
+        for c in cells:
+            if int(c) in done:
+                raise _BadPart(f"cell {int(c)} is also in {done[int(c)]}")
+        if "cell_attrs" not in ds or ds["cell_attrs"].dims != ("cell",):
+            raise _BadPart("variable 'cell_attrs' (dim cell) is missing")
+        for s in ds["cell_attrs"].values:
+            try:
+                ok = isinstance(json.loads(str(s)), dict)
+            except (ValueError, RecursionError):
+                ok = False
+            if not ok:
+                raise _BadPart("cell_attrs must hold JSON objects")
+
+    # ---- writing
     def write(self, part: xr.Dataset) -> Path:
-        """Write one task's cells atomically."""
-        cells = [int(c) for c in part["cell"].values]
+        """Encode and write one task's cells (see :meth:`add`)."""
+        return self.add(*_encode_part(part, self.spec.spec_hash()))
+
+    def add(self, ds: xr.Dataset, data: bytes, schema: dict) -> Path:
+        """Write one encoded part atomically, then record it in the manifest (atomically)."""
+        cells = [int(c) for c in ds["cell"].values]
         tag = hashlib.sha256(np.asarray(cells, dtype=np.int64).tobytes()).hexdigest()[:10]
-        path = self.folder / f"part-{min(cells):09d}-{tag}.pkl"
-        blob = {"format": self.FORMAT, "mcroute_version": __version__, "cells": cells,
-                "dataset": part}
+        name = f"part-{min(cells):09d}-{tag}.nc"
+        path = self.folder / name
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            pickle.dump(blob, fh, protocol=pickle.HIGHEST_PROTOCOL)
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        schemas = self.manifest["schemas"]
+        if schema not in schemas:
+            schemas.append(schema)
+        self.manifest["parts"][name] = {"sha256": hashlib.sha256(data).hexdigest(),
+                                        "n_cells": len(cells), "schema": schemas.index(schema)}
+        self._write_manifest()
+        self.datasets[name] = ds
+        self.n_written += 1
         return path
 
-    def _read(self, path: Path) -> dict:
-        try:
-            with open(path, "rb") as fh:
-                blob = pickle.load(fh)
-        except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError) as exc:
-            raise McrouteError(f"{path}: unreadable part ({exc}); delete it to recompute its "
-                               "cells") from None
-        if not isinstance(blob, dict) or blob.get("format") != self.FORMAT:
-            raise McrouteError(f"{path}: not a part file of this mcroute version")
-        return blob
+    def _write_manifest(self) -> None:
+        text = json.dumps(self.manifest, separators=(",", ":"), sort_keys=True)
+        with atomic_path(self.manifest_path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def parts(self) -> list[Path]:
+        """The part files recorded in the manifest, in name order."""
+        return [self.folder / n for n in sorted(self.manifest.get("parts", {}))]
 
     def load(self) -> xr.Dataset:
-        """All parts concatenated on ``cell`` and sorted by it."""
-        parts = [self._read(f)["dataset"] for f in self.parts()]
+        """All parts (validated on resume, or written by this run) concatenated on ``cell``."""
+        parts = [self.datasets[n] for n in sorted(self.datasets)]
         if not parts:
             raise McrouteError(f"{self.folder}: no parts to merge")
         allds = parts[0] if len(parts) == 1 else xr.concat(parts, dim="cell", **_CONCAT)
@@ -854,9 +1167,9 @@ class _PartStore:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+def _short(exc, n: int = 200) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= n else text[:n] + "…"
 
 
 def _spec_difference(old: dict, new: dict, old_version) -> str:
@@ -996,9 +1309,11 @@ def _dask_client(workers, scheduler, client):
         finally:
             c.close()
         return
+    # The scheduler always serves HTTP; dashboard_address=None still binds port 8787 (and warns
+    # when it is taken), so bind a free port on the loopback interface instead.
     cluster = distributed.LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-        silence_logs=logging.ERROR)
+        n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+        dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
     try:
         c = distributed.Client(cluster)
         try:
@@ -1017,32 +1332,98 @@ def _run_dask(client, spec, tasks, store, progress, numba_threads=None) -> None:
                for cells in tasks]
     try:
         for fut in as_completed(futures):
-            part = fut.result()
-            store.write(part)
-            progress.advance(part.sizes["cell"])
+            ds, data, schema = fut.result()
+            store.add(ds, data, schema)
+            progress.advance(ds.sizes["cell"])
             fut.release()
     finally:
         client.cancel(futures)
 
 
+def _check_output(output) -> Path:
+    """Validate the output path (extension, folder, writability) without creating anything."""
+    output = Path(output)
+    if output.suffix.lower() not in {".nc", ".csv", ".json"}:
+        raise McrouteError(f"output must end in .nc, .csv or .json, got {str(output)!r}")
+    folder = output.parent if str(output.parent) else Path(".")
+    if not folder.is_dir():
+        raise McrouteError(f"output folder {str(folder)!r} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise McrouteError(f"output folder {str(folder)!r} is not writable")
+    if output.is_dir():
+        raise McrouteError(f"output {str(output)!r} is a folder")
+    parts = output.with_name(output.name + ".parts")
+    if parts.exists() and not parts.is_dir():
+        raise McrouteError(f"{parts} exists and is not a folder of sweep parts; delete it")
+    return output
+
+
+def _clean_output_temps(output: Path) -> None:
+    """Delete temporary files left by an interrupted write of ``output`` (atomic_path names)."""
+    folder = output.parent if str(output.parent) else Path(".")
+    pattern = re.compile(re.escape(f".{output.name}.") + r"[a-z0-9_]{8}" +
+                         re.escape(output.suffix))
+    for f in folder.glob(f".{glob_escape(output.name)}.*"):
+        if pattern.fullmatch(f.name) and f.is_file() and not f.is_symlink():
+            f.unlink(missing_ok=True)
+
+
+def glob_escape(text: str) -> str:
+    """``text`` with the glob metacharacters escaped."""
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+def _finished_output(output: Path, spec: SweepSpec):
+    """The finished ``.nc`` output of the same spec, or None."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with xr.open_dataset(output, engine="h5netcdf", decode_times=False,
+                                 decode_timedelta=False) as old:
+                if old.attrs.get("sweep_spec_hash") != spec.spec_hash():
+                    return None
+                return old.load()
+    except Exception as exc:  # noqa: BLE001 - any parser failure means a bad file
+        raise McrouteError(f"{output}: --resume cannot read the existing output "
+                           f"({type(exc).__name__}: {_short(exc)}); move it away or run "
+                           "without --resume") from None
+
+
 def _sweep(spec, output=None, *, resume=False, workers=None, scheduler=None, client=None,
-           progress=None, n_trials=None, numba_threads=None):
+           progress=None, n_trials=None, numba_threads=None, recompute_bad=False):
     """:func:`sweep` returning ``(dataset, info)``; info has cells, computed, resumed, seconds.
 
     ``numba_threads``: numba threads per Dask task (default 1 on a cluster started with
-    ``workers``, else the workers' own setting).
+    ``workers``, else the workers' own setting). Everything is validated before the parts
+    folder is created; a run that fails before writing any part removes the folder it created.
     """
     spec = load_sweep_spec(spec)
     if n_trials is not None:
         spec = spec.with_trials(n_trials)
+    _check_n_cells(spec.n_cells, spec.source)
     n_dask = sum(x is not None for x in (workers, scheduler, client))
     if n_dask > 1:
         raise McrouteError("give at most one of workers, scheduler and client")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                 or workers < 1):
         raise McrouteError(f"workers must be an integer >= 1, got {workers!r}")
+    if scheduler is not None and not isinstance(scheduler, str):
+        raise McrouteError(f"scheduler must be an address string, got {scheduler!r}")
+    if workers is not None or scheduler is not None:
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            raise McrouteError("workers/scheduler need Dask: pip install "
+                               "'mcroute[distributed]'") from None
+    if not isinstance(resume, bool) or not isinstance(recompute_bad, bool):
+        raise McrouteError("resume and recompute_bad must be true or false")
     if resume and output is None:
         raise McrouteError("resume needs an output path (its parts folder holds the cells)")
+    if recompute_bad and not resume:
+        raise McrouteError("recompute_bad (--recompute-bad) only applies with resume "
+                           "(--resume)")
+    if output is not None:
+        output = _check_output(output)
     kind = CELL_KINDS[spec.kind]
     if kind.prepare is not None:
         for i in range(spec.n_cells):
@@ -1051,27 +1432,26 @@ def _sweep(spec, output=None, *, resume=False, workers=None, scheduler=None, cli
             except McrouteError as exc:
                 raise McrouteError(f"{spec.source}: cell "
                                    f"{_describe_cell(spec.cell_coords(i))}: {exc}") from None
+            except (ValueError, TypeError, OverflowError, MemoryError) as exc:
+                raise McrouteError(f"{spec.source}: cell {_describe_cell(spec.cell_coords(i))}"
+                                   f": {type(exc).__name__}: {_short(exc)}") from None
+    # -- validated: from here on files are created
     t0 = time.perf_counter()
     if output is not None:
-        output = Path(output)
-        if output.suffix.lower() not in {".nc", ".csv", ".json"}:
-            raise McrouteError(f"output must end in .nc, .csv or .json, got {str(output)!r}")
-        if not (output.parent if str(output.parent) else Path(".")).is_dir():
-            raise McrouteError(f"output folder {str(output.parent)!r} does not exist")
         folder = output.with_name(output.name + ".parts")
+        _clean_output_temps(output)
         if resume and not folder.exists() and output.suffix.lower() == ".nc" and output.exists():
-            with xr.open_dataset(output, engine="h5netcdf") as old:
-                if old.attrs.get("sweep_spec_hash") == spec.spec_hash():
-                    ds = old.load()
-                    return ds, {"cells": spec.n_cells, "computed": 0,
-                                "resumed": spec.n_cells, "seconds": 0.0}
+            ds = _finished_output(output, spec)
+            if ds is not None:
+                return ds, {"cells": spec.n_cells, "computed": 0, "resumed": spec.n_cells,
+                            "seconds": 0.0}
         tmpdir = None
     else:
         tmpdir = tempfile.mkdtemp(prefix="mcroute-sweep-")
         folder = Path(tmpdir) / "parts"
+    store = _PartStore(folder)
     try:
-        store = _PartStore(folder)
-        done = store.start(spec, resume)
+        done = store.start(spec, resume, recompute_bad)
         remaining = [i for i in range(spec.n_cells) if i not in done]
         show = (_stderr_is_tty() if progress is None else bool(progress)) and bool(remaining)
         if n_dask == 0:
@@ -1096,6 +1476,10 @@ def _sweep(spec, output=None, *, resume=False, workers=None, scheduler=None, cli
         if output is not None:
             save_dataset(ds, output)
             store.remove()
+    except BaseException:
+        if store.created and store.n_written == 0:  # nothing worth keeping: leave no debris
+            store.remove()
+        raise
     finally:
         if tmpdir is not None:
             shutil.rmtree(tmpdir, ignore_errors=True)
@@ -1109,7 +1493,7 @@ def _stderr_is_tty() -> bool:
 
 
 def sweep(spec, output=None, *, resume=False, workers=None, scheduler=None, client=None,
-          progress=None, n_trials=None) -> xr.Dataset:
+          progress=None, n_trials=None, recompute_bad=False) -> xr.Dataset:
     """Run a parameter sweep: every cell of the spec's grid, in-process or on Dask.
 
     Parameters
@@ -1123,7 +1507,11 @@ def sweep(spec, output=None, *, resume=False, workers=None, scheduler=None, clie
         returned.
     resume : bool
         Continue an interrupted sweep: cells found in ``<output>.parts/`` are not recomputed.
-        The spec (and ``n_trials``) must be the same; a different one is refused.
+        The spec (and ``n_trials``) must be the same; a different one is refused. Every part
+        is checked (SHA-256 against the manifest, then its content) before use; a bad part is
+        an error naming it.
+    recompute_bad : bool
+        With ``resume``: delete the parts that fail their check and compute their cells again.
     workers : int, optional
         Start a local Dask cluster of this many single-threaded worker processes.
     scheduler : str, optional
@@ -1160,5 +1548,6 @@ def sweep(spec, output=None, *, resume=False, workers=None, scheduler=None, clie
     2.0
     """
     ds, _ = _sweep(spec, output, resume=resume, workers=workers, scheduler=scheduler,
-                   client=client, progress=progress, n_trials=n_trials)
+                   client=client, progress=progress, n_trials=n_trials,
+                   recompute_bad=recompute_bad)
     return ds

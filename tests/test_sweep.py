@@ -304,12 +304,12 @@ def test_killed_sweep_resumes_to_the_same_dataset(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        if len(list(parts.glob("part-*.pkl"))) >= 2:
+        if len(list(parts.glob("part-*.nc"))) >= 2:
             break
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     _, err = proc.communicate()
-    n_done = len(list(parts.glob("part-*.pkl")))
+    n_done = len(list(parts.glob("part-*.nc")))
     # The run was really interrupted: no output, some but not all cells kept.
     assert proc.returncode == -signal.SIGKILL, err.decode()
     assert not out.exists()
