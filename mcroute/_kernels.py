@@ -1150,8 +1150,8 @@ def trace_counts_blocks(states, chunk, counts, experts, layer_idx, batch, seq_of
 
 
 @njit(cache=True)
-def _chunk_weighted_urn(s, counts, t0, t1, tables, top_k, batch, conc, record, assign):
-    w, exact, fix, guide, extra, fast = tables
+def _chunk_weighted_urn(s, counts, t0, t1, w, exact, fix, guide, extra, fast, top_k, batch, conc,
+                        record, assign):
     n_layers, n_experts = w.shape
     src = np.empty(batch, dtype=np.int64)
     fresh_of = np.empty(batch, dtype=np.int64)
@@ -1189,9 +1189,10 @@ def counts_weighted_urn(states, chunk, counts, tables, top_k, batch, conc, recor
     every layer. Each microbatch's token law is thus a draw from a Dirichlet process centred on
     the weighted top-k law with concentration ``conc`` (``conc < 0``: independent tokens).
     """
+    w, exact, fix, guide, extra, fast = tables  # out here: a parfor takes no nested tuple
     n_trials = counts.shape[0]
     for c in prange(states.shape[0]):
         s = init_state(states[c])
-        _chunk_weighted_urn(s, counts, c * chunk, min(c * chunk + chunk, n_trials), tables, top_k,
-                            batch, conc, record, assign)
+        _chunk_weighted_urn(s, counts, c * chunk, min(c * chunk + chunk, n_trials), w, exact, fix,
+                            guide, extra, fast, top_k, batch, conc, record, assign)
     return counts

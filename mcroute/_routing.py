@@ -153,8 +153,14 @@ class Routing:
         return w
 
     def permutation(self, n_layers: int = 1) -> np.ndarray:
-        """Expert id holding each popularity rank, int64 (layer, rank); rank 0 is the hottest."""
-        p = self.popularity(n_layers)
+        """Expert id holding each popularity rank, int64 (layer, rank); rank 0 is the hottest.
+
+        Ranked by log-weight, so experts whose normalised popularity underflows to 0 still
+        keep their order; ties keep expert-id order.
+        """
+        n_layers = check_int("n_layers", n_layers, minimum=1)
+        lw = self._log_weights(n_layers)
+        p = self.popularity(n_layers) if lw is None else lw
         return np.argsort(-p, axis=1, kind="stable").astype(np.int64)
 
     def inclusion_probabilities(self, n_layers: int = 1, *, return_error: bool = False):
