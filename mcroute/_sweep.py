@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from ._atomic import atomic_path
+from ._atomic import atomic_path, remove_stale_temporaries
 from ._results import DEFAULT_QUANTILES, _attr_value, provenance, save_dataset
 from ._validate import McrouteError, check_prob
 from ._version import __version__
@@ -437,7 +437,7 @@ _QS_PARAMS = (
     Param("dense_style", "str", "widen", "1", "how the dense twin is built",
           choices=("widen", "llama")),
     Param("dense_n_gpus", "int", None, "GPUs", "GPUs of the twin (default: n_gpus)"),
-    Param("n_q_samples", "int", 64, "1", "draws of an uncertain q"),
+    Param("n_q_samples", "int", 256, "1", "draws of an uncertain q"),
     Param("method", "str", "auto", "1", "sampling method",
           choices=("auto", "assignment", "counts")),
     Param("dense_model", "str", None, "1", "compare with this dense card instead of a twin"),
@@ -1350,27 +1350,22 @@ def _check_output(output) -> Path:
         raise McrouteError(f"output folder {str(folder)!r} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise McrouteError(f"output folder {str(folder)!r} is not writable")
-    if output.is_dir():
-        raise McrouteError(f"output {str(output)!r} is a folder")
+    try:
+        st = os.stat(output)  # through a symbolic link: its target is what gets replaced
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise McrouteError(f"cannot write output {str(output)!r}: {exc.strerror}") from None
+    else:
+        if stat.S_ISDIR(st.st_mode):
+            raise McrouteError(f"output {str(output)!r} is a folder, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise McrouteError(f"output {str(output)!r} is not a regular file (a device, FIFO "
+                               "or socket); refusing to replace it")
     parts = output.with_name(output.name + ".parts")
     if parts.exists() and not parts.is_dir():
         raise McrouteError(f"{parts} exists and is not a folder of sweep parts; delete it")
     return output
-
-
-def _clean_output_temps(output: Path) -> None:
-    """Delete temporary files left by an interrupted write of ``output`` (atomic_path names)."""
-    folder = output.parent if str(output.parent) else Path(".")
-    pattern = re.compile(re.escape(f".{output.name}.") + r"[a-z0-9_]{8}" +
-                         re.escape(output.suffix))
-    for f in folder.glob(f".{glob_escape(output.name)}.*"):
-        if pattern.fullmatch(f.name) and f.is_file() and not f.is_symlink():
-            f.unlink(missing_ok=True)
-
-
-def glob_escape(text: str) -> str:
-    """``text`` with the glob metacharacters escaped."""
-    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 def _finished_output(output: Path, spec: SweepSpec):
@@ -1439,7 +1434,7 @@ def _sweep(spec, output=None, *, resume=False, workers=None, scheduler=None, cli
     t0 = time.perf_counter()
     if output is not None:
         folder = output.with_name(output.name + ".parts")
-        _clean_output_temps(output)
+        remove_stale_temporaries(output)  # of a killed earlier write of the output
         if resume and not folder.exists() and output.suffix.lower() == ".nc" and output.exists():
             ds = _finished_output(output, spec)
             if ds is not None:

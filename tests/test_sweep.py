@@ -114,6 +114,34 @@ def test_deployment_params_match_deployment():
         assert p.default == fields[p.name], p.name
 
 
+def test_param_defaults_are_the_functions_defaults():
+    """The defaults a sweep documents are those the cell functions really apply."""
+    import inspect
+
+    funcs = {"simulate": [mr.simulate], "throughput": [mr.decode_throughput, mr.Deployment],
+             "qs": [mr.qs_analysis, mr.Deployment]}
+    doc = (ROOT / "docs" / "sweeps.md").read_text()
+    rows = {}
+    for line in doc.splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) > 4 and cells[1].startswith("`"):
+            rows.setdefault(cells[1].strip("`"), set()).add(cells[3])
+    checked = 0
+    for kind in S.CELL_KINDS.values():
+        for p in kind.params:
+            if p.default is None or p.required or p.type == "routing":
+                continue  # routing: the string is turned into the function's routing object
+            for f in funcs[kind.name]:
+                params = inspect.signature(f).parameters
+                if p.name in params:
+                    assert params[p.name].default == p.default, (kind.name, p.name)
+                    checked += 1
+            shown = (str(p.default).lower() if isinstance(p.default, bool) else
+                     f'`"{p.default}"`' if isinstance(p.default, str) else str(p.default))
+            assert shown in rows[p.name], (kind.name, p.name, shown, rows[p.name])
+    assert checked >= 30
+
+
 def test_docs_list_every_key():
     doc = (ROOT / "docs" / "sweeps.md").read_text()
     for key in S.TOP_LEVEL_KEYS:

@@ -21,6 +21,7 @@ import pytest
 import xarray as xr
 
 import mcroute as mr
+from mcroute import _atomic
 from mcroute import _sweep as S
 from mcroute.cli import main
 
@@ -279,10 +280,12 @@ def test_stale_temporary_files_are_removed(tmp_path):
     out, folder, _ = _partial(tmp_path, n_parts=1)
     stale = [folder / ".part-000000002-0123456789.nc.abcd1234.nc",
              folder / ".manifest.json.zz9_ab12.json"]
-    out_tmp = tmp_path / ".r.nc.k2j4h6g8.nc"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    out_tmp = tmp_path / f".r.nc{_atomic.TMP_TAG}{_atomic._host()}.{dead}.k2j4h6g8.nc"
     for f in [*stale, out_tmp]:
         f.write_bytes(b"x" * 1000)
-    keep = tmp_path / ".r.nc.notmine"  # not a name atomic writes use
+    keep = tmp_path / ".r.nc.notmine.nc"  # not a name atomic writes use
     keep.write_bytes(b"y")
     mr.sweep(SMALL, out, resume=True, progress=False)
     assert not any(f.exists() for f in [*stale, out_tmp])
@@ -390,7 +393,8 @@ def _runtime_failure_kind():
 
 
 @pytest.mark.parametrize("case", ["bad-cell", "bad-method", "extension", "no-folder",
-                                  "is-dir", "workers", "recompute-without-resume", "runtime"])
+                                  "is-dir", "fifo", "workers", "recompute-without-resume",
+                                  "runtime"])
 def test_failed_sweep_leaves_nothing(tmp_path, case):
     out = tmp_path / "o.nc"
     spec, kw = SMALL, {}
@@ -405,6 +409,8 @@ def test_failed_sweep_leaves_nothing(tmp_path, case):
         out = tmp_path / "nope" / "o.nc"
     elif case == "is-dir":
         out.mkdir()
+    elif case == "fifo":
+        os.mkfifo(out)
     elif case == "workers":
         kw = {"workers": 0}
     elif case == "recompute-without-resume":
