@@ -430,7 +430,7 @@ def _sub_batch(dep, L, n_seq, r, gl, p, nt):
     # tensor-parallel all-reduces (one per sharded block per layer)
     ar = np.zeros((nt, layers))
     if n > 1 and T > 0:
-        link = dep._nvlink if n <= dep._gpus_per_node else dep._scaleout
+        link = dep._nvlink if n <= dep._gpus_per_node else (dep._scaleout or dep._nvlink)
         msg = np.full((1, 1), T * hidden * dep._combine_b)
         one = np.broadcast_to(C.all_reduce_time(msg, n, link_bw=link, p=p), (nt, 1))
         blocks = np.zeros(layers)
@@ -454,7 +454,7 @@ def _sub_batch(dep, L, n_seq, r, gl, p, nt):
         exp = t.max(axis=-1)
         tok_max = gl.sum(axis=-1).max(axis=-1).astype(float)
         if tp > 1:
-            link = dep._nvlink if tp <= dep._gpus_per_node else dep._scaleout
+            link = dep._nvlink if tp <= dep._gpus_per_node else (dep._scaleout or dep._nvlink)
             ar_e = C.all_reduce_time(tok_max * hidden * dep._combine_b, tp, link_bw=link, p=p)
             ar[:, dep._is_moe] += ar_e
     out["all_reduce"] = ar
@@ -480,7 +480,7 @@ def _sub_batch(dep, L, n_seq, r, gl, p, nt):
         disp, comb = C.all_to_all_time(
             tpr, hidden, dep.top_k, ep=D, gpus_per_node=max(1, dep._gpus_per_node // tp),
             dispatch_bytes_per_value=dep._dispatch_b, combine_bytes_per_value=dep._combine_b,
-            nvlink_bw=dep._nvlink, scaleout_bw=dep._scaleout, p=p)
+            nvlink_bw=dep._nvlink, scaleout_bw=dep._scaleout or dep._nvlink, p=p)
         # the busiest group must receive its tokens: the roofline transfer time is a floor
         floor = 2.0 * tok_max * hidden * dep._ab * (D - 1) / D / tp / dep._link
         comm = np.maximum((disp + comb)[:, None], floor)
