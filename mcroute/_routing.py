@@ -373,7 +373,10 @@ class Zipf(_Ranked):
     n_experts, top_k : int
         E and k.
     alpha : float
-        Skew exponent, >= 0 (0 is uniform).
+        Skew exponent, >= 0 (0 is uniform). Any finite value: weights whose normalised form
+        underflows keep their ratios in log space (-alpha·log rank), so every token still gets
+        k distinct experts by the same law; as alpha grows the k hottest ranks are chosen with
+        probability 1. Values above 1e300 act as 1e300 (every rank ratio underflows there).
     layer_seed : int
         Seed of the per-layer permutation of ranks onto expert ids.
     permute : bool
@@ -422,6 +425,8 @@ class LogNormal(_Ranked):
     The E popularity values are the deterministic quantiles ``z_r = Φ⁻¹((E - r + 0.5) / E)`` of a
     log-normal law with shape ``sigma`` (a "typical" draw, so results do not depend on a random
     popularity sample); ranks are then placed on expert ids by the per-layer permutation.
+    Any finite ``sigma`` >= 0 works (log-weights ``sigma * (z_r - z_max)``; above 1e300 it acts
+    as 1e300, where every rank ratio underflows).
 
     Examples
     --------
@@ -466,7 +471,11 @@ class Popularity(Routing):
     """Explicit per-expert weights, shape (expert,) for every layer or (layer, expert).
 
     Weights are used as given on expert ids (no permutation). Per-layer weights require
-    ``n_layers`` equal to their first dimension when sampling.
+    ``n_layers`` equal to their first dimension when sampling. Each layer is divided by its
+    largest weight before normalising (so weights up to the largest float work) and its log
+    keeps ratios that underflow (weights down to the smallest subnormal). Weights must be
+    finite and non-negative, with at least ``top_k`` positive entries in every layer
+    (``McrouteError`` otherwise).
 
     Examples
     --------
