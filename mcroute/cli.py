@@ -45,34 +45,21 @@ def _one_line(text: str) -> str:
     return flat.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _value_type(convert):
-    """Wrap an argparse ``type``: refuse an empty value or a NUL character, then convert."""
-
-    def checked(text):
-        if isinstance(text, str):
-            if not text.strip():
-                raise argparse.ArgumentTypeError("must not be empty")
-            if "\0" in text:
-                raise argparse.ArgumentTypeError("must not contain a NUL character")
-        return convert(text) if convert is not None else text
-
-    # argparse names the type in its message ("invalid float value: 'x'").
-    checked.__name__ = getattr(convert, "__name__", "value")
-    return checked
-
-
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line and exit 2.
 
     It also refuses empty option values: ``--gpus ''`` is an error naming the option, never a
-    silent fall-back to the default.
+    silent fall-back to the default. Values holding a NUL character are refused too.
     """
 
-    def add_argument(self, *args, **kwargs):  # noqa: D102
-        action = kwargs.get("action")
-        if action in (None, "store", "append", "extend") and kwargs.get("nargs") != 0:
-            kwargs["type"] = _value_type(kwargs.get("type"))
-        return super().add_argument(*args, **kwargs)
+    def _get_values(self, action, arg_strings):
+        if action.nargs not in (argparse.PARSER, argparse.REMAINDER):
+            for text in arg_strings:
+                if not text.strip():
+                    raise argparse.ArgumentError(action, "must not be empty")
+                if "\0" in text:
+                    raise argparse.ArgumentError(action, "must not contain a NUL character")
+        return super()._get_values(action, arg_strings)
 
     def error(self, message):  # noqa: D102
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {_one_line(message)}\n")

@@ -77,6 +77,8 @@ def _write_fixtures(d):
     (d / "huge.toml").write_text("# " + "x" * (2 * 2**20) + "\nname = 'huge'\n")
     (d / "schema.toml").write_text("name = 'schema'\nn_layers = 'many'\n")
     (d / "q.txt").write_text("2\n3\nnan\n")
+    (d / "deep.json").write_text("[" * 100000 + "]" * 100000)
+    (d / "config.json").write_text(json.dumps(HF_CONFIG))
     (d / "big.jsonl").write_text("".join(
         json.dumps({"token_idx": t, "layer": 0, "expert_ids": [2**64, 1]}) + "\n"
         for t in range(3)))
@@ -252,7 +254,7 @@ def _run_cli(argv):
     return rc, err.getvalue(), time.perf_counter() - t0, seen
 
 
-@settings(max_examples=110 * SCALE, **COMMON)
+@settings(max_examples=100 * SCALE, **COMMON)
 @given(argv=cli_argv())
 def test_fuzz_cli(argv):
     rc, err, elapsed, seen = _run_cli(argv)
@@ -289,6 +291,11 @@ BAD = [None, True, 0, -1, 2**31, 2**63, -(2**63), 2**64, 10**100, 0.0, -0.0, 0.5
        (), np.int64(3), np.float32(NAN), np.array([]), np.array([[1, 2]]),
        np.array([1.0, NAN]), b"1", 1 + 2j, Fraction(1, 3), object(), "/dev/zero", "folder"]
 SMALL_TRIALS = [2, 3, 8]
+#: A Hugging Face config.json of Mixtral-8x7B's shape (the fields from_hf_config reads).
+HF_CONFIG = dict(model_type="mixtral", hidden_size=4096, intermediate_size=14336,
+                 num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                 num_local_experts=8, num_experts_per_tok=2, vocab_size=32000,
+                 max_position_embeddings=32768)
 
 
 def _valid_routings():
@@ -448,6 +455,35 @@ def _qs_case(data, model, hw):
             "dense_n_gpus": ([None, 4], [2**40])}
     kwargs, corrupt = _draw_kwargs(data, spec)
     return "qs_analysis", mr.qs_analysis, kwargs, corrupt
+
+
+def _files_case(data):
+    kind = data.draw(st.sampled_from(["from_hf_config", "load_trace"]))
+    if kind == "load_trace":
+        spec = {"path": (["trace.npz", "trace.npy"],
+                         PATHS + ["", ".", ["trace.npz", "trace.npy"], ["trace.npz"] * 2]),
+                "format": ([None, "npz"], ["array", "jsonl-token-layer", "histogram-csv",
+                                           "csv"]),
+                "n_experts": ([None, 8], [4, 2**63, 2**64]),
+                "max_records": ([None, 10], [0, 2**63])}
+        return kind, mr.load_trace, *_draw_kwargs(data, spec)
+    field = data.draw(st.sampled_from(sorted(HF_CONFIG)))
+    value = data.draw(st.sampled_from(BAD + ["deepseek_v3", "gpt_oss", -(2**31)]))
+    broken = dict(HF_CONFIG, **{field: value})
+    missing = {k: v for k, v in HF_CONFIG.items() if k != field}
+    spec = {"path_or_dict": ([HF_CONFIG, "config.json", "."],
+                             [broken, missing, {}, [], "deep.json", "binary.toml", "garbage.txt",
+                              "folder", "/dev/zero", "missing.json", {"model_type": None},
+                              {"model_type": "llama", **{k: 2**70 for k in HF_CONFIG
+                                                         if k != "model_type"}}]),
+            "name": ([None, "toy"], [""])}
+    return kind, mr.ModelSpec.from_hf_config, *_draw_kwargs(data, spec)
+
+
+@settings(max_examples=20 * SCALE, **COMMON)
+@given(data=st.data())
+def test_fuzz_api_files(data):
+    _call(*_files_case(data))
 
 
 @settings(max_examples=25 * SCALE, **COMMON)
