@@ -114,6 +114,17 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
           file=sys.stderr if file is None else file)
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush cannot fail again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (in-process capture)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 def main(argv=None) -> int:
     """Run the CLI; return the exit status (0 ok, 2 bad input, 1 internal error, 130 Ctrl-C).
 
@@ -131,10 +142,15 @@ def main(argv=None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
-            return int(args.func(args) or 0)
+            status = int(args.func(args) or 0)
+            sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+            return status
     except KeyboardInterrupt:
         print("mcroute: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout closed early (`mcroute models | head -1`): not an error
+        _silence_stdout()
+        return 0
     except Exception as exc:
         status, line = _error_message(args.command, exc)
         if status == EXIT_INTERNAL and os.environ.get(DEBUG_ENV, "") not in ("", "0"):

@@ -359,3 +359,13 @@ def test_output_that_is_not_a_file_is_refused(kind, tmp_path, capsys):
     assert main(SIM + ["--seed", "0", "--output", str(target)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "t.nc" in err[0]
+
+
+def test_closed_stdout_is_quiet():
+    """`mcroute models | head -0`: the reader went away; no error line, no 'Exception ignored'."""
+    p = subprocess.Popen([sys.executable, "-m", "mcroute", "models"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.close()
+    err = p.stderr.read()
+    p.stderr.close()
+    assert p.wait(timeout=300) == 0 and err == b""
