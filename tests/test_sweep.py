@@ -5,6 +5,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -387,8 +388,24 @@ def test_progress_bar():
 
 
 # -- Dask -----------------------------------------------------------------------------------------
+@pytest.fixture
+def port_8787_taken():
+    """Hold 127.0.0.1:8787, Dask's default dashboard port (if nobody else does already): the
+    Dask tests must pass, without a "port in use" warning (an error here), while it is taken."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind(("127.0.0.1", 8787))
+        s.listen(1)
+    except OSError:
+        pass  # already taken by another process: just as good
+    try:
+        yield
+    finally:
+        s.close()
+
+
 @pytest.mark.slow
-def test_dask_local_cluster_equals_in_process(tmp_path, sim_full):
+def test_dask_local_cluster_equals_in_process(tmp_path, sim_full, port_8787_taken):
     """--workers 2: a local cluster of two worker processes gives the in-process result."""
     pytest.importorskip("distributed", reason="the 'distributed' extra is not installed")
     spec = {**SIM, "cells_per_task": 1}
@@ -397,14 +414,14 @@ def test_dask_local_cluster_equals_in_process(tmp_path, sim_full):
 
 
 @pytest.mark.slow
-def test_cli_scheduler_address_equals_in_process(tmp_path, sim_full):
+def test_cli_scheduler_address_equals_in_process(tmp_path, sim_full, port_8787_taken):
     """--scheduler ADDRESS sends the cells to an existing cluster (here two local processes)."""
     distributed = pytest.importorskip("distributed",
                                       reason="the 'distributed' extra is not installed")
     spec = _write(tmp_path, KILL_SPEC.replace("n_trials = 1000", "n_trials = 24"))
     ref = mr.sweep(spec, progress=False)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster:
+                                  host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster:
         out = tmp_path / "s.nc"
         assert main(["sweep", str(spec), "--output", str(out), "--quiet",
                      "--scheduler", cluster.scheduler_address]) == 0
@@ -418,7 +435,7 @@ def _save(ds, path):
 
 
 @pytest.mark.slow
-def test_bench_sweep_runs(monkeypatch, capsys):
+def test_bench_sweep_runs(monkeypatch, capsys, port_8787_taken):
     """`mcroute bench --sweep` end to end on a tiny grid (the code path, not the speed)."""
     pytest.importorskip("distributed", reason="the 'distributed' extra is not installed")
     from mcroute import _sweep_bench
