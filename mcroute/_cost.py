@@ -64,9 +64,13 @@ def _dtype_bytes(dtype: str) -> float:
 
 
 def _nonneg_array(name: str, x) -> np.ndarray:
-    a = np.asarray(x, dtype=float)
+    try:
+        a = np.asarray(x, dtype=float)
+    except (TypeError, ValueError, OverflowError):
+        a = np.asarray(np.nan)
     if np.any(~np.isfinite(a)) or np.any(a < 0):
-        raise McrouteError(f"{name} must be finite and >= 0, got {x!r}")
+        shown = repr(x) if not isinstance(x, int) or abs(x) < 10**30 else "a huge integer"
+        raise McrouteError(f"{name} must be finite numbers >= 0, got {shown[:80]}")
     return a
 
 
@@ -343,7 +347,8 @@ class Deployment:
                      "interconnect_efficiency"):
             put(name, check_real(name, getattr(self, name), minimum=0.0, maximum=1.0,
                                  open_min=True))
-        if self.attention_parallel not in _ATTENTION_PARALLEL:
+        if (not isinstance(self.attention_parallel, str)
+                or self.attention_parallel not in _ATTENTION_PARALLEL):
             raise McrouteError(
                 f"attention_parallel must be 'tensor' or 'data', got {self.attention_parallel!r}"
             )
@@ -439,6 +444,12 @@ class Deployment:
                     f"[{_MIN_RATE:g}, {_MAX_RATE:g}], got {v:g}")
         put("_F", peak * self.flops_efficiency)
         put("_BW", bw * self.bandwidth_efficiency)
+        for what, v, eff in (("usable FLOP/s", self._F, "flops_efficiency"),
+                             ("usable HBM bandwidth", self._BW, "bandwidth_efficiency")):
+            if v < _MIN_RATE:
+                raise McrouteError(
+                    f"{eff}={getattr(self, eff):g} leaves a {what} of {v:g} per GPU, below "
+                    f"{_MIN_RATE:g}; give an efficiency of a sensible size")
         link = float(getattr(self.hardware, "interconnect_bandwidth", 0.0) or 0.0)
         if self.charge_all_to_all and ep > 1 and link <= 0:
             raise McrouteError(

@@ -158,8 +158,10 @@ def dense_twin(model, q, style="widen", *, name=None) -> ModelSpec:
     """
     moe = _check_moe(model)
     q = _check_q_value(q)
-    if style not in DENSE_STYLES:
+    if not isinstance(style, str) or style not in DENSE_STYLES:
         raise McrouteError(f"style must be one of {DENSE_STYLES}, got {style!r}")
+    if name is not None and not (isinstance(name, str) and name.strip()):
+        raise McrouteError(f"name must be a non-empty string or None, got {name!r}")
     target = q * moe.active_params
     tag = name or f"{moe.name}-dense-q{q:g}-{style}"
     if style == "widen":
@@ -443,7 +445,7 @@ def qs_analysis(
     n_trials = check_int("n_trials", n_trials, minimum=2)
     ci_prob = check_prob("ci_prob", ci_prob)
     n_q_samples = check_int("n_q_samples", n_q_samples, minimum=1, maximum=MAX_Q_SAMPLES)
-    if dense_style not in DENSE_STYLES:
+    if not isinstance(dense_style, str) or dense_style not in DENSE_STYLES:
         raise McrouteError(f"dense_style must be one of {DENSE_STYLES}, got {dense_style!r}")
     q_points, q_spec, q_scalar = _parse_q_arg(q)
     nq_max = len(q_points) if q_spec is None else n_q_samples

@@ -62,7 +62,7 @@ def check_routing(routing):
 
 
 def _resolve_method(routing, batch_size, method):
-    if method not in ("auto", "assignment", "counts"):
+    if not isinstance(method, str) or method not in ("auto", "assignment", "counts"):
         raise McrouteError(f"method must be 'auto', 'assignment' or 'counts', got {method!r}")
     exact = getattr(routing, "_countspace_exact", lambda: False)()
     if method == "counts" and not exact:

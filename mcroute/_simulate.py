@@ -24,6 +24,7 @@ from ._validate import (
     MAX_BATCH_SIZE,
     MAX_CAPACITY_FACTOR,
     MAX_LAYERS,
+    McrouteError,
     check_bytes,
     check_int,
     check_int_list,
@@ -132,6 +133,9 @@ def simulate(
     capacity_factor = check_real("capacity_factor", capacity_factor, minimum=0.0,
                                  maximum=MAX_CAPACITY_FACTOR, open_min=True)
     ci_prob = check_prob("ci_prob", ci_prob)
+    for name, flag in (("expert_load", expert_load), ("histogram", histogram)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise McrouteError(f"{name} must be True or False, got {flag!r}"[:200])
     entropy = resolve_seed(rng)
     e = routing.n_experts
     nb = len(batches)
