@@ -260,6 +260,9 @@ def slot_loads(counts, layout: ExpertLayout) -> np.ndarray:
 def group_loads(slots, layout: ExpertLayout) -> np.ndarray:
     """Per-slot loads gathered by group, (trial, moe_layer, group, capacity), zero-padded.
 
+    When every group holds the same number of consecutive slots (the default placement with D
+    dividing E) this is a reshaped view of ``slots``.
+
     Examples
     --------
     >>> lay = expert_layout(balanced_placement(3, 2), 2, 1)
@@ -268,6 +271,10 @@ def group_loads(slots, layout: ExpertLayout) -> np.ndarray:
     """
     x = np.asarray(slots)
     nt, m, s = x.shape
+    g = layout.gather
+    if g.shape[1] * g.shape[2] == s and np.array_equal(
+            g, np.broadcast_to(np.arange(s).reshape(1, g.shape[1], g.shape[2]), g.shape)):
+        return x.reshape(nt, m, g.shape[1], g.shape[2])
     padded = np.concatenate([x, np.zeros((nt, m, 1), dtype=x.dtype)], axis=2)
     g = layout.gather
     idx = np.broadcast_to(g.reshape(1, m, -1), (nt, m, g.shape[1] * g.shape[2]))
@@ -364,6 +371,45 @@ def accepted_tokens(acceptance, depth: int):
 # ---------------------------------------------------------------------------------------------
 
 
+def _pv(p, name, nd):
+    """Kernel parameter as a float or a (trial, 1, ..., 1) array of ``nd`` dims."""
+    v = np.asarray(p[name], dtype=float)
+    return float(v) if v.ndim == 0 else v.reshape((-1,) + (1,) * (nd - 1))
+
+
+def expert_times(loads, weight_bytes, flops_per_token, act_bytes_per_token, *, bw, peak_flops,
+                 p):
+    """:func:`~mcroute._calibration.expert_gemm_time` of every group, via a table of loads.
+
+    ``loads``: int (trial, moe_layer, group, capacity); the expert sizes are per MoE layer
+    (arrays (moe_layer,)). Returns (trial, moe_layer, group): the layer floor plus the sum over
+    touched experts of :func:`~mcroute._calibration.expert_cost` of each expert's own load.
+    The cost of every load value 1 .. max is computed once per trial (and expert size) and
+    gathered, which gives the same numbers as pricing every expert separately (the same
+    elementwise operations on the same values) at a fraction of the work.
+    """
+    x = np.asarray(loads)
+    nt = x.shape[0]
+    out = np.zeros(x.shape[:3])
+    sizes = np.stack([weight_bytes, flops_per_token, act_bytes_per_token], axis=1)
+    floor = np.clip(np.asarray(p["moe_layer_floor_s"], dtype=float), 0.0, None)
+    floor = float(floor) if floor.ndim == 0 else floor.reshape(-1, 1)
+    top = int(x.max()) if x.size else 0
+    grid = np.arange(top + 1, dtype=float)[None, :]
+    kw = {k: _pv(p, name, 2) for k, name in (
+        ("eta_max", "moe_stream_eta_max"), ("m_half", "moe_stream_m_half"),
+        ("eta_c", "moe_compute_eta"), ("p", "moe_overlap_p"), ("tau", "moe_expert_overhead_s"))}
+    for w, f, a in np.unique(sizes, axis=0):
+        layers = np.flatnonzero((sizes == (w, f, a)).all(axis=1))
+        tab = C.expert_cost(np.where(grid > 0, grid, 1.0), w, f, a, bw=bw, peak_flops=peak_flops,
+                            **kw)
+        tab = np.where(grid > 0, np.broadcast_to(tab, (nt, top + 1)), 0.0)
+        sub = x[:, layers].reshape(nt, -1).astype(np.intp)
+        cost = np.take_along_axis(tab, sub, axis=1).reshape(x[:, layers].shape)
+        out[:, layers] = cost.sum(axis=-1) + (floor[:, :, None] if np.ndim(floor) else floor)
+    return out
+
+
 def _attended(context, window):
     w = np.asarray(window, dtype=np.int64)
     return np.where(w > 0, np.minimum(context, w), context).astype(float)
@@ -448,7 +494,7 @@ def _sub_batch(dep, L, n_seq, r, gl, p, nt):
         w_e = (pe * wb / tp).reshape(1, -1, 1, 1)
         f_e = (2.0 * pe / tp).reshape(1, -1, 1, 1)
         a_e = (dep._expert_act_bytes / tp).reshape(1, -1, 1, 1)
-        t = C.expert_gemm_time(gl, w_e, f_e, bw=BW, peak_flops=F, p=p, act_bytes_per_token=a_e)
+        t = expert_times(gl, w_e.ravel(), f_e.ravel(), a_e.ravel(), bw=BW, peak_flops=F, p=p)
         busy = gl.sum(axis=-1) > 0
         t = np.where(busy, t, 0.0)  # a group with no tokens launches nothing
         exp = t.max(axis=-1)
@@ -483,6 +529,8 @@ def _sub_batch(dep, L, n_seq, r, gl, p, nt):
             nvlink_bw=dep._nvlink, scaleout_bw=dep._scaleout or dep._nvlink, p=p)
         # the busiest group must receive its tokens: the roofline transfer time is a floor
         floor = 2.0 * tok_max * hidden * dep._ab * (D - 1) / D / tp / dep._link
+        if dep.n_gpus > dep._gpus_per_node:  # across nodes: at least one network latency each
+            floor = np.maximum(floor, 2.0 * getattr(dep, "_scaleout_latency", 0.0))
         comm = np.maximum((disp + comb)[:, None], floor)
     return out, edges, exp, comm
 
