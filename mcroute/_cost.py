@@ -200,6 +200,15 @@ def kv_bytes_per_sequence(layers, context, *, kv_bytes, encoder_context=0) -> fl
     return float(total) * kv_bytes
 
 
+def check_deployment_options(options: dict, what: str = "deployment option",
+                             exclude=()) -> None:
+    """Raise unless every key of ``options`` is a field of :class:`Deployment` (not excluded)."""
+    known = [f.name for f in dataclasses.fields(Deployment) if f.name not in exclude]
+    for key in options:
+        if key not in known:
+            raise McrouteError(f"unknown {what} {key!r}; known: {', '.join(known)}")
+
+
 def _gb(x: float) -> str:
     return f"{x / 1e9:.4g} GB"
 
@@ -515,6 +524,7 @@ class Deployment:
 
     def replace(self, **changes) -> Deployment:
         """Return a copy with fields changed (defaults left as None are resolved again)."""
+        check_deployment_options(changes)
         return dataclasses.replace(self, **changes)
 
     @property

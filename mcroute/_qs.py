@@ -30,7 +30,7 @@ import numpy as np
 import xarray as xr
 
 from ._cards import LayerSpec, ModelSpec, load_hardware, load_model
-from ._cost import Deployment
+from ._cost import Deployment, check_deployment_options
 from ._quality import QSpec, as_q
 from ._results import DEFAULT_QUANTILES, _summary_arrays, provenance, summarize
 from ._rng import generator, resolve_seed
@@ -230,6 +230,7 @@ def min_gpus(model, hardware, context, *, candidates=None, **deployment_options)
     >>> mr.min_gpus("llama-3.1-70b", "h100-sxm", 8192)
     2
     """
+    check_deployment_options(deployment_options, exclude=("model", "hardware", "n_gpus"))
     cands = [2**i for i in range(13)] if candidates is None else check_int_list(
         "candidates", candidates, minimum=1, maximum=MAX_GPUS)[0]
     check_int("context", context, minimum=1, maximum=MAX_CONTEXT)
@@ -422,6 +423,7 @@ def qs_analysis(
     >>> bool((ds["penalty_mean"] > 1).all())
     True
     """
+    check_deployment_options(deployment_options, exclude=("model", "hardware", "n_gpus"))
     moe = _check_moe(model)
     if dense_model is not None:
         dense_model = load_model(dense_model) if isinstance(dense_model, str) else dense_model
