@@ -40,7 +40,16 @@ from scipy import stats
 
 from ._results import provenance
 from ._rng import generator, resolve_seed
-from ._validate import McrouteError, check_int, check_prob, check_real
+from ._validate import (
+    MAX_BOOT_DRAWS,
+    McrouteError,
+    check_bytes,
+    check_int,
+    check_prob,
+    check_real,
+    check_unique,
+    short_repr,
+)
 
 __all__ = [
     "QSpec",
@@ -138,9 +147,14 @@ class QSpec:
         ndarray of float64, shape (n,)
         """
         n = check_int("n", n, minimum=1)
+        check_bytes(f"{n} draws of q (float64)", n * 8, "n")
         if self.kind == "point":
             return np.full(n, float(self.value))
-        gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        try:
+            gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        except (TypeError, ValueError) as exc:
+            raise McrouteError(f"rng must be None, a seed >= 0, a SeedSequence or a Generator, "
+                               f"got {short_repr(rng)} ({exc})") from None
         if self.kind == "samples":
             return np.asarray(self.value)[gen.integers(0, self.value.size, size=n)]
         x = np.asarray(self.value.rvs(size=n, random_state=gen), dtype=float).reshape(n)
@@ -205,7 +219,7 @@ class EstimateQ:
 
 
 def _reject(name, value, why):
-    raise McrouteError(f"{name} must be {why}, got {value!r}")
+    raise McrouteError(f"{name} must be {why}, got {short_repr(value)}")
 
 
 def _check_dist(name, dist):
@@ -1024,6 +1038,21 @@ class _quiet_nan:
         return self._cm.__exit__(*exc)
 
 
+def _check_benchmark_names(benchmarks, tabs) -> None:
+    """Refuse benchmark names that no table scores, listing the names the tables have."""
+    known = set()
+    for t in tabs:
+        for r in t.rows:
+            known.add(r.benchmark.lower())
+            known.add(f"{r.benchmark} [{r.setting}]".lower())
+    unknown = [b for b in benchmarks if b.strip().lower() not in known]
+    if unknown:
+        plain = sorted({r.benchmark for t in tabs for r in t.rows}, key=str.lower)
+        raise McrouteError(f"benchmarks: unknown {', '.join(map(repr, unknown))}; the tables "
+                           f"score: {'; '.join(plain)} (a setting can be added as "
+                           "'NAME [SETTING]')")
+
+
 def estimate_q(
     moe,
     tables=None,
@@ -1060,13 +1089,15 @@ def estimate_q(
         parameter count of Clark et al. (2022), S-BASE constants, with ``N = n_active`` and
         ``E = n_experts / top_k``; a point value without uncertainty.
     benchmarks : sequence of str, optional
-        Only these benchmarks (names as printed, case-insensitive).
+        Only these benchmarks (names as printed, case-insensitive); a name no table scores is
+        an error listing the names they have.
     family : str
         Dense family to fit against: ``"auto"`` (the MoE's own family in the same table if one
         is scored, e.g. the Qwen3 dense ladder for Qwen3 MoEs; else every family, flagged
         ``cross_family``), ``"all"``, or a family name/prefix (e.g. ``"qwen2.5"``).
     n_boot : int
-        Bootstrap replicates.
+        Bootstrap replicates, in [2, 2**28] (``MAX_BOOT_DRAWS``); a bootstrap whose arrays
+        would exceed ``MAX_RESULT_BYTES`` is refused before it starts.
     rng : None, int, SeedSequence or Generator
         Seed; the entropy is stored in ``attrs["seed"]``.
     ci_prob : float
@@ -1130,7 +1161,7 @@ def estimate_q(
         _reject("moe", moe, "a model name such as 'deepseek-v3'")
     if method not in ("fit", "scaling_law"):
         _reject("method", method, "'fit' or 'scaling_law'")
-    n_boot = check_int("n_boot", n_boot, minimum=1)
+    n_boot = check_int("n_boot", n_boot, minimum=2, maximum=MAX_BOOT_DRAWS)
     ci_prob = check_prob("ci_prob", ci_prob)
     max_extrapolation = check_real("max_extrapolation", max_extrapolation, minimum=1.0)
     min_sizes = check_int("min_sizes", min_sizes, minimum=2)
@@ -1145,9 +1176,22 @@ def estimate_q(
         n_active = check_real("n_active", n_active, minimum=0.0, open_min=True)
     if isinstance(benchmarks, str):
         benchmarks = [benchmarks]
+    if benchmarks is not None:
+        if (not isinstance(benchmarks, (list, tuple)) or not benchmarks
+                or not all(isinstance(b, str) and b.strip() for b in benchmarks)):
+            _reject("benchmarks", benchmarks, "a non-empty list of benchmark names")
     if not isinstance(family, str) or not family.strip():
         _reject("family", family, "'auto', 'all' or a family name")
-    qlev = np.asarray(quantiles, dtype=float)
+    for name, flag in (("allow_extrapolation", allow_extrapolation),):
+        if not isinstance(flag, (bool, np.bool_)):
+            _reject(name, flag, "True or False")
+    try:
+        qlev = np.asarray(quantiles, dtype=float)
+    except (TypeError, ValueError, OverflowError):
+        qlev = np.asarray([np.nan])
+    if qlev.ndim != 1 or qlev.size == 0 or not np.all((qlev >= 0) & (qlev <= 1)):
+        _reject("quantiles", quantiles, "a non-empty list of levels in [0, 1]")
+    check_unique("quantiles", qlev.tolist())
     entropy = resolve_seed(rng)
     if method == "scaling_law":
         return _estimate_scaling_law(moe, n_active=n_active, n_experts=n_experts, top_k=top_k,
@@ -1158,6 +1202,8 @@ def estimate_q(
         known = sorted({card_name(r.model) for t in tabs for r in t.rows if r.arch == "moe"})
         raise McrouteError(f"moe {moe!r} is not scored in the tables; known MoEs: "
                            f"{', '.join(known)}")
+    if benchmarks is not None:
+        _check_benchmark_names(benchmarks, tabs)
     cands, notes = _candidates(moe, tabs, benchmarks=benchmarks, family=family.strip().lower(),
                                min_sizes=min_sizes, n_active=n_active,
                                n_active_source=n_active_source)
@@ -1170,6 +1216,10 @@ def estimate_q(
         reasons.append(why or c.get("note", ""))
     used = [c for c, r in zip(cands, rows, strict=True) if r["used"]]
     if used:
+        n_max = max(c["fit"]["x"].size for c in used)
+        check_bytes(f"the bootstrap ({n_boot} replicates x {len(used)} benchmark fits and "
+                    f"{n_max + 1} residual draws, float64)",
+                    n_boot * (3 * len(used) + n_max + 1) * 8, "n_boot")
         samples, n_dropped, frac_nan = _bootstrap(used, n_boot=n_boot, entropy=entropy,
                                                   resample=resample, combine=combine)
         lq = np.log([c["q_fit"] for c in used])

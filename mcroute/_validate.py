@@ -99,8 +99,9 @@ MAX_Q = 1e6
 #: its deployment (about a millisecond), so 65,536 draws take about a minute.
 MAX_Q_SAMPLES = 2**16
 
-#: Largest bootstrap work of ``estimate_q``: n_boot times the number of fitted points. Each
-#: bootstrap draw of each point is one float64 kept in memory (2**28 draws = 2 GiB).
+#: Largest number of bootstrap replicates (``n_boot`` of ``estimate_q``, ``fit_routing``...).
+#: Each replicate keeps a few float64 per benchmark fit or per expert, so 2**28 replicates are
+#: already beyond MAX_RESULT_BYTES for any real table; the memory check then decides.
 MAX_BOOT_DRAWS = 2**28
 
 #: Largest card file (model or hardware TOML, HF config.json) read [bytes]. Real cards are a few
