@@ -16,6 +16,7 @@ from ._atomic import atomic_path
 from ._cli_common import check_input_path, check_output_path, format_table, parse_int, write_output
 from ._quality import (
     _card,
+    _check_benchmark_names,
     card_name,
     estimate_q,
     list_moe_models,
@@ -194,33 +195,20 @@ def _write_summary_csv(rows, path, command, tables) -> Path:
     return path
 
 
-def known_benchmarks(tables) -> list[str]:
-    """Benchmark names ``--benchmarks`` accepts.
-
-    Each benchmark of the tables, and ``"NAME [SETTING]"`` for every setting it is scored in
-    (the labels the fit table prints).
-    """
-    names = set()
-    for t in tables:
-        for r in t.rows:
-            names.add(r.benchmark)
-            names.add(f"{r.benchmark} [{r.setting}]")
-    return sorted(names, key=str.lower)
-
-
 def _check_benchmarks(text: str, tables) -> list[str]:
-    """Parse ``--benchmarks``; refuse names that no table scores (case-insensitive)."""
+    """Parse ``--benchmarks``; refuse names that no table scores, before any work.
+
+    The names are checked by the API's own rule (``estimate_q`` refuses them too), so that the
+    CLI and the API accept the same names.
+    """
     wanted = [b.strip() for b in text.split(",") if b.strip()]
     if not wanted:
         raise McrouteError(f"--benchmarks must be a comma-separated list of names, got {text!r}")
-    known = known_benchmarks(tables)
-    lower = {k.lower() for k in known}
-    unknown = [b for b in wanted if b.lower() not in lower]
-    if unknown:
-        plain = sorted({r.benchmark for t in tables for r in t.rows}, key=str.lower)
-        raise McrouteError(f"--benchmarks: unknown {', '.join(map(repr, unknown))}; the tables "
-                           f"score: {'; '.join(plain)} (a setting can be added as "
-                           "'NAME [SETTING]', as the fit table prints it)")
+    try:
+        _check_benchmark_names(wanted, tables)
+    except McrouteError as exc:
+        raise McrouteError(f"--{exc}" if str(exc).startswith("benchmarks") else str(exc)) \
+            from None
     return wanted
 
 
