@@ -145,7 +145,7 @@ CASES = [
     (["trace", "inspect", "TRACES/x.npz", "--experts", "4"], "expert id 7 outside 0..3"),
     (["trace", "inspect", "TRACES/x.npz", "--experts", "16"], "n_experts = 8"),
     (["trace", "inspect", "TRACES/a.npy", "--experts", "4"], "outside 0..3"),
-    (["trace", "inspect", "TRACES/big.jsonl"], "64-bit"),
+    (["trace", "inspect", "TRACES/big.jsonl"], "big.jsonl"),  # names the file
     (["trace", "inspect", "TRACES/big.jsonl", "--experts", "8"], "outside 0..7"),
     ([], "COMMAND"),
 ]
