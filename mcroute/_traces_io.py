@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import zipfile
 from array import array
 from pathlib import Path
@@ -47,7 +48,15 @@ import numpy as np
 
 from ._atomic import atomic_path
 from ._traces import PopularityTrace, Trace
-from ._validate import McrouteError, check_int
+from ._validate import (
+    MAX_COUNT,
+    MAX_EXPERTS,
+    MAX_LAYERS,
+    MAX_LINE_BYTES,
+    McrouteError,
+    check_int,
+    short_repr,
+)
 
 __all__ = ["load_trace", "save_trace", "FORMATS", "CANONICAL_FORMAT", "CANONICAL_VERSION"]
 
@@ -209,11 +218,30 @@ def _load_array(path, ex, n_experts, notes, mode, layer_map, block_size):
 # ---------------------------------------------------------------------------------------------
 
 
+def _lines(path, fh):
+    """Yield (line number, line) of a text file, refusing lines over MAX_LINE_BYTES."""
+    lineno = 0
+    while True:
+        try:
+            line = fh.readline(MAX_LINE_BYTES + 1)
+        except UnicodeDecodeError as exc:
+            raise _err(path, f"after line {lineno}", f"not UTF-8 text (byte {exc.start} of the "
+                                                     "block read)") from None
+        if not line:
+            return
+        lineno += 1
+        if len(line) > MAX_LINE_BYTES:
+            raise _err(path, f"line {lineno}", f"longer than {MAX_LINE_BYTES} characters "
+                                               "(mcroute._validate.MAX_LINE_BYTES); not a "
+                                               "routing record")
+        yield lineno, line
+
+
 def _json_records(path, max_records):
     """Yield (line number, dict) for the non-blank lines of a JSON-lines file."""
     n = 0
     with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+        for lineno, line in _lines(path, fh):
             if not line.strip():
                 continue
             try:
@@ -222,6 +250,10 @@ def _json_records(path, max_records):
                 trunc = " (truncated line?)" if not line.endswith("\n") else ""
                 raise _err(path, f"line {lineno}", f"not valid JSON: {exc.msg} at column "
                                                    f"{exc.colno}{trunc}") from None
+            except ValueError as exc:  # an integer of more than 4300 digits
+                raise _err(path, f"line {lineno}", f"not valid JSON: {str(exc)[:80]}") from None
+            except RecursionError:
+                raise _err(path, f"line {lineno}", "not valid JSON: nested too deeply") from None
             if not isinstance(rec, dict):
                 raise _err(path, f"line {lineno}", "a record must be a JSON object")
             yield lineno, rec
@@ -248,10 +280,12 @@ def _check_ids(path, lineno, field, ids, k_ref, n_experts):
                    f"{len(ids)} expert ids, but k = {k_ref[0][0]} (from line {k_ref[0][1]}): "
                    "inconsistent k")
     lo, hi = min(ids), max(ids)
-    if lo < 0 or (n_experts is not None and hi >= n_experts):
+    top = n_experts if n_experts is not None else MAX_EXPERTS
+    if lo < 0 or hi >= top:
         bad = lo if lo < 0 else hi
-        rng = f"0..{n_experts - 1}" if n_experts is not None else "0.."
-        raise _err(path, f"line {lineno}, field {field!r}", f"expert id {bad} outside {rng}")
+        why = "" if n_experts is not None else " (mcroute._validate.MAX_EXPERTS)"
+        raise _err(path, f"line {lineno}, field {field!r}",
+                   f"expert id {short_repr(bad)} outside 0..{top - 1}{why}")
     if len(set(ids)) != len(ids):
         rep = next(x for x in ids if ids.count(x) > 1)
         raise _err(path, f"line {lineno}, field {field!r}",
@@ -260,7 +294,8 @@ def _check_ids(path, lineno, field, ids, k_ref, n_experts):
 
 def _check_weights(path, lineno, field, w, k):
     if not isinstance(w, list) or len(w) != k or not all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) for x in w):
+            isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) <= 1e300
+            for x in w):
         raise _err(path, f"line {lineno}, field {field!r}", f"must be a list of {k} numbers")
 
 
@@ -277,7 +312,7 @@ def _guess_file(path):
     with open(path, encoding="utf-8", errors="replace") as fh:
         first = ""
         lineno = 0
-        for lineno, line in enumerate(fh, 1):  # noqa: B007
+        for lineno, line in _lines(path, fh):  # noqa: B007
             if line.strip():
                 first = line.strip()
                 break
@@ -288,6 +323,11 @@ def _guess_file(path):
             rec = json.loads(first)
         except json.JSONDecodeError as exc:
             raise _err(path, f"line {lineno}", f"not valid JSON: {exc.msg}") from None
+        except (ValueError, RecursionError) as exc:
+            raise _err(path, f"line {lineno}", f"not valid JSON ({type(exc).__name__})") \
+                from None
+        if not isinstance(rec, dict):
+            raise _err(path, f"line {lineno}", "a record must be a JSON object")
         if rec.get("type") in ("meta", "route") or ("topk_ids" in rec and "type" in rec):
             return "jsonl-forward-pass"
         if _first_key(rec, _IDS_KEYS) and "layer" in rec and _first_key(rec, _TOK_KEYS):
@@ -328,9 +368,9 @@ def _load_token_layer(paths, n_experts, missing_layers, max_records, notes):
             _check_ids(path, lineno, idk, v, k_ref, n_experts)
             for f in ("layer", tk):
                 x = rec[f]
-                if not isinstance(x, int) or isinstance(x, bool) or x < 0:
+                if not isinstance(x, int) or isinstance(x, bool) or not 0 <= x <= MAX_COUNT:
                     raise _err(path, f"line {lineno}, field {f!r}",
-                               f"must be a non-negative integer, got {x!r}")
+                               f"must be an integer in [0, {MAX_COUNT}], got {short_repr(x)}")
             sk = _first_key(rec, _SEQ_KEYS)
             if sk is not None:
                 key = (fi if sk == "req_id" else -1, rec[sk])
@@ -438,9 +478,9 @@ def _forward_pass_file(path, n_experts, max_records, k_ref):
                        f"{len(v)} ids but the meta record says top_k = {meta['top_k']}")
         ti, ly = rec["token_idx"], rec["layer"]
         for f, x in (("token_idx", ti), ("layer", ly)):
-            if not isinstance(x, int) or isinstance(x, bool) or x < 0:
+            if not isinstance(x, int) or isinstance(x, bool) or not 0 <= x <= MAX_COUNT:
                 raise _err(path, f"line {lineno}, field {f!r}",
-                           f"must be a non-negative integer, got {x!r}")
+                           f"must be an integer in [0, {MAX_COUNT}], got {short_repr(x)}")
         if layer is None:
             layer = ly
         elif ly != layer:
@@ -582,6 +622,22 @@ def _load_histogram(path, model, domain, selection, notes):
     table = {}
     meta = {}
     seen = {"model": set(), "domain": set(), "selection": set()}
+    try:
+        return _load_histogram_rows(path, model, domain, selection, notes, need, table, meta,
+                                    seen)
+    except csv.Error as exc:  # e.g. a field longer than csv.field_size_limit()
+        raise _err(path, "", f"not a readable CSV ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise _err(path, "", f"not UTF-8 text (byte {exc.start})") from None
+
+
+#: Bounds of the integer columns of a histogram CSV (mcroute._validate limits).
+_HIST_BOUNDS = {"layer": (0, MAX_LAYERS - 1), "expert": (0, MAX_EXPERTS - 1),
+                "count": (0, MAX_COUNT), "n_tokens": (0, MAX_COUNT),
+                "top_k": (1, MAX_EXPERTS), "num_experts": (1, MAX_EXPERTS)}
+
+
+def _load_histogram_rows(path, model, domain, selection, notes, need, table, meta, seen):
     with open(path, encoding="utf-8", newline="") as fh:
         reader = csv.DictReader(fh)
         if reader.fieldnames is None:
@@ -599,14 +655,16 @@ def _load_histogram(path, model, domain, selection, notes):
                 continue
             if (row.get("selection") or "topk") != selection:
                 continue
-            try:
-                vals = {c: int(row[c]) for c in ("layer", "expert", "count", "n_tokens", "top_k",
-                                                 "num_experts")}
-            except (TypeError, ValueError):
-                bad = next(c for c in ("layer", "expert", "count", "n_tokens", "top_k",
-                                       "num_experts") if not str(row[c]).lstrip("-").isdigit())
-                raise _err(path, f"line {lineno}, field {bad!r}",
-                           f"must be an integer, got {row[bad]!r}") from None
+            vals = {}
+            for c, (lo, hi) in _HIST_BOUNDS.items():
+                text = str(row[c] if row[c] is not None else "").strip()
+                ok = len(text) <= 30 and text.lstrip("-").isdigit()
+                if not ok or not lo <= int(text) <= hi:
+                    what = "an integer" if not ok else f"an integer in [{lo}, {hi}]"
+                    raise _err(path, f"line {lineno}, field {c!r}",
+                               f"must be {what} (mcroute._validate limits), got "
+                               f"{short_repr(text)}")
+                vals[c] = int(text)
             key = (row["model"], row.get("domain") or "")
             m = meta.setdefault(key, (vals["num_experts"], vals["top_k"], {}, row.get("hf_model")))
             if (vals["num_experts"], vals["top_k"]) != m[:2]:
@@ -636,10 +694,11 @@ def _load_histogram(path, model, domain, selection, notes):
     if selection == "top1":
         k = 1
     layer_ids = sorted(layers)
-    counts = np.zeros((len(layer_ids), e), dtype=np.int64)
-    for i, layer in enumerate(layer_ids):
+    for layer in layer_ids:  # before allocating: every layer lists all E experts
         if len(layers[layer]) != e:
             raise _err(path, "", f"layer {layer} lists {len(layers[layer])} of {e} experts")
+    counts = np.zeros((len(layer_ids), e), dtype=np.int64)
+    for i, layer in enumerate(layer_ids):
         for ex, c in layers[layer].items():
             counts[i, ex] = c
     nt = np.array([ntok[layer] for layer in layer_ids], dtype=np.int64)
@@ -708,8 +767,15 @@ def load_trace(path, format=None, *, n_experts=None, model=None, domain=None, se
     if max_records is not None:
         max_records = check_int("max_records", max_records, minimum=1)
     if n_experts is not None:
-        n_experts = check_int("n_experts", n_experts, minimum=1)
-    paths = [Path(p) for p in (path if isinstance(path, (list, tuple)) else [path])]
+        n_experts = check_int("n_experts", n_experts, minimum=1, maximum=MAX_EXPERTS)
+    items = path if isinstance(path, (list, tuple)) else [path]
+    if not all(isinstance(p, (str, os.PathLike)) for p in items):
+        raise McrouteError(f"path must be a file or folder path or a list of them, got "
+                           f"{short_repr(path)}")
+    try:
+        paths = [Path(p) for p in items]
+    except (TypeError, ValueError) as exc:
+        raise McrouteError(f"path: {exc}") from None
     if not paths:
         raise McrouteError("path must name at least one file")
     notes = []
@@ -728,6 +794,8 @@ def load_trace(path, format=None, *, n_experts=None, model=None, domain=None, se
                 raise McrouteError(f"{p}: no routing files found in this folder")
         elif not p.exists():
             raise McrouteError(f"{p}: no such file or folder")
+        elif not p.is_file():  # /dev/zero, a FIFO, a socket: never read unbounded input
+            raise McrouteError(f"{p}: not a regular file or folder")
         else:
             files.append((p, format or _guess_file(p)))
     fmts = {f for _, f in files}

@@ -46,6 +46,8 @@ __all__ = [
     "MAX_CARD_BYTES",
     "PEAK_FLOPS_RANGE",
     "MAX_CARD_INT",
+    "MAX_LINE_BYTES",
+    "MAX_COUNT",
     "HBM_BYTES_RANGE",
     "INTERCONNECT_RANGE",
     "BANDWIDTH_RANGE",
@@ -113,6 +115,14 @@ MAX_CARD_BYTES = 2**20
 #: 2**40 is far above any real model dimension and keeps products of several dimensions (the
 #: parameter counts) finite and exact enough in float64.
 MAX_CARD_INT = 2**40
+
+#: Longest line of a text trace file (JSON lines, CSV) [bytes]. A routing record holds a few
+#: integers; the limit stops a file without newlines (or ``/dev/zero``) from being read whole.
+MAX_LINE_BYTES = 2**20
+
+#: Largest count in a trace file (token counts, positions, histogram counts): 2**53, the
+#: largest integer float64 holds exactly (the fits work in float64).
+MAX_COUNT = 2**53
 
 #: Allowed range of a hardware card's HBM per GPU [B]: 1 MiB to 1 PiB.
 HBM_BYTES_RANGE = (float(2**20), float(2**50))
