@@ -1342,6 +1342,9 @@ def _run_dask(client, spec, tasks, store, progress, numba_threads=None) -> None:
 
 def _check_output(output) -> Path:
     """Validate the output path (extension, folder, writability) without creating anything."""
+    if not isinstance(output, (str, os.PathLike)):
+        raise McrouteError(f"output must be a path (str or os.PathLike), got "
+                           f"{type(output).__name__}")
     output = Path(output)
     if output.suffix.lower() not in {".nc", ".csv", ".json"}:
         raise McrouteError(f"output must end in .nc, .csv or .json, got {str(output)!r}")

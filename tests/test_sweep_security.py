@@ -292,6 +292,21 @@ def test_stale_temporary_files_are_removed(tmp_path):
     assert keep.exists() and not folder.exists()
 
 
+def test_resume_of_unreadable_finished_output(tmp_path, capsys):
+    """--resume with no parts folder reads the existing .nc output: a bad one is named."""
+    out = tmp_path / "r.nc"
+    out.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    with pytest.raises(mr.McrouteError, match=r"r\.nc: --resume cannot read the existing"):
+        mr.sweep(SMALL, out, resume=True, progress=False)
+    assert not (tmp_path / "r.nc.parts").exists()
+
+
+@pytest.mark.parametrize("output", [3, b"o.nc", ["o.nc"]])
+def test_output_of_wrong_type(output):
+    with pytest.raises(mr.McrouteError, match="output must be a path"):
+        mr.sweep(SMALL, output, progress=False)
+
+
 # -- manifest structure --------------------------------------------------------------------------
 @pytest.mark.parametrize("content, words", [
     ("[1, 2, 3]", "a JSON object is expected, got list"),
