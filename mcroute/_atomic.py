@@ -16,14 +16,17 @@ What happens to an existing output (also in docs/cli.md):
 
 Temporary files are named ``.<name>.mcroute-tmp.<host>.<pid>.<random><ext>`` in the folder of
 the (link-resolved) target. A write killed before its rename (``kill -9``, power loss) leaves one
-behind; the next write to the same target removes it when it is stale, i.e. when it was written
-on this host by a process that no longer runs, or when it has not been modified for
+behind. The next write into the same folder removes it when it is stale, i.e. when it was
+written on this host by a process that no longer runs, or when it has not been modified for
 :data:`STALE_SECONDS` (one hour; this also covers files from other hosts on a shared file
-system). Temporary files of a live writer that is still writing are never touched.
+system). A process looks into a folder at most once per :data:`RESCAN_SECONDS` (a minute), so a
+sweep writing thousands of parts lists its folder once, not once per part. Temporary files of a
+writer that is still running are never touched.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -42,6 +45,9 @@ TMP_TAG = ".mcroute-tmp."
 
 #: A temporary file not modified for this long is stale whoever wrote it [s].
 STALE_SECONDS = 3600.0
+
+#: A process looks for stale temporaries in a folder at most this often [s].
+RESCAN_SECONDS = 60.0
 
 
 def _umask() -> int:
@@ -67,6 +73,45 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+_TMP_NAME = re.compile(r"\.(?P<target>.+)\.mcroute-tmp\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>[0-9]+)"
+                       r"\.[a-z0-9_]+(?P<ext>\.[^.]*)?")
+
+#: Folder -> time of its last scan for stale temporaries by :func:`atomic_path` [s].
+_SCANNED: dict[str, float] = {}
+
+
+def _remove_stale(folder, target: str | None, now: float | None) -> list[Path]:
+    """Remove stale temporaries in ``folder`` (of ``target`` only, or of any target)."""
+    now = time.time() if now is None else now
+    host = _host()
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _TMP_NAME.fullmatch(entry.name)
+        if m is None or (target is not None and m["target"] != target):
+            continue
+        if (m["ext"] or "") != Path(m["target"]).suffix.lower():
+            continue  # not a name atomic_path makes
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        dead = m["host"] == host and not _pid_alive(int(m["pid"]))
+        old = now - st.st_mtime > STALE_SECONDS
+        if dead or old:
+            try:
+                os.unlink(entry.path)
+            except OSError:
+                continue
+            removed.append(Path(entry.path))
+    return removed
+
+
 def remove_stale_temporaries(path, *, now: float | None = None) -> list[Path]:
     """Remove the stale temporary files of earlier writes to ``path``; return what was removed.
 
@@ -76,39 +121,21 @@ def remove_stale_temporaries(path, *, now: float | None = None) -> list[Path]:
     """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
-    prefix = f".{path.name}{TMP_TAG}"
-    ext = path.suffix.lower()
-    now = time.time() if now is None else now
-    host = _host()
-    removed = []
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return removed
-    for entry in entries:
-        name = entry.name
-        if not name.startswith(prefix) or not name.endswith(ext):
-            continue
-        middle = name[len(prefix): len(name) - len(ext) if ext else None]
-        parts = middle.split(".")
-        if len(parts) != 3 or not parts[1].isdigit():
-            continue
-        their_host, pid = parts[0], int(parts[1])
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except OSError:
-            continue
-        if not stat.S_ISREG(st.st_mode):
-            continue
-        dead = their_host == host and not _pid_alive(pid)
-        old = now - st.st_mtime > STALE_SECONDS
-        if dead or old:
-            try:
-                os.unlink(entry.path)
-            except OSError:
-                continue
-            removed.append(Path(entry.path))
-    return removed
+    return _remove_stale(folder, path.name, now)
+
+
+def _clean_folder(folder: Path) -> None:
+    """Remove the stale temporaries of every target in ``folder``.
+
+    At most once per :data:`RESCAN_SECONDS` per folder and process: a sweep writes thousands of
+    parts into one folder, and listing it for each would cost time quadratic in the parts.
+    """
+    key = os.path.abspath(folder)
+    now = time.time()
+    if now - _SCANNED.get(key, -math.inf) < RESCAN_SECONDS:
+        return
+    _SCANNED[key] = now
+    _remove_stale(folder, None, now)
 
 
 def _resolve_target(path: Path, what: str) -> tuple[Path, int | None]:
@@ -154,7 +181,7 @@ def atomic_path(path, *, allowed=None, what="output"):
     if not folder.is_dir():
         shown = folder if target == path else f"{folder}' (the target of the link {str(path)!r}"
         raise McrouteError(f"output folder '{shown}' does not exist")
-    remove_stale_temporaries(target)
+    _clean_folder(folder)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}{TMP_TAG}{_host()}.{os.getpid()}.",
                                    suffix=ext, dir=folder)

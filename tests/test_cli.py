@@ -233,6 +233,7 @@ def _tmp_name(target, host, pid, rand="abcd1234"):
 
 
 def test_stale_temporaries_removed_on_next_write(tmp_path, capsys):
+    """The first write into a folder removes the stale temporaries there (docs/cli.md)."""
     import os
 
     from mcroute._atomic import STALE_SECONDS, _host
@@ -245,7 +246,8 @@ def test_stale_temporaries_removed_on_next_write(tmp_path, capsys):
         "live_old": _tmp_name("res.nc", host, os.getpid(), "live0002"),  # untouched for > 1 h
         "remote_fresh": _tmp_name("res.nc", "otherhost", 1, "rem00001"),
         "remote_old": _tmp_name("res.nc", "otherhost", 1, "rem00002"),
-        "other_target": _tmp_name("other.nc", host, _dead_pid()),  # not this target
+        "other_dead": _tmp_name("other.nc", host, _dead_pid()),  # same folder, other target
+        "other_live": _tmp_name("other.nc", host, os.getpid(), "live0003"),
         "user_file": ".res.nc.backup.nc",  # not ours
     }
     for key, name in files.items():
@@ -256,10 +258,19 @@ def test_stale_temporaries_removed_on_next_write(tmp_path, capsys):
     assert main(SIM + ["--seed", "0", "--output", str(out)]) == 0
     capsys.readouterr()
     left = {p.name for p in tmp_path.iterdir()}
-    gone = {"dead", "live_old", "remote_old"}
+    gone = {"dead", "live_old", "remote_old", "other_dead"}
     for key, name in files.items():
         assert (name in left) == (key not in gone), key
     assert out.is_file()
+    # The explicit per-target clean-up (used by sweeps) keeps other targets' files.
+    from mcroute._atomic import remove_stale_temporaries
+
+    again = tmp_path / _tmp_name("res.nc", host, _dead_pid(), "dead0002")
+    other = tmp_path / _tmp_name("other.nc", host, _dead_pid(), "dead0003")
+    again.write_bytes(b"x")
+    other.write_bytes(b"x")
+    assert remove_stale_temporaries(out) == [again]
+    assert other.exists()
 
 
 def test_killed_write_debris_is_cleaned(tmp_path):
@@ -369,3 +380,26 @@ def test_closed_stdout_is_quiet():
     err = p.stderr.read()
     p.stderr.close()
     assert p.wait(timeout=300) == 0 and err == b""
+
+
+def test_stale_scan_at_most_once_a_minute_per_folder(tmp_path, monkeypatch):
+    """A process lists a folder for stale temporaries at most once per RESCAN_SECONDS, so that
+    a sweep's thousands of part writes do not each list the parts folder."""
+    import os
+
+    from mcroute import _atomic
+    from mcroute._atomic import _host, atomic_path
+
+    out = tmp_path / "p.nc"
+    with atomic_path(out) as t:
+        t.write_text("1")
+    debris = tmp_path / _tmp_name("p.nc", _host(), _dead_pid())
+    debris.write_bytes(b"x")
+    with atomic_path(out) as t:
+        t.write_text("2")
+    assert debris.exists()  # scanned moments ago
+    key = os.path.abspath(tmp_path)
+    monkeypatch.setitem(_atomic._SCANNED, key, _atomic._SCANNED[key] - _atomic.RESCAN_SECONDS)
+    with atomic_path(out) as t:
+        t.write_text("3")
+    assert not debris.exists() and out.read_text() == "3"
