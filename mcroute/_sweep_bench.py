@@ -7,7 +7,9 @@ Both modes compute the same sweep (256 ``simulate`` cells) from the same process
 starts the cluster and compiles/imports everything in the workers; cluster start-up is not
 timed. On a shared machine, other processes' load lowers the figure. Each time is the
 wall-clock time of the whole :func:`mcroute.sweep` call (computing, writing the parts,
-merging), and the results of the two modes are checked to be identical.
+merging), and the results of the two modes are checked to be identical. Parts are NetCDF
+files: in-process the one process encodes them; on Dask each worker encodes its own parts and
+this process only checksums and writes the bytes.
 """
 
 from __future__ import annotations
