@@ -331,7 +331,10 @@ def as_q(q, name: str = "q", *, model=None, rng=None) -> QSpec:
     if isinstance(q, (bool, np.bool_)):
         _reject(name, q, "a finite number > 0")
     if isinstance(q, numbers.Real):
-        x = float(q)
+        try:
+            x = float(q)
+        except OverflowError:  # an int beyond the float range
+            x = math.inf
         if not math.isfinite(x) or x <= 0:
             _reject(name, q, "a finite number > 0")
         return QSpec("point", x, name)

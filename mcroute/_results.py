@@ -25,7 +25,7 @@ import xarray as xr
 from scipy import stats
 
 from ._atomic import atomic_path
-from ._validate import McrouteError, check_prob, check_unique
+from ._validate import McrouteError, check_path, check_prob, check_unique
 from ._version import __version__
 
 #: Default quantile levels of the single-draw band ``<name>_q``.
@@ -236,7 +236,9 @@ def save_dataset(ds: xr.Dataset, path) -> Path:
     The file is written to a temporary file in the same folder and renamed into place, so an
     existing file is never left half-written.
     """
-    path = Path(path)
+    if not isinstance(ds, xr.Dataset):
+        raise McrouteError(f"ds must be an xarray.Dataset, got {type(ds).__name__}")
+    path = check_path("path", path)
     ext = path.suffix.lower()
     ds = ds.copy()
     ds.attrs = {k: _attr_value(v) for k, v in ds.attrs.items()}

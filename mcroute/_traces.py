@@ -48,7 +48,7 @@ import numpy as np
 from . import _kernels as K
 from ._rng import CHUNK_TRIALS
 from ._routing import Popularity, Routing, _pl_inclusion_row
-from ._validate import McrouteError, check_int, check_real
+from ._validate import MAX_EXPERTS, McrouteError, check_choice, check_int, check_real
 
 __all__ = ["Trace", "PopularityTrace", "Overdispersed", "LayeredPopularity", "calibrate_pl_weights",
            "MODES"]
@@ -272,7 +272,7 @@ class Trace(_TraceLayers, Routing):
         if n_tok < 1 or n_lay < 1 or k < 1:
             raise McrouteError(
                 f"experts must have at least one token, layer and slot, got {ex.shape}")
-        super().__init__(n_experts, k)
+        super().__init__(check_int("n_experts", n_experts, minimum=1, maximum=MAX_EXPERTS), k)
         e = self.n_experts
         if ex.min() < 0 or ex.max() >= e:
             bad = np.argwhere((ex < 0) | (ex >= e))[0]
@@ -321,8 +321,7 @@ class Trace(_TraceLayers, Routing):
         sets(self, "_n_model_layers", nml)
         sets(self, "_model", str(model))
         sets(self, "_source", str(source))
-        if mode not in MODES:
-            raise McrouteError(f"mode must be one of {list(MODES)}, got {mode!r}")
+        check_choice("mode", mode, MODES)
         sets(self, "_mode", mode)
         sets(self, "_layer_map", self._check_layer_map(layer_map, n_lay))
         sets(self, "_block", check_int("block_size", block_size, minimum=0))
@@ -331,6 +330,8 @@ class Trace(_TraceLayers, Routing):
                 "mode='sequence' needs a sequence id for every token; this trace has "
                 f"{int(np.sum(self._sequence < 0))} tokens without one"
             )
+        if isinstance(notes, str) or not isinstance(notes, (list, tuple)):
+            raise McrouteError(f"notes must be a list of strings, got {type(notes).__name__}")
         sets(self, "_notes", tuple(str(n) for n in notes))
         counts = np.zeros((n_lay, e), dtype=np.int64)
         for layer in range(n_lay):
@@ -613,7 +614,11 @@ class PopularityTrace(_TraceLayers, Popularity):
         if c.min() < 0:
             raise McrouteError("counts must be non-negative")
         n_lay, n_exp = c.shape
-        nt = np.broadcast_to(np.asarray(n_tokens), (n_lay,))
+        try:
+            nt = np.broadcast_to(np.asarray(n_tokens), (n_lay,))
+        except ValueError:
+            raise McrouteError(f"n_tokens must be one positive integer or one per layer "
+                               f"({n_lay}), got shape {np.shape(n_tokens)}") from None
         if not np.issubdtype(nt.dtype, np.integer) or nt.min() < 1:
             raise McrouteError(
                 f"n_tokens must be positive integers, got {np.asarray(n_tokens).tolist()}")
@@ -643,6 +648,8 @@ class PopularityTrace(_TraceLayers, Popularity):
         sets(self, "_model", str(model))
         sets(self, "_source", str(source))
         sets(self, "_layer_map", self._check_layer_map(layer_map, n_lay))
+        if isinstance(notes, str) or not isinstance(notes, (list, tuple)):
+            raise McrouteError(f"notes must be a list of strings, got {type(notes).__name__}")
         sets(self, "_notes", tuple(str(n) for n in notes))
         sets(self, "_cal_err", max(r[1] for r in rows))
         self._freeze()

@@ -384,8 +384,11 @@ def fitted_routing(trace, fit, family):
         Weights (trace_layer, expert): the family's rank weights at the fitted parameter, the
         hottest on the most frequent expert; sample it with ``n_layers`` = trace layers.
     """
-    if family not in _FAMILIES:
-        raise McrouteError(f"family must be 'zipf' or 'lognormal', got {family!r}")
+    if not isinstance(family, str) or family not in _FAMILIES:
+        raise McrouteError(f"family must be 'zipf' or 'lognormal', got {family!r}"[:200])
+    if not isinstance(fit, xr.Dataset) or not {"alpha", "sigma"} <= set(fit.data_vars):
+        raise McrouteError("fit must be the dataset fit_routing returns (with 'alpha' and "
+                           f"'sigma'), got {type(fit).__name__}")
     counts, _ = _layer_data(trace)
     theta = fit["alpha" if family == "zipf" else "sigma"].values
     if theta.size != counts.shape[0]:
@@ -608,6 +611,9 @@ def real_batch_check(trace, *, n_trials=400, n_boot=1000, ci_prob=0.95, rng=None
     obs = {"active_experts": st["active_experts"], "max_expert_load": st["max_expert_load"]}
     if fit is None:
         fit = fit_routing(dec, rng=entropy, ci_prob=ci_prob)
+    elif not isinstance(fit, xr.Dataset) or not {"alpha", "sigma"} <= set(fit.data_vars):
+        raise McrouteError("fit must be the dataset fit_routing returns (with 'alpha' and "
+                           f"'sigma'), got {type(fit).__name__}")
     rho = float(fit["rho_pooled"]) if "rho_pooled" in fit else overdispersion(
         dec, rng=entropy)["rho_pooled"]
     tok = dec.with_mode("token")

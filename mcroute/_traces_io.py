@@ -54,7 +54,9 @@ from ._validate import (
     MAX_LAYERS,
     MAX_LINE_BYTES,
     McrouteError,
+    check_choice,
     check_int,
+    check_path,
     short_repr,
 )
 
@@ -109,7 +111,7 @@ def save_trace(trace: Trace, path) -> Path:
     """
     if not isinstance(trace, Trace):
         raise McrouteError(f"save_trace needs a Trace, got {type(trace).__name__}")
-    path = Path(path)
+    path = check_path("path", path)
     if path.suffix.lower() != ".npz":
         raise McrouteError(f"trace output must end in .npz, got {str(path)!r}")
     folder = path.parent if str(path.parent) else Path(".")
@@ -758,12 +760,18 @@ def load_trace(path, format=None, *, n_experts=None, model=None, domain=None, se
     McrouteError
         Malformed input, naming the file, the line or field, and the problem.
     """
-    if format is not None and format not in FORMATS:
-        raise McrouteError(f"format must be one of {list(FORMATS)}, got {format!r}")
-    if missing_layers not in ("error", "drop"):
-        raise McrouteError(f"missing_layers must be 'error' or 'drop', got {missing_layers!r}")
-    if selection not in ("topk", "top1"):
-        raise McrouteError(f"selection must be 'topk' or 'top1', got {selection!r}")
+    if format is not None:
+        check_choice("format", format, FORMATS)
+    check_choice("missing_layers", missing_layers, ("error", "drop"))
+    check_choice("selection", selection, ("topk", "top1"))
+    if n_model_layers is not None:
+        n_model_layers = check_int("n_model_layers", n_model_layers, minimum=1,
+                                   maximum=MAX_LAYERS)
+    if not (isinstance(warmup_passes, str) and warmup_passes == "auto"):
+        warmup_passes = check_int("warmup_passes (or 'auto')", warmup_passes, minimum=0)
+    for name, v in (("model", model), ("domain", domain)):
+        if v is not None and not isinstance(v, str):
+            raise McrouteError(f"{name} must be a string or None, got {short_repr(v)}")
     if max_records is not None:
         max_records = check_int("max_records", max_records, minimum=1)
     if n_experts is not None:

@@ -27,6 +27,8 @@ __all__ = [
     "check_real",
     "check_prob",
     "check_unique",
+    "check_choice",
+    "check_path",
     "check_bytes",
     "check_work",
     "read_bounded",
@@ -196,6 +198,26 @@ def check_int_list(name: str, value, *, minimum: int | None = None,
         raise McrouteError(f"{name} must not be empty")
     return [check_int(f"{name}[{i}]", v, minimum=minimum, maximum=maximum)
             for i, v in enumerate(values)], False
+
+
+def check_choice(name: str, value, choices) -> str:
+    """Return ``value`` if it is one of the strings ``choices``, else raise listing them."""
+    if not isinstance(value, str) or value not in choices:
+        raise McrouteError(f"{name} must be one of {', '.join(map(repr, choices))}, got "
+                           f"{short_repr(value)}")
+    return value
+
+
+def check_path(name: str, value):
+    """Return ``value`` as a ``pathlib.Path``; raise unless it is a str or os.PathLike."""
+    from pathlib import Path
+
+    if not isinstance(value, (str, os.PathLike)) or (isinstance(value, str) and not value):
+        raise McrouteError(f"{name} must be a file path, got {short_repr(value)}")
+    try:
+        return Path(value)
+    except (TypeError, ValueError) as exc:
+        raise McrouteError(f"{name}: {exc}") from None
 
 
 def check_unique(name: str, values) -> None:
