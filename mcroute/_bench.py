@@ -170,3 +170,159 @@ def run(quick: bool = False, out=print) -> list[tuple[str, float, str, bool]]:
         f"informational: the exit status does not depend on them (ratios drift by about ±20% "
         f"on a shared machine).")
     return results
+
+
+# -- answers: per-point cost, cold start and import time (issue 15) ---------------------------
+def _subprocess_seconds(code: str, env=None) -> float:
+    """Wall time of ``python -c code`` in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, env=env,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def _qs_floor(cases, contexts, n_trials, q_draws):
+    """The work ``qs_analysis`` cannot avoid: its sampling and its step-time arithmetic.
+
+    ``q_draws`` maps each model to its draws of q. Returns ``(seconds of sampling, seconds of
+    arithmetic)`` over the paper cases: counts at the MoE's admissible batch for every context
+    (``sample_counts``), the busiest group's tokens and distinct experts (NumPy), the MoE step
+    times, and the dense twin's admissible batch and step time for every draw of q and context.
+    Twin cards and deployments are built before the clock starts.
+    """
+    import mcroute as mr
+
+    t_sample = t_arith = 0.0
+    for model, options in cases:
+        dep = mr.Deployment(model, "h200", 8, **options)
+        twins = [mr.Deployment(mr.dense_twin(dep.model, q), "h200", 8, **options)
+                 for q in q_draws[model]]
+        routing = mr.Uniform(dep.n_experts, dep.top_k)
+        group = np.asarray(dep._group)
+        for L in contexts:
+            B = dep.max_batch_size(L)
+            t0 = time.perf_counter()
+            if B >= 1:
+                counts = mr.sample_counts(routing, B, n_trials, dep.n_moe_layers, rng=0)
+                onehot = group[:, None] == np.arange(dep.expert_groups)[None, :]
+                tok = (counts @ onehot).max(axis=-1)
+                act = ((counts > 0) @ onehot).max(axis=-1)
+            t1 = time.perf_counter()
+            if B >= 1:
+                dep.step_time(L, B, tok, act)
+            for tw in twins:
+                b = tw.max_batch_size(L)
+                if b >= 1:
+                    tw.step_time(L, b)
+            t2 = time.perf_counter()
+            t_sample += t1 - t0
+            t_arith += t2 - t1
+    return t_sample, t_arith
+
+
+def run_answers(quick: bool = False, out=print) -> list[tuple[str, float, str, bool]]:
+    """How fast answers come: per-point cost, the main job, cold start, import, caching.
+
+    One figure per line, each a ratio of times measured side by side in this run (medians of
+    repetitions), with its target; points per second are printed for information.
+    """
+    import os
+    import tempfile
+
+    import mcroute as mr
+
+    from ._qs import PAPER_CASES, PAPER_CONTEXTS, default_q
+    from ._rng import generator, resolve_seed
+
+    reps = 3 if quick else 5
+    results = []
+
+    def report(name, value, target_op, target, detail=""):
+        met = value >= target if target_op == ">=" else value <= target
+        results.append((name, value, f"{target_op} {target:g}", met))
+        out(f"{name:<48} {value:10.3f}  target {target_op} {target:<5g} "
+            f"{'ok' if met else 'MISSED'}  {detail}".rstrip())
+
+    # 1. a dense decode_throughput point against its bare step-time arithmetic
+    dense = mr.Deployment("llama-3.1-70b", "h100-sxm", 8)
+    L = 8192
+
+    def api_point():
+        mr.decode_throughput(dense, L, n_trials=1000, rng=0)
+
+    def bare_point():
+        dense.step_breakdown(L, dense.max_batch_size(L))
+
+    api_point()
+    r, t_api, t_bare = _median_ratio(api_point, bare_point, reps * 4)
+    report("dense_point_api_over_arithmetic[llama-3.1-70b,8xh100,8k]", r, "<=", 3.0,
+           f"({t_api * 1e3:.2f} ms vs {t_bare * 1e3:.2f} ms)")
+
+    # 2. qs_analysis of the paper's four models against its sampling + arithmetic
+    n_trials = 100 if quick else 400
+    qspecs = {m: default_q(m)[0] for m, _ in PAPER_CASES}
+    n_q = 64 if quick else 256
+
+    def qs_all():
+        for m, options in PAPER_CASES:
+            mr.qs_analysis(m, "h200", 8, q=qspecs[m], context=list(PAPER_CONTEXTS),
+                           n_trials=n_trials, n_q_samples=n_q, rng=0, **options)
+
+    qs_all()  # compile and load
+    # the draws of q that qs_analysis(rng=0) makes (its q stream)
+    q_draws = {m: np.asarray(qspecs[m].sample(n_q, generator(resolve_seed(0), (7,))))
+               for m, _ in PAPER_CASES}
+    t_qs = float(np.median(_time(qs_all, max(1, reps // 2))))
+    floors = [_qs_floor(PAPER_CASES, PAPER_CONTEXTS, n_trials, q_draws)
+              for _ in range(max(1, reps // 2))]
+    t_s = float(np.median([f[0] for f in floors]))
+    t_a = float(np.median([f[1] for f in floors]))
+    report(f"qs_analysis_over_floor[paper cases,{n_trials} trials,{n_q} q draws]",
+           t_qs / (t_s + t_a), "<=", 2.0,
+           f"({t_qs:.2f} s vs sampling {t_s:.2f} s + arithmetic {t_a:.2f} s)")
+
+    # 3. first `mcroute qs` on an empty numba cache against the warm run
+    if quick:
+        out("cold_start_over_warm: skipped (--quick)")
+    else:
+        with tempfile.TemporaryDirectory() as cache:
+            env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+            main_job = "from mcroute.cli import main; main(['qs'])"
+            cold = _subprocess_seconds(main_job, env)
+            warm = _subprocess_seconds(main_job, env)
+        report("cold_start_over_warm[mcroute qs]", cold / warm, "<=", 3.0,
+               f"({cold:.1f} s vs {warm:.1f} s)")
+
+    # 4. import mcroute against import numpy, numba
+    ratios = []
+    for _ in range(reps):
+        a = _subprocess_seconds("import mcroute")
+        b = _subprocess_seconds("import numpy, numba")
+        ratios.append(a / b)
+    report("import_mcroute_over_numpy_numba", float(np.median(ratios)), "<=", 1.5)
+
+    # 5. Zipf simulate at E = 16384: second call against the first (deterministic work cached)
+    mr.simulate(mr.Zipf(1024, 8, 1.2), 64, 64, rng=0)  # kernels loaded
+    zipf = mr.Zipf(16384, 8, 1.2)
+    t1 = _time(lambda: mr.simulate(zipf, 64, 256, rng=0), 1)[0]
+    t2 = _time(lambda: mr.simulate(zipf, 64, 256, rng=0), 1)[0]
+    report("zipf_simulate_second_over_first[E=16384]", t2 / t1, "<=", 0.3,
+           f"({t2:.2f} s vs {t1:.2f} s)")
+
+    # 6. points per second (information)
+    n_dense = 20 if quick else 100
+    t = _time(lambda: [mr.decode_throughput(dense, L, n_trials=1000, rng=i)
+                       for i in range(n_dense)], 1)[0]
+    out(f"points_per_second[dense llama-3.1-70b loop]{'':<6} {n_dense / t:10.1f}  (information)")
+    ds3 = mr.Deployment("deepseek-v3", "h200", 8, weight_dtype="fp8")
+    n_moe = 3 if quick else 10
+    t = _time(lambda: [mr.decode_throughput(ds3, 4096, n_trials=1000, rng=i)
+                       for i in range(n_moe)], 1)[0]
+    out(f"points_per_second[deepseek-v3 loop, 1000 trials] {n_moe / t:10.2f}  (information)")
+    missed = sum(not met for *_, met in results)
+    out(f"{len(results) - missed} of {len(results)} figures met their targets (informational; "
+        f"the exit status does not depend on them).")
+    return results

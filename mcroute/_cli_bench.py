@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ._validate import McrouteError
+
 
 def register(sub) -> None:
     """Add the ``bench`` subcommand."""
@@ -14,12 +16,22 @@ def register(sub) -> None:
     p.add_argument("--sweep", action="store_true",
                    help="instead: speed-up of a 2-worker local Dask cluster over in-process "
                    "sweeps, and cells per second (needs the 'distributed' extra)")
+    p.add_argument("--answers", action="store_true",
+                   help="instead: how fast answers come (a dense decode_throughput point and "
+                   "qs_analysis against their bare arithmetic, cold start, import, caching)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     """Run ``mcroute bench``."""
-    if getattr(args, "sweep", False):
+    if args.sweep and args.answers:
+        raise McrouteError("--sweep and --answers are separate benchmarks: give one")
+    if args.answers:
+        from ._bench import run_answers
+
+        run_answers(quick=args.quick)
+        return 0
+    if args.sweep:
         from ._sweep_bench import run as run_sweep_bench
 
         run_sweep_bench(quick=args.quick)
