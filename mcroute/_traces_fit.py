@@ -24,7 +24,7 @@ from ._rng import generator, resolve_seed
 from ._routing import LogNormal, Uniform, Zipf
 from ._sampling import microbatch_stats, sample_counts
 from ._traces import LayeredPopularity, Overdispersed, PopularityTrace, Trace
-from ._validate import McrouteError, check_int, check_prob
+from ._validate import MAX_BOOT_DRAWS, McrouteError, check_bytes, check_int, check_prob
 
 __all__ = ["fit_routing", "fitted_routing", "overdispersion", "inspect_trace",
            "real_batch_check", "FIT_GRID"]
@@ -158,8 +158,10 @@ def overdispersion(trace, *, n_boot=1000, ci_prob=0.95, rng=None, block=None):
     """
     if not isinstance(trace, Trace):
         raise McrouteError("overdispersion needs a Trace with microbatch (batch) ids")
-    n_boot = check_int("n_boot", n_boot, minimum=10)
+    n_boot = check_int("n_boot", n_boot, minimum=10, maximum=MAX_BOOT_DRAWS)
     ci_prob = check_prob("ci_prob", ci_prob)
+    check_bytes(f"the bootstrap ({n_boot} replicates x {trace.n_trace_layers} layers, float64)",
+                n_boot * (trace.n_trace_layers + 1) * 8, "n_boot")
     keep = (trace.batch >= 0) & ~trace.prefill
     if not np.any(keep):
         raise McrouteError("the trace records no microbatches (batch ids) of decode tokens")
@@ -263,10 +265,12 @@ def fit_routing(trace, *, n_boot=200, ci_prob=0.95, rng=None):
     (True, 'zipf')
     """
     counts, ntok = _layer_data(trace)
-    n_boot = check_int("n_boot", n_boot, minimum=10)
+    n_boot = check_int("n_boot", n_boot, minimum=10, maximum=MAX_BOOT_DRAWS)
     ci_prob = check_prob("ci_prob", ci_prob)
     entropy = resolve_seed(rng)
     e, k = trace.n_experts, trace.top_k
+    check_bytes(f"the bootstrap counts ({n_boot} replicates x {e} experts, int64)",
+                n_boot * e * 8 * 2, "n_boot")
     n_lay = counts.shape[0]
     a = (1 - ci_prob) / 2
     res = {name: np.full(n_lay, np.nan) for name in ("alpha", "alpha_ml", "alpha_bias", "sigma",
@@ -592,10 +596,16 @@ def real_batch_check(trace, *, n_trials=400, n_boot=1000, ci_prob=0.95, rng=None
     if not isinstance(trace, Trace):
         raise McrouteError("real_batch_check needs a per-token Trace with microbatch ids")
     n_trials = check_int("n_trials", n_trials, minimum=2)
-    n_boot = check_int("n_boot", n_boot, minimum=10)
+    n_boot = check_int("n_boot", n_boot, minimum=10, maximum=MAX_BOOT_DRAWS)
     ci_prob = check_prob("ci_prob", ci_prob)
     entropy = resolve_seed(rng)
     dec = trace.decode_only() if np.any(trace.prefill) else trace
+    n_mb = int(np.unique(dec.batch).size)
+    check_bytes(f"the bootstrap indices ({n_boot} replicates x {n_mb} microbatches, int64)",
+                n_boot * n_mb * 8, "n_boot")
+    check_bytes(f"the predicted counts of one batch size ({n_trials} trials x "
+                f"{dec.n_trace_layers} layers x {dec.n_experts} experts, int64)",
+                n_trials * dec.n_trace_layers * dec.n_experts * 8, "n_trials")
     if np.any(dec.batch < 0):
         raise McrouteError("real_batch_check needs microbatch (batch) ids for every decode token")
     bids, inv = np.unique(dec.batch, return_inverse=True)
