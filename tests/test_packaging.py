@@ -23,7 +23,10 @@ def test_wheel_ships_cards_and_data_and_finds_them(tmp_path):
         assert f"mcroute/models/llm/{card.name}" in names
     for card in (ROOT / "models" / "hardware").glob("*.toml"):
         assert f"mcroute/models/hardware/{card.name}" in names
+    for card in (ROOT / "models" / "kernels").glob("*.toml"):
+        assert f"mcroute/models/kernels/{card.name}" in names
     assert "mcroute/data/q_estimates.csv" in names
+    assert "mcroute/py.typed" in names  # PEP 561: the package's type hints are public
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
                     str(site), str(whl)], check=True, capture_output=True, timeout=600)
