@@ -789,7 +789,8 @@ def _bad(origin, key, spec, value, extra=""):
     lim = ""
     if spec.kind in ("int", "num", "intlist"):
         if spec.minimum is not None and spec.maximum is not None:
-            lim = f" in [{spec.minimum:g}, {spec.maximum:g}]"
+            lim = f" in [{spec.minimum:g}, {spec.maximum:g}]" if spec.kind == "num" else \
+                f" in [{spec.minimum}, {spec.maximum}]"
         elif spec.minimum is not None:
             lim = f" >= {spec.minimum}"
     if spec.choices:
