@@ -416,13 +416,17 @@ def _attended(context, window):
 
 
 def _gemm(m, params, wb, F, BW, p, nt):
-    """Calibrated dense GEMMs of a per-layer parameter array, (trial, layer); 0 where P = 0."""
+    """Calibrated dense GEMMs of a per-layer parameter array, (trial, layer); 0 where P = 0.
+
+    Priced once per distinct parameter count (layers are mostly alike) and spread back.
+    """
     params = np.asarray(params, dtype=float)
     if m <= 0:
         return np.zeros((nt, params.shape[-1]))
-    t = C.dense_gemm_time(m, (params * wb)[None], (2.0 * m * params)[None], bw=BW,
-                          peak_flops=F, p=p)
-    return np.broadcast_to(np.where(params[None] > 0, t, 0.0), (nt, params.shape[-1]))
+    u, inv = np.unique(params, return_inverse=True)
+    t = C.dense_gemm_time(m, (u * wb)[None], (2.0 * m * u)[None], bw=BW, peak_flops=F, p=p)
+    t = np.broadcast_to(np.where(u[None] > 0, t, 0.0), (nt, u.shape[0]))
+    return t[:, inv.ravel()]
 
 
 def _sub_batch(dep, L, n_seq, r, gl, p, nt):
