@@ -1,4 +1,7 @@
-"""Same seed ⇒ bit-identical arrays whatever NUMBA_NUM_THREADS is (run in subprocesses)."""
+"""Same seed ⇒ bit-identical arrays whatever NUMBA_NUM_THREADS is (run in subprocesses).
+
+Covers the samplers, simulate, decode_throughput and qs_analysis.
+"""
 
 import hashlib
 import os
@@ -23,14 +26,43 @@ print(h.hexdigest())
 """
 
 
-def _digest(threads: int) -> str:
+# The entry points above the samplers: decode throughput (Zipf routing, admissible and explicit
+# batches, two contexts, expert parallelism over 8 GPUs) and the qs analysis (point q values,
+# and an uncertain q whose draws are clustered). Every per-trial and summary array is hashed.
+SCRIPT_ENTRY = r"""
+import hashlib, numpy as np, mcroute as mr
+h = hashlib.sha256()
+def put(ds):
+    for name in sorted(ds.data_vars):
+        v = ds[name].values
+        if v.dtype.kind in "fiub":
+            h.update(name.encode() + np.ascontiguousarray(v).tobytes())
+dep = mr.Deployment("qwen3-235b-a22b", "h200", 8)
+r = mr.Zipf(dep.n_experts, dep.top_k, 1.1)
+put(mr.decode_throughput(dep, ["4k", "32k"], routing=r, n_trials=48, rng=7))
+put(mr.decode_throughput(dep, 4096, batch_size=[16, 200], routing=r, n_trials=48, rng=7,
+                         method="assignment"))
+put(mr.qs_analysis("qwen3-235b-a22b", "h200", 8, [2.0, 5.0], ["4k", "64k"], n_trials=32, rng=7))
+put(mr.qs_analysis("qwen3-235b-a22b", "h200", 8, "lognormal:3,0.3", 8192, n_trials=32,
+                   n_q_samples=8, rng=7))
+print(h.hexdigest())
+"""
+
+
+def _digest(threads: int, script: str = SCRIPT) -> str:
     env = {**os.environ, "NUMBA_NUM_THREADS": str(threads)}
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
-                         check=True, timeout=600)
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, check=True, timeout=600)
     return out.stdout.strip()
 
 
 def test_bit_identical_on_one_and_two_threads():
     one, two = _digest(1), _digest(2)
+    assert len(one) == len(hashlib.sha256().hexdigest())
+    assert one == two
+
+
+def test_throughput_and_qs_bit_identical_on_one_and_two_threads():
+    one, two = _digest(1, SCRIPT_ENTRY), _digest(2, SCRIPT_ENTRY)
     assert len(one) == len(hashlib.sha256().hexdigest())
     assert one == two
