@@ -22,12 +22,7 @@ from ._cli_common import (
     parse_size_list,
     write_output,
 )
-from ._validate import McrouteError, check_prob
-
-#: Largest q --q accepts (its median, and the 1 - 1e-6 quantile of a distribution): a dense twin
-#: 10^4 times the MoE's active parameters. Benchmark estimates are 0.5-20 (docs/quality.md);
-#: beyond this the twin's sizes leave the range the cost model is meant for.
-MAX_Q = 1e4
+from ._validate import MAX_CONTEXT, MAX_GPUS, MAX_Q, McrouteError, check_prob
 
 
 def register(sub) -> None:
@@ -120,10 +115,12 @@ def _parse_q(text: str, as_q, parse_q):
     if kind.strip().lower() == "samples" and sep:
         check_input_path("--q samples", arg.strip())
     q = as_q(parse_q(text, "--q"))
-    hi = q.median() if q.is_point else q.interval(1 - 1e-6)[1]
+    with np.errstate(over="ignore", invalid="ignore"):  # a huge sigma: the quantile is inf
+        hi = q.median() if q.is_point else q.interval(1 - 1e-6)[1]
     if not hi <= MAX_Q:
-        raise McrouteError(f"--q must stay <= {MAX_Q:g} (a dense twin 10^4 x the active "
-                           f"parameters), got {text.strip()!r} reaching {hi:.3g}")
+        raise McrouteError(f"--q must stay <= {MAX_Q:g} (mcroute._validate.MAX_Q: its value, or "
+                           f"the 1 - 1e-6 quantile of its distribution), got {text.strip()!r} "
+                           f"reaching {hi:.3g}")
     return q
 
 
@@ -134,16 +131,16 @@ def run(args) -> int:
     from ._quality import as_q, parse_q
 
     check_output_path(args.output)
-    contexts = parse_size_list("--context", args.context)
+    contexts = parse_size_list("--context", args.context, maximum=MAX_CONTEXT)
     trials = parse_int(args.trials, "--trials", minimum=2)
     q_samples = parse_int(args.q_samples, "--q-samples", minimum=1)
     seed = parse_int(args.seed, "--seed", minimum=0)
     ci_prob = check_prob("--ci-prob", args.ci_prob)
     hardware = PAPER_HARDWARE if args.hardware is None else args.hardware
     check_input_path("--hardware", hardware)
-    gpus = PAPER_GPUS if args.gpus is None else parse_int(args.gpus, "--gpus", minimum=1)
+    gpus = PAPER_GPUS if args.gpus is None else parse_int(args.gpus, "--gpus", 1, MAX_GPUS)
     dense_gpus = (None if args.dense_gpus is None
-                  else parse_int(args.dense_gpus, "--dense-gpus", minimum=1))
+                  else parse_int(args.dense_gpus, "--dense-gpus", 1, MAX_GPUS))
     hbm_fraction = (None if args.hbm_fraction is None else parse_real(
         args.hbm_fraction, "--hbm-fraction", minimum=0.0, maximum=1.0, open_min=True))
     for flag, value in (("MODEL", args.model), ("--dense-model", args.dense_model)):

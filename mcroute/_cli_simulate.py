@@ -15,7 +15,14 @@ from ._cli_common import (
     write_output,
 )
 from ._simulate import simulate
-from ._validate import check_int, check_prob
+from ._validate import (
+    MAX_BATCH_SIZE,
+    MAX_CAPACITY_FACTOR,
+    MAX_EXPERTS,
+    MAX_LAYERS,
+    check_int,
+    check_prob,
+)
 
 #: Columns of the printed table: (variable, header).
 _SHOWN = [
@@ -24,11 +31,6 @@ _SHOWN = [
     ("max_device_load", "max dev load"),
     ("device_imbalance", "dev imbalance"),
 ]
-
-
-#: Largest --capacity-factor: far above any used in practice (1-2); any factor >= E/k already
-#: gives every expert room for the whole microbatch.
-MAX_CAPACITY_FACTOR = 1e6
 
 
 def register(sub) -> None:
@@ -62,13 +64,13 @@ def register(sub) -> None:
 def run(args) -> int:
     """Run ``mcroute simulate``."""
     check_output_path(args.output)
-    e = parse_int(args.experts, "--experts", minimum=1)
+    e = parse_int(args.experts, "--experts", minimum=1, maximum=MAX_EXPERTS)
     k = check_int("--top-k", parse_int(args.top_k, "--top-k"), minimum=1, maximum=e)
     routing = parse_routing(args.routing, e, k)
-    batches = parse_int_list("--batch", args.batch)
+    batches = parse_int_list("--batch", args.batch, maximum=MAX_BATCH_SIZE)
     trials = parse_int(args.trials, "--trials", minimum=2)
-    layers = parse_int(args.layers, "--layers", minimum=1)
-    devices = parse_int(args.devices, "--devices", minimum=1)
+    layers = parse_int(args.layers, "--layers", minimum=1, maximum=MAX_LAYERS)
+    devices = parse_int(args.devices, "--devices", minimum=1, maximum=MAX_EXPERTS)
     ci_prob = check_prob("--ci-prob", args.ci_prob)
     cf = parse_real(args.capacity_factor, "--capacity-factor", minimum=0.0,
                     maximum=MAX_CAPACITY_FACTOR, open_min=True)

@@ -21,7 +21,7 @@ from ._cli_common import (
 )
 from ._cost import Deployment
 from ._throughput import decode_throughput
-from ._validate import McrouteError, check_prob, check_real
+from ._validate import MAX_CONTEXT, MAX_GPUS, McrouteError, check_prob, check_real
 
 
 def register(sub) -> None:
@@ -78,8 +78,8 @@ def run(args) -> int:
     check_input_path("--hardware", args.hardware)
     model = load_model(args.model)
     hardware = load_hardware(args.hardware)
-    gpus = parse_int(args.gpus, "--gpus", minimum=1)
-    contexts = parse_size_list("--context", args.context)
+    gpus = parse_int(args.gpus, "--gpus", 1, MAX_GPUS)
+    contexts = parse_size_list("--context", args.context, maximum=MAX_CONTEXT)
     batch = "max" if str(args.batch).strip().lower() == "max" else parse_int_list(
         "--batch", args.batch)
     trials = parse_int(args.trials, "--trials", minimum=2)

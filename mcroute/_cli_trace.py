@@ -13,7 +13,7 @@ from ._cli_common import check_input_path, check_output_path, format_table, pars
 from ._traces import PopularityTrace
 from ._traces_fit import fit_routing, inspect_trace, real_batch_check
 from ._traces_io import FORMATS, load_trace, save_trace
-from ._validate import McrouteError, check_prob
+from ._validate import MAX_EXPERTS, McrouteError, check_prob
 
 
 def _load_args(p) -> None:
@@ -41,7 +41,7 @@ def _is_zip(path) -> bool:
 def _load(args):
     check_output_path(args.output, (".npz",) if args.action == "convert" else
                       (".nc", ".csv", ".json"))
-    e = None if args.experts is None else parse_int(args.experts, "--experts", minimum=1)
+    e = None if args.experts is None else parse_int(args.experts, "--experts", 1, MAX_EXPERTS)
     mr_ = None if args.max_records is None else parse_int(args.max_records, "--max-records", 1)
     for p in args.path:
         check_input_path("trace path", p)

@@ -54,6 +54,9 @@ class _Parser(argparse.ArgumentParser):
 
     def _get_values(self, action, arg_strings):
         if action.nargs not in (argparse.PARSER, argparse.REMAINDER):
+            if action.option_strings and "--" in arg_strings:
+                # `--q=--`: argparse would drop the '--' and store an empty list.
+                raise argparse.ArgumentError(action, "'--' is not a value")
             for text in arg_strings:
                 if not text.strip():
                     raise argparse.ArgumentError(action, "must not be empty")
