@@ -37,6 +37,8 @@ _LAZY = {
     "estimate_q": "_quality",
     "parse_q": "_quality",
     "save_dataset": "_results",
+    "Correlated": "_routing",
+    "GroupLimited": "_routing",
     "LogNormal": "_routing",
     "Popularity": "_routing",
     "Routing": "_routing",
@@ -80,7 +82,15 @@ if TYPE_CHECKING:  # static type checkers and IDEs see ordinary imports
     from ._qs import dense_twin, min_gpus, qs_analysis
     from ._quality import EstimateQ, QSpec, as_q, estimate_q, parse_q
     from ._results import save_dataset
-    from ._routing import LogNormal, Popularity, Routing, Uniform, Zipf
+    from ._routing import (
+        Correlated,
+        GroupLimited,
+        LogNormal,
+        Popularity,
+        Routing,
+        Uniform,
+        Zipf,
+    )
     from ._sampling import (
         active_experts_variance,
         device_map,
@@ -99,8 +109,10 @@ if TYPE_CHECKING:  # static type checkers and IDEs see ordinary imports
     from ._traces_io import load_trace, save_trace
 
 __all__ = [
+    "Correlated",
     "Deployment",
     "EstimateQ",
+    "GroupLimited",
     "HardwareSpec",
     "LayerSpec",
     "LogNormal",

@@ -1196,3 +1196,225 @@ def counts_weighted_urn(states, chunk, counts, tables, top_k, batch, conc, recor
         _chunk_weighted_urn(s, counts, c * chunk, min(c * chunk + chunk, n_trials), w, exact, fix,
                             guide, extra, fast, top_k, batch, conc, record, assign)
     return counts
+
+
+# ---------------------------------------------------------------------------------------------
+# --- Shared-logit-noise and group-limited routing (one race kernel) ---
+#
+# Per microbatch and layer the log-weights ``log_w[layer]`` are shifted by ``sigma * z_e``, z_e
+# independent standard normals shared by every token of the microbatch (``sigma = 0``: no shift,
+# no normals drawn). Each token then runs the exponential race of its experts (Gumbel-top-k on
+# the shifted log-weights), restricted to groups: experts form ``n_groups`` contiguous groups of
+# ``E / n_groups``; arrivals are taken in order while fewer than ``topk_groups`` groups are open
+# (an arrival opens its group), after that only arrivals from open groups are taken, until the
+# token holds ``top_k`` experts. That is exactly: open groups = the ``topk_groups`` groups with
+# the best group score (max over the group of log w_e + sigma z_e + Gumbel_e), experts = the
+# top_k scores among the open groups' experts (see ``GroupLimited`` in ``_routing``).
+# ---------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, inline="always")
+def _cdf_search(cdf, u):
+    """Smallest e with ``cdf[e] > u`` (``0 <= u < cdf[-1]``)."""
+    lo = 0
+    hi = cdf.size - 1
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if cdf[mid] > u:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+@njit(cache=True)
+def _race_exact(s, p, a, stamp, tok, gopen, size, restrict):
+    """Exact draw among the experts the token does not hold (only open groups if ``restrict``).
+
+    In proportion to ``p``; if every remaining ``p`` underflows to 0, the remaining expert with
+    the largest finite log-weight ``a`` (the limit of the law). Returns -1 if none is left.
+    """
+    n = p.size
+    r = 0.0
+    best = -1
+    for e in range(n):
+        if stamp[e] == tok or (restrict and gopen[e // size] != tok):
+            continue
+        r += p[e]
+        if a[e] > -np.inf and (best < 0 or a[e] > a[best]):
+            best = e
+    if r <= 0.0:
+        return best
+    u = uniform(s) * r
+    acc = 0.0
+    last = -1
+    for e in range(n):
+        if stamp[e] == tok or (restrict and gopen[e // size] != tok) or p[e] <= 0.0:
+            continue
+        acc += p[e]
+        last = e
+        if acc > u:
+            return e
+    return last
+
+
+@njit(cache=True)
+def _chunk_race(s, counts, t0, t1, log_w, sigma, size, topk_groups, top_k, batch, record,
+                assign):
+    n_layers, n = log_w.shape
+    n_groups = n // size
+    a = np.empty(n)
+    p = np.empty(n)
+    cdf = np.empty(n)
+    gm = np.empty(n_groups)
+    stamp = np.full(n, -1, dtype=np.int64)
+    gopen = np.full(n_groups, -1, dtype=np.int64)
+    tok = 0
+    for t in range(t0, t1):
+        for layer in range(n_layers):
+            if sigma > 0.0:
+                for e in range(0, n, 2):  # Box-Muller, two normals per pair of uniforms
+                    u1 = 1.0 - uniform(s)
+                    u2 = uniform(s)
+                    rad = math.sqrt(-2.0 * math.log(u1))
+                    a[e] = log_w[layer, e] + sigma * rad * math.cos(2.0 * math.pi * u2)
+                    if e + 1 < n:
+                        a[e + 1] = log_w[layer, e + 1] + sigma * rad * math.sin(2.0 * math.pi * u2)
+            else:
+                for e in range(n):
+                    a[e] = log_w[layer, e]
+            m = -np.inf
+            for e in range(n):
+                if a[e] > m:
+                    m = a[e]
+            tot = 0.0
+            for e in range(n):
+                p[e] = math.exp(a[e] - m) if a[e] > -np.inf else 0.0
+                tot += p[e]
+                cdf[e] = tot
+            for g in range(n_groups):
+                gm[g] = 0.0
+                for e in range(g * size, (g + 1) * size):
+                    gm[g] += p[e]
+            row = counts[t, layer]
+            for b in range(batch):
+                held = 0
+                n_open = 0
+                chosen = 0.0
+                open_rem = 0.0
+                rej = 0
+                while held < top_k:
+                    limited = n_open >= topk_groups
+                    e = -1
+                    if not limited:
+                        if chosen <= 0.9 * tot and rej < 64:
+                            c = _cdf_search(cdf, uniform(s) * tot)
+                            if stamp[c] == tok:
+                                rej += 1
+                                continue
+                            e = c
+                        else:
+                            e = _race_exact(s, p, a, stamp, tok, gopen, size, False)
+                    else:
+                        if open_rem > 0.25 * tot and rej < 64:
+                            c = _cdf_search(cdf, uniform(s) * tot)
+                            if stamp[c] == tok or gopen[c // size] != tok:
+                                rej += 1
+                                continue
+                            e = c
+                        else:
+                            e = _race_exact(s, p, a, stamp, tok, gopen, size, True)
+                    if e < 0:  # cannot happen for validated weights; stop rather than spin
+                        break
+                    rej = 0
+                    stamp[e] = tok
+                    row[e] += 1
+                    if record:
+                        assign[t, layer, b, held] = e
+                    held += 1
+                    chosen += p[e]
+                    g = e // size
+                    if gopen[g] != tok:
+                        gopen[g] = tok
+                        n_open += 1
+                        open_rem += gm[g]
+                    open_rem -= p[e]
+                tok += 1
+
+
+@njit(cache=True, parallel=True)
+def counts_race(states, chunk, counts, log_w, sigma, size, topk_groups, top_k, batch, record,
+                assign):
+    """Microbatches of shared-logit-noise, group-limited top-k routing (see the section comment).
+
+    ``log_w`` (layer, expert): log-weights up to a constant per layer (-inf: never chosen);
+    ``size``: experts per contiguous group (``E`` for no group limit); ``topk_groups``: groups a
+    token may use. The switch to the exact draw (:func:`_race_exact`) depends only on the
+    token's state and its count of rejections, so the law is exact.
+    """
+    n_trials = counts.shape[0]
+    for c in prange(states.shape[0]):
+        s = init_state(states[c])
+        _chunk_race(s, counts, c * chunk, min(c * chunk + chunk, n_trials), log_w, sigma, size,
+                    topk_groups, top_k, batch, record, assign)
+    return counts
+
+
+@njit(cache=True, inline="always")
+def _gl_allowed(e, p, stamp, gcount, size, n_open, topk_groups):
+    return stamp[e] == 0 and p[e] > 0.0 and (n_open < topk_groups or gcount[e // size] > 0)
+
+
+@njit(cache=True)
+def _gl_mass(p, stamp, gcount, size, n_open, topk_groups):
+    r = 0.0
+    for e in range(p.size):
+        if _gl_allowed(e, p, stamp, gcount, size, n_open, topk_groups):
+            r += p[e]
+    return r
+
+
+@njit(cache=True)
+def group_limited_inclusion(p, size, topk_groups, top_k):
+    """Exact inclusion probabilities of one layer by enumerating every ordered choice sequence.
+
+    ``p`` (expert,) normalised weights. The law is the sequential one of :func:`_chunk_race`
+    (successive sampling in proportion to ``p``, restricted to the open groups once
+    ``topk_groups`` are open). Depth-first, without recursion; cost about E^k / (k − 1)! ... E^k
+    steps, which the caller bounds.
+    """
+    n = p.size
+    pi = np.zeros(n)
+    stamp = np.zeros(n, dtype=np.int64)
+    gcount = np.zeros(n // size, dtype=np.int64)
+    cur = np.full(top_k, -1, dtype=np.int64)
+    prob = np.zeros(top_k)
+    n_open = np.zeros(top_k, dtype=np.int64)
+    mass = np.zeros(top_k)
+    prob[0] = 1.0
+    mass[0] = _gl_mass(p, stamp, gcount, size, 0, topk_groups)
+    depth = 0
+    while depth >= 0:
+        e = cur[depth] + 1
+        while e < n and not _gl_allowed(e, p, stamp, gcount, size, n_open[depth], topk_groups):
+            e += 1
+        if e >= n or mass[depth] <= 0.0:
+            depth -= 1
+            if depth >= 0:  # undo the choice we descended with
+                f = cur[depth]
+                stamp[f] = 0
+                gcount[f // size] -= 1
+            continue
+        cur[depth] = e
+        q = prob[depth] * p[e] / mass[depth]
+        pi[e] += q
+        if depth + 1 < top_k:
+            stamp[e] = 1
+            g = e // size
+            gcount[g] += 1
+            n_open[depth + 1] = n_open[depth] + (1 if gcount[g] == 1 else 0)
+            prob[depth + 1] = q
+            depth += 1
+            cur[depth] = -1
+            mass[depth] = _gl_mass(p, stamp, gcount, size, n_open[depth], topk_groups)
+    return pi
