@@ -237,6 +237,15 @@ def cli_argv(draw):
     return argv
 
 
+@st.composite
+def random_argv(draw):
+    """Tokens in any order: commands, flags of any command, values (argparse's own paths)."""
+    flags = sorted({f for _, fl in CLI_COMMANDS.values() for f in fl if not f.startswith("#")})
+    words = sorted({w for name in CLI_COMMANDS for w in name.split()})
+    pool = words + flags + VALUES + ["-h", "--version", "--", "-", "--x=", "=", "--seed=0"]
+    return draw(st.lists(st.sampled_from(pool), max_size=8))
+
+
 def _run_cli(argv):
     seen = []
     original = cli._error_message
@@ -259,7 +268,7 @@ def _run_cli(argv):
 
 
 @settings(max_examples=100 * SCALE, **COMMON)
-@given(argv=cli_argv())
+@given(argv=st.one_of(cli_argv(), cli_argv(), cli_argv(), random_argv()))
 def test_fuzz_cli(argv):
     rc, err, elapsed, seen = _run_cli(argv)
     lines = [line for line in err.splitlines() if line.strip()]
