@@ -6,9 +6,9 @@ the CLI can print it as one line.
 
 The module also holds, in one place, the limits every public entry point enforces before it
 allocates or computes anything (issue 11): sizes that feed int64 products, the memory a call may
-hold and the work it may do. Each is a documented module constant; docs/assumptions.md lists
-them. A request above a limit is refused with an error naming the parameter and the limit, never
-started and left to die with ``MemoryError`` or to run for days.
+hold and the work it may do. Each is a module constant below, with the reason for its value. A
+request above a limit is refused with an error naming the parameter and the limit, never started
+and left to die with ``MemoryError`` or to run for days.
 """
 
 from __future__ import annotations
