@@ -59,6 +59,7 @@ _LAZY = {
     "Overdispersed": "_traces",
     "PopularityTrace": "_traces",
     "Trace": "_traces",
+    "fit_correlated": "_traces_fit",
     "fit_routing": "_traces_fit",
     "fitted_routing": "_traces_fit",
     "inspect_trace": "_traces_fit",
@@ -105,7 +106,13 @@ if TYPE_CHECKING:  # static type checkers and IDEs see ordinary imports
     from ._sweep import load_sweep_spec, sweep
     from ._throughput import decode_throughput
     from ._traces import Overdispersed, PopularityTrace, Trace
-    from ._traces_fit import fit_routing, fitted_routing, inspect_trace, real_batch_check
+    from ._traces_fit import (
+        fit_correlated,
+        fit_routing,
+        fitted_routing,
+        inspect_trace,
+        real_batch_check,
+    )
     from ._traces_io import load_trace, save_trace
 
 __all__ = [
@@ -136,6 +143,7 @@ __all__ = [
     "estimate_q",
     "expected_active_experts",
     "expert_load_distribution",
+    "fit_correlated",
     "fit_routing",
     "fitted_routing",
     "inspect_trace",

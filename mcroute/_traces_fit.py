@@ -1078,6 +1078,13 @@ def _holdout(dec, bids, sizes, counts, routing, n_trials, n_boot, ci_prob, entro
                 for layer in range(n_lay):
                     p_reps[:, ri, layer] *= (np.interp(cf["sigma_boot"], grid, curve[:, layer])
                                              / np.interp(cf["sigma"], grid, curve[:, layer]))
+        # Monte Carlo error of the fitted σ carried through the curve's slope at σ̂.
+        pooled = curve.mean(axis=1)
+        gi = int(np.clip(np.searchsorted(grid, cf["sigma"]), 1, grid.size - 1))
+        slope = (pooled[gi] - pooled[gi - 1]) / (grid[gi] - grid[gi - 1])
+        s_mc = cf["sigma_mc_se"] if np.isfinite(cf["sigma_mc_se"]) else 0.0
+        ci_ = names.index("correlated")
+        mc_rel_all[ci_] = np.hypot(mc_rel_all[ci_], slope * s_mc / pooled[gi])
         rel_reps = p_reps / o_reps[:, None, :] - 1.0
         all_reps = (p_reps.mean(axis=2) * (1 + noise[:, :, si] * mc_rel_all[None])
                     / o_reps.mean(axis=1)[:, None] - 1.0)
@@ -1109,7 +1116,8 @@ def _holdout(dec, bids, sizes, counts, routing, n_trials, n_boot, ci_prob, entro
              "ci_prob": ci_prob})
         data[f"holdout_{s}_rel_error_all_mc_se"] = ("holdout_routing", mc_rel_all, {
             "units": "1", "long_name": "Monte Carlo standard error of the pooled held-out "
-                                       "error"})
+                                       "error (prediction and, for correlated, the fit of "
+                                       "sigma)"})
         ri = names.index(routing)
         attrs[f"holdout_{s}_error"] = float(rel_all[ri])
         lo_hi = np.quantile(all_reps[:, ri], [al, 1 - al])
@@ -1129,5 +1137,6 @@ def _holdout(dec, bids, sizes, counts, routing, n_trials, n_boot, ci_prob, entro
                  holdout_warmup_t=cf["warmup_t"], holdout_sigma=cf["sigma"],
                  holdout_sigma_ci_lower=float(cf["sigma_ci"][0]),
                  holdout_sigma_ci_upper=float(cf["sigma_ci"][1]),
+                 holdout_sigma_mc_se=cf["sigma_mc_se"],
                  holdout_sigma_warmup=cf["sigma_warmup"], holdout_bootstrap_block=block)
     return data, coords, attrs
