@@ -91,6 +91,9 @@ def traces(tmp_path_factory):
             for layer in range(2):
                 ids = [2**63, 1] if t == 1 else [0, 1]
                 fh.write(json.dumps({"token_idx": t, "layer": layer, "expert_ids": ids}) + "\n")
+    rows = ["model,hf_model,num_experts,top_k,domain,layer,selection,expert,count,n_tokens"]
+    rows += [f"toy,org/toy,4,1,d,0,topk,{e},{e + 1},10" for e in range(4)]
+    (d / "hist.csv").write_text("\n".join(rows) + "\n")
     return d
 
 
@@ -151,6 +154,7 @@ CASES = [
     (["trace", "inspect", "TRACES/x.npz", "--experts", "16"], "n_experts = 8"),
     (["trace", "inspect", "TRACES/a.npy", "--experts", "4"], "outside 0..3"),
     (["trace", "inspect", "TRACES/big.jsonl"], "big.jsonl"),  # names the file
+    (["trace", "inspect", "TRACES/hist.csv", "--experts", "8"], "histogram has 4 experts"),
     (["trace", "inspect", "TRACES/big.jsonl", "--experts", "8"], "outside 0..7"),
     ([], "COMMAND"),
 ]
@@ -174,6 +178,8 @@ def test_trace_format_array_accepts_npz(traces, capsys):
     assert main(["trace", "inspect", str(traces / "x.npz"), "--format", "array"]) == 0
     assert main(["trace", "inspect", str(traces / "x.npz"), "--experts", "8"]) == 0
     assert "E=8" in capsys.readouterr().out
+    assert main(["trace", "inspect", str(traces / "hist.csv"), "--experts", "4"]) == 0
+    assert "E=4" in capsys.readouterr().out
 
 
 def test_q_estimate_known_benchmark_still_runs(capsys):
