@@ -4,7 +4,7 @@ May import: numpy, scipy, xarray, the standard library, and the array layer (``_
 ``_rng``, ``_results``, ``_resources``). The model cards (``_cards``) are imported lazily and
 only when present, to read active parameter counts and MoE layouts.
 
-Definition (DESIGN.md §1): a dense model of ``N_dense = q · N_active`` parameters matches the
+Definition (docs/quality.md): a dense model of ``N_dense = q · N_active`` parameters matches the
 quality of a Mixture-of-Experts model with ``N_active`` parameters used per token.
 
 Two parts:

@@ -4,7 +4,7 @@ May import: everything (front-end layer). matplotlib is optional (the ``plot`` e
 imported inside the functions only, so ``import mcroute.plot`` works without it; calling a plot
 function without matplotlib raises :class:`~mcroute.McrouteError` saying how to install it.
 
-Each plot keeps the two kinds of uncertainty apart (DESIGN.md §4):
+Each plot keeps the two kinds of uncertainty apart (docs/schema.md):
 
 * a **dark band**, ``<var>_ci``: the confidence interval of the Monte Carlo *mean* (it shrinks
   with more trials; it says how sure the estimate of the mean is);
@@ -279,7 +279,7 @@ def caption_text(ds: xr.Dataset, fixed: dict | None = None, exclude=()) -> str:
     Parameters
     ----------
     ds : xarray.Dataset
-        Results with provenance attrs (DESIGN.md §4); absent attrs are left out.
+        Results with provenance attrs (docs/schema.md); absent attrs are left out.
     fixed : dict, optional
         Dims held at one value in the plot, shown as ``dim=value``; an attr of the same name
         is left out.
@@ -378,7 +378,7 @@ def plot_band(ds, var, x, *, hue=None, ax=None, ci=True, band=True, logx="auto",
     Parameters
     ----------
     ds : xarray.Dataset
-        Results following the mcroute conventions (DESIGN.md §4).
+        Results following the mcroute conventions (docs/schema.md).
     var : str
         Variable name. With summaries (``<var>_mean``, ``<var>_ci``, ``<var>_q``) the mean is
         the line; a per-trial variable without summaries is summarised here; any other numeric
