@@ -104,7 +104,9 @@ def _error_message(command: str, exc: BaseException) -> tuple[int, str]:
         return EXIT_BAD_INPUT, f"{where}: error: input nested too deeply ({text})"
     if isinstance(exc, UnicodeError):
         return EXIT_BAD_INPUT, f"{where}: error: cannot decode or encode text ({text})"
-    if isinstance(exc, (OSError, ValueError, KeyError)):
+    if isinstance(exc, KeyError):
+        return EXIT_BAD_INPUT, f"{where}: error: unknown key or name {text}"
+    if isinstance(exc, (OSError, ValueError)):
         return EXIT_BAD_INPUT, f"{where}: error: {text or type(exc).__name__}"
     return EXIT_INTERNAL, (f"{where}: internal error (a bug in mcroute {__version__}; please "
                            f"report it): {type(exc).__name__}: {text} (set {DEBUG_ENV}=1 for "

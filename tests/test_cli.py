@@ -215,6 +215,7 @@ def test_internal_error_is_one_line_exit_1(monkeypatch, capsys):
     (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), 2, "decode"),
     (FileNotFoundError(2, "No such file", "x.nc"), 2, "x.nc"),
     (ValueError("\udcff bad"), 2, "bad"),
+    (KeyError("layer"), 2, "unknown key or name 'layer'"),
     (AttributeError("x"), 1, "internal error"),
 ])
 def test_error_message_classes(exc, status, needle):
