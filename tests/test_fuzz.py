@@ -6,7 +6,8 @@ and corrupts up to three of them with adversarial values: huge and negative inte
 files. What must hold:
 
 * CLI (in process, ``mcroute.cli.main(argv)``): exit 0, or exit 2 with exactly one line on
-  stderr and no traceback;
+  stderr and no traceback, and not from a MemoryError (a request too large must be refused
+  before it allocates);
 * API: the call returns, or raises :class:`mcroute.McrouteError`;
 * every example finishes within :data:`TIME_LIMIT` seconds of CPU time and :data:`ALARM`
   seconds of wall time (trial counts are drawn from small ranges, so that legitimate inputs run
@@ -284,6 +285,11 @@ def test_fuzz_cli(argv):
         return
     if len(lines) != 1 or "Traceback" in err:
         _problem("cli", what, f"exit 2 but {len(lines)} stderr lines: {err[-300:]!r}")
+        return
+    if seen and seen[0] == "MemoryError":
+        # One clean line, but only thanks to the memory ceiling of this test: without it the
+        # request would have run into the OOM killer. Requests must be refused up front.
+        _problem("cli", what, f"MemoryError (not refused up front): {lines[0]}")
         return
     STATS["cli refused cleanly"] += 1
     if seen and seen[0] != "McrouteError":
