@@ -1228,33 +1228,40 @@ def _cdf_search(cdf, u):
 
 
 @njit(cache=True)
-def _race_exact(s, p, a, stamp, tok, gopen, size, restrict):
-    """Exact draw among the experts the token does not hold (only open groups if ``restrict``).
+def _race_exact(s, p, a, stamp, tok, ogroups, n_open, size, restrict):
+    """Exact draw among the experts the token does not hold (only its open groups if ``restrict``).
 
     In proportion to ``p``; if every remaining ``p`` underflows to 0, the remaining expert with
     the largest finite log-weight ``a`` (the limit of the law). Returns -1 if none is left.
+    Restricted draws scan only the open groups (``ogroups[:n_open]``).
     """
-    n = p.size
+    n_grp = n_open if restrict else 1
     r = 0.0
     best = -1
-    for e in range(n):
-        if stamp[e] == tok or (restrict and gopen[e // size] != tok):
-            continue
-        r += p[e]
-        if a[e] > -np.inf and (best < 0 or a[e] > a[best]):
-            best = e
+    for gi in range(n_grp):
+        lo = ogroups[gi] * size if restrict else 0
+        hi = lo + size if restrict else p.size
+        for e in range(lo, hi):
+            if stamp[e] == tok:
+                continue
+            r += p[e]
+            if a[e] > -np.inf and (best < 0 or a[e] > a[best]):
+                best = e
     if r <= 0.0:
         return best
     u = uniform(s) * r
     acc = 0.0
     last = -1
-    for e in range(n):
-        if stamp[e] == tok or (restrict and gopen[e // size] != tok) or p[e] <= 0.0:
-            continue
-        acc += p[e]
-        last = e
-        if acc > u:
-            return e
+    for gi in range(n_grp):
+        lo = ogroups[gi] * size if restrict else 0
+        hi = lo + size if restrict else p.size
+        for e in range(lo, hi):
+            if stamp[e] == tok or p[e] <= 0.0:
+                continue
+            acc += p[e]
+            last = e
+            if acc > u:
+                return e
     return last
 
 
@@ -1269,6 +1276,7 @@ def _chunk_race(s, counts, t0, t1, log_w, sigma, size, topk_groups, top_k, batch
     gm = np.empty(n_groups)
     stamp = np.full(n, -1, dtype=np.int64)
     gopen = np.full(n_groups, -1, dtype=np.int64)
+    ogroups = np.empty(n_groups, dtype=np.int64)
     tok = 0
     for t in range(t0, t1):
         for layer in range(n_layers):
@@ -1314,16 +1322,16 @@ def _chunk_race(s, counts, t0, t1, log_w, sigma, size, topk_groups, top_k, batch
                                 continue
                             e = c
                         else:
-                            e = _race_exact(s, p, a, stamp, tok, gopen, size, False)
+                            e = _race_exact(s, p, a, stamp, tok, ogroups, n_open, size, False)
                     else:
-                        if open_rem > 0.25 * tot and rej < 64:
+                        if open_rem > 0.1 * tot and rej < 64:
                             c = _cdf_search(cdf, uniform(s) * tot)
                             if stamp[c] == tok or gopen[c // size] != tok:
                                 rej += 1
                                 continue
                             e = c
                         else:
-                            e = _race_exact(s, p, a, stamp, tok, gopen, size, True)
+                            e = _race_exact(s, p, a, stamp, tok, ogroups, n_open, size, True)
                     if e < 0:  # cannot happen for validated weights; stop rather than spin
                         break
                     rej = 0
@@ -1336,6 +1344,7 @@ def _chunk_race(s, counts, t0, t1, log_w, sigma, size, topk_groups, top_k, batch
                     g = e // size
                     if gopen[g] != tok:
                         gopen[g] = tok
+                        ogroups[n_open] = g
                         n_open += 1
                         open_rem += gm[g]
                     open_rem -= p[e]
