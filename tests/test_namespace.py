@@ -4,8 +4,10 @@ import mcroute
 
 PUBLIC = sorted(
     [
+        "Correlated",
         "Deployment",
         "EstimateQ",
+        "GroupLimited",
         "HardwareSpec",
         "LayerSpec",
         "LogNormal",
@@ -29,6 +31,7 @@ PUBLIC = sorted(
         "estimate_q",
         "expected_active_experts",
         "expert_load_distribution",
+        "fit_correlated",
         "fit_routing",
         "fitted_routing",
         "inspect_trace",
