@@ -619,8 +619,9 @@ def real_batch_check(trace, *, n_trials=400, n_boot=1000, ci_prob=0.95, rng=None
 
     Notes
     -----
-    Intervals combine the block-bootstrap spread of the observed means with the Monte Carlo
-    standard error of the predictions (normal approximation). The predictions resample the same
+    Intervals combine the block-bootstrap spread of the relative errors (prediction and
+    observation averaged over the same resampled steps) with the Monte Carlo standard error of
+    the predictions (normal approximation). The predictions resample the same
     decode tokens that are being checked (in-sample); their own sampling error is not included.
     """
     if not isinstance(trace, Trace):
@@ -707,12 +708,15 @@ def real_batch_check(trace, *, n_trials=400, n_boot=1000, ci_prob=0.95, rng=None
         o_reps = o[boot_idx].mean(axis=1)  # (boot, layer)
         o_ci = np.stack([np.quantile(o_reps, a, axis=0), np.quantile(o_reps, 1 - a, axis=0)], -1)
         rel = p_mean / o_mean[None, :] - 1.0
-        rel_reps = p_mean[None] / o_reps[:, None, :] - 1.0  # (boot, routing, layer)
+        # The prediction is averaged over the same resampled steps as the observation (their
+        # batch sizes), so the interval does not count the batch-size mix as error.
+        p_reps = np.moveaxis(p_step[:, boot_idx].mean(axis=2), 0, 1)  # (boot, routing, layer)
+        rel_reps = p_reps / o_reps[:, None, :] - 1.0
         rel_se = np.sqrt(rel_reps.std(axis=0, ddof=1) ** 2 + (p_se / o_mean[None, :]) ** 2)
         all_p = p_mean.mean(axis=1)
         all_o = o_mean.mean()
         rel_all = all_p / all_o - 1.0
-        reps_all = all_p[None, :] / o_reps.mean(axis=1)[:, None] - 1.0
+        reps_all = p_reps.mean(axis=2) / o_reps.mean(axis=1)[:, None] - 1.0
         rel_all_reps[s] = reps_all
         all_se = np.sqrt(reps_all.std(axis=0, ddof=1) ** 2
                          + (np.sqrt((p_se ** 2).sum(axis=1)) / n_lay / all_o) ** 2)
