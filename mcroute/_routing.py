@@ -798,7 +798,7 @@ class GroupLimited(Routing):
     >>> import mcroute as mr
     >>> r = mr.GroupLimited(mr.Uniform(256, 8), n_groups=8, topk_groups=4)
     >>> a = mr.sample_assignments(r, 16, 1, rng=0)[0, 0]
-    >>> max(len(set(t // 32)) for t in a.tolist()) <= 4
+    >>> max(len(set((t // 32).tolist())) for t in a) <= 4
     True
     """
 
