@@ -522,7 +522,8 @@ def inspect_trace(trace) -> xr.Dataset:
 # ---------------------------------------------------------------------------------------------
 
 #: Routings compared by :func:`real_batch_check`.
-CHECK_ROUTINGS = ("token", "marginal", "zipf", "lognormal", "uniform", "overdispersed")
+CHECK_ROUTINGS = ("token", "marginal", "zipf", "lognormal", "uniform", "overdispersed",
+                  "correlated")
 
 
 def _pooled_exact_active(tok, rhos, uniq, pos, n_lay):
