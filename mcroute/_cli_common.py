@@ -138,6 +138,8 @@ def check_output_path(path, allowed=(".nc", ".csv", ".json"), flag: str = "--out
     """
     if path is None:
         return
+    if str(path).endswith(("/", os.sep)):
+        raise McrouteError(f"{flag}: {str(path)!r} names a folder; give a file name")
     p = Path(str(path))
     ext = p.suffix.lower()
     if allowed and ext not in allowed:

@@ -115,6 +115,7 @@ CASES = [
     (SIM + ["--devices", ""], "--devices"),
     (SIM + ["--routing", ""], "--routing"),
     (SIM + ["--output", ""], "--output"),
+    (SIM + ["--output", "res.nc/"], "names a folder"),
     (SIM + ["--ci-prob", "nan"], "--ci-prob"),
     (SIM + ["--experts", "8\x00"], "--experts"),
     (["simulate", "--experts", " ", "--top-k", "2"], "--experts"),
