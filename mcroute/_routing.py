@@ -29,7 +29,7 @@ from scipy import special
 
 from . import _kernels as K
 from ._rng import CHUNK_TRIALS, chunk_seeds
-from ._validate import McrouteError, check_int, check_real
+from ._validate import MAX_EXPERTS, McrouteError, check_int, check_real
 
 __all__ = ["Routing", "Uniform", "Zipf", "LogNormal", "Popularity", "Correlated", "GroupLimited"]
 
@@ -82,7 +82,8 @@ class Routing:
     kind = "routing"
 
     def __init__(self, n_experts, top_k):
-        object.__setattr__(self, "_n_experts", check_int("n_experts", n_experts, minimum=1))
+        n_experts = check_int("n_experts", n_experts, minimum=1, maximum=MAX_EXPERTS)
+        object.__setattr__(self, "_n_experts", n_experts)
         object.__setattr__(
             self, "_top_k", check_int("top_k", top_k, minimum=1, maximum=self._n_experts)
         )

@@ -175,6 +175,8 @@ OVERFLOW = [
                                         8), ["expert id", "0..7"]),
     ("load_trace n_experts 2**63", lambda: mr.load_trace("x.npz", n_experts=BIG),
      ["n_experts", LIM["MAX_EXPERTS"]]),
+    ("Zipf n_experts 1e9", lambda: mr.Zipf(10**9, 2, 1.0), ["n_experts", LIM["MAX_EXPERTS"]]),
+    ("Uniform n_experts 2**63", lambda: mr.Uniform(BIG, 1), ["n_experts", LIM["MAX_EXPERTS"]]),
 ]
 
 # Item 5: memory or work estimated and refused before starting.
