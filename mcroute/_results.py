@@ -103,33 +103,28 @@ def summarize(
         raise McrouteError("quantiles must be a non-empty list of levels in [0, 1], got "
                            f"{shown if len(shown) <= 80 else shown[:77] + '...'}")
     check_unique("quantiles", q.tolist())
-    out = ds.copy()
-    out = out.assign_coords(ci_bound=["lower", "upper"], quantile=q)
+    # Summaries are computed in NumPy and added in one assignment: adding them one variable at
+    # a time made xarray merge and align the whole Dataset four times per variable.
+    added = {}
     for name in names:
         da = ds[name]
-        mean, se, ci, qq = xr.apply_ufunc(
-            _summary_arrays,
-            da.astype(float),
-            kwargs={"ci_prob": ci_prob, "quantiles": q},
-            input_core_dims=[[dim]],
-            output_core_dims=[[], [], ["ci_bound"], ["quantile"]],
-        )
+        dims = tuple(d for d in da.dims if d != dim)
+        x = np.asarray(da.transpose(*dims, dim).values, dtype=float)
+        mean, se, ci, qq = _summary_arrays(x, ci_prob, q)
         units = da.attrs.get("units", "1")
         desc = da.attrs.get("long_name", name)
-        out[f"{name}_mean"] = mean.assign_attrs(units=units,
-                                                long_name=f"Monte Carlo mean of {desc}")
-        out[f"{name}_se"] = se.assign_attrs(
-            units=units, long_name=f"standard error of the mean of {desc}"
-        )
-        out[f"{name}_ci"] = ci.assign_attrs(
-            units=units,
-            long_name=f"{ci_prob:.0%} confidence interval of the mean of {desc}",
-            ci_kind="student-t",
-            ci_prob=ci_prob,
-        )
-        out[f"{name}_q"] = qq.assign_attrs(
-            units=units, long_name=f"quantiles of single draws of {desc} (spread, not uncertainty)"
-        )
+        added[f"{name}_mean"] = xr.Variable(dims, mean, {
+            "units": units, "long_name": f"Monte Carlo mean of {desc}"})
+        added[f"{name}_se"] = xr.Variable(dims, se, {
+            "units": units, "long_name": f"standard error of the mean of {desc}"})
+        added[f"{name}_ci"] = xr.Variable((*dims, "ci_bound"), ci, {
+            "units": units,
+            "long_name": f"{ci_prob:.0%} confidence interval of the mean of {desc}",
+            "ci_kind": "student-t", "ci_prob": ci_prob})
+        added[f"{name}_q"] = xr.Variable((*dims, "quantile"), qq, {
+            "units": units,
+            "long_name": f"quantiles of single draws of {desc} (spread, not uncertainty)"})
+    out = ds.assign_coords(ci_bound=["lower", "upper"], quantile=q).assign(added)
     out["ci_bound"].attrs.update(units="1", long_name="bound of a confidence interval of a mean")
     out["quantile"].attrs.update(units="1", long_name="quantile level over single draws")
     return out
