@@ -21,6 +21,7 @@ routing is accepted.
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import math
 
@@ -63,6 +64,48 @@ def _readonly(a: np.ndarray) -> np.ndarray:
     a = np.array(a, dtype=float, copy=True)
     a.setflags(write=False)
     return a
+
+
+@functools.lru_cache(maxsize=64)
+def _pl_inclusion_sorted(sorted_log_w: bytes, k: int, panel: float) -> np.ndarray:
+    """Inclusion of one popularity row given in descending order, cached by value.
+
+    Rows that are permutations of one another (the layers of Zipf and LogNormal, repeated
+    calls with equal routings) share one quadrature: the inclusion of a permuted row is the
+    permuted inclusion.
+    """
+    pi = _pl_inclusion_row(None, k, panel, np.frombuffer(sorted_log_w, dtype=float))
+    pi.setflags(write=False)
+    return pi
+
+
+def _pl_inclusion_cached(log_w: np.ndarray, k: int, panel: float) -> np.ndarray:
+    """:func:`_pl_inclusion_row` of one row, through the value cache on its sorted form."""
+    order = np.argsort(-log_w, kind="stable")
+    pi = np.empty(log_w.size)
+    pi[order] = _pl_inclusion_sorted(np.ascontiguousarray(log_w[order]).tobytes(), k, panel)
+    return pi
+
+
+#: Inclusion probabilities estimated by Monte Carlo (``Correlated``, large ``GroupLimited``),
+#: keyed by value: (class, repr, n_layers, SHA-256 of the base log-weights). Bounded in size.
+_MC_INCLUSION_CACHE: dict = {}
+_MC_INCLUSION_CACHE_SIZE = 16
+
+
+def _value_cached_inclusion(routing, n_layers: int, compute):
+    """``compute()`` -> (pi, err) for ``routing`` at ``n_layers``, cached by value."""
+    lw = routing._log_weights(n_layers)
+    digest = hashlib.sha256(b"" if lw is None else np.ascontiguousarray(lw).tobytes())
+    key = (type(routing).__name__, repr(routing), n_layers, digest.hexdigest())
+    hit = _MC_INCLUSION_CACHE.get(key)
+    if hit is None:
+        hit = compute()
+        hit[0].setflags(write=False)
+        if len(_MC_INCLUSION_CACHE) >= _MC_INCLUSION_CACHE_SIZE:
+            _MC_INCLUSION_CACHE.pop(next(iter(_MC_INCLUSION_CACHE)))
+        _MC_INCLUSION_CACHE[key] = hit
+    return hit
 
 
 class Routing:
@@ -187,9 +230,9 @@ class Routing:
         pi = np.empty_like(w)
         err = 0.0
         for layer in range(n_layers):
-            fine = _pl_inclusion_row(w[layer], k, 0.5, lw[layer])
+            fine = _pl_inclusion_cached(lw[layer], k, 0.5)
             if return_error:
-                coarse = _pl_inclusion_row(w[layer], k, 1.0, lw[layer])
+                coarse = _pl_inclusion_cached(lw[layer], k, 1.0)
                 err = max(err, float(np.max(np.abs(fine - coarse))))
             pi[layer] = fine
         return (pi, err) if return_error else pi
@@ -678,7 +721,7 @@ class Correlated(Routing):
     [256, 256]
     """
 
-    __slots__ = ("_base", "_sigma", "_cache")
+    __slots__ = ("_base", "_sigma")
     kind = "correlated"
 
     def __init__(self, base, sigma):
@@ -687,7 +730,6 @@ class Correlated(Routing):
         object.__setattr__(self, "_base", base)
         object.__setattr__(self, "_sigma", check_real("sigma", sigma, minimum=0.0,
                                                       maximum=MAX_SIGMA))
-        object.__setattr__(self, "_cache", {})
         self._freeze()
 
     @property
@@ -727,11 +769,10 @@ class Correlated(Routing):
         n_layers = check_int("n_layers", n_layers, minimum=1)
         if self._sigma == 0:
             return self._base.inclusion_probabilities(n_layers, return_error=return_error)
-        if n_layers not in self._cache:
-            # Small microbatches: the spread of the shift z between microbatches dominates
-            # the error, so many microbatches of few tokens estimate the mean best.
-            self._cache[n_layers] = _mc_inclusion(self, n_layers, 16)
-        pi, err = self._cache[n_layers]
+        # Small microbatches: the spread of the shift z between microbatches dominates the
+        # error, so many microbatches of few tokens estimate the mean best.
+        pi, err = _value_cached_inclusion(self, n_layers,
+                                          lambda: _mc_inclusion(self, n_layers, 16))
         return (pi.copy(), err) if return_error else pi.copy()
 
     def _draw(self, batch_size, n_trials, n_layers, seeds, record):
@@ -803,7 +844,7 @@ class GroupLimited(Routing):
     True
     """
 
-    __slots__ = ("_base", "_n_groups", "_topk_groups", "_cache")
+    __slots__ = ("_base", "_n_groups", "_topk_groups")
     kind = "group_limited"
 
     def __init__(self, base, n_groups, topk_groups):
@@ -825,7 +866,6 @@ class GroupLimited(Routing):
         object.__setattr__(self, "_base", inner)
         object.__setattr__(self, "_n_groups", ng)
         object.__setattr__(self, "_topk_groups", tg)
-        object.__setattr__(self, "_cache", {})
         self._freeze()
 
     @property
@@ -890,24 +930,24 @@ class GroupLimited(Routing):
     def inclusion_probabilities(self, n_layers: int = 1, *, return_error: bool = False):
         """Inclusion probabilities (layer, expert): exact enumeration or Monte Carlo (class doc)."""
         n_layers = check_int("n_layers", n_layers, minimum=1)
-        if n_layers not in self._cache:
+
+        def compute():
             e, k = self.n_experts, self.top_k
-            leaves = math.perm(e, k)
-            if self.sigma == 0 and leaves <= GROUP_ENUM_MAX:
-                lw = self._log_weights_checked(n_layers)
-                pi = np.empty_like(lw)
-                rows = {}
-                for layer in range(n_layers):
-                    key = lw[layer].tobytes()
-                    if key not in rows:
-                        p = np.exp(lw[layer] - lw[layer].max())
-                        rows[key] = K.group_limited_inclusion(p / p.sum(), self.group_size,
-                                                              self._topk_groups, k)
-                    pi[layer] = rows[key]
-                self._cache[n_layers] = (pi, 1e-12 * k)
-            else:
-                self._cache[n_layers] = _mc_inclusion(self, n_layers)
-        pi, err = self._cache[n_layers]
+            if self.sigma != 0 or math.perm(e, k) > GROUP_ENUM_MAX:
+                return _mc_inclusion(self, n_layers)
+            lw = self._log_weights_checked(n_layers)
+            pi = np.empty_like(lw)
+            rows = {}
+            for layer in range(n_layers):
+                key = lw[layer].tobytes()
+                if key not in rows:
+                    p = np.exp(lw[layer] - lw[layer].max())
+                    rows[key] = K.group_limited_inclusion(p / p.sum(), self.group_size,
+                                                          self._topk_groups, k)
+                pi[layer] = rows[key]
+            return pi, 1e-12 * k
+
+        pi, err = _value_cached_inclusion(self, n_layers, compute)
         return (pi.copy(), err) if return_error else pi.copy()
 
     def _draw(self, batch_size, n_trials, n_layers, seeds, record):
