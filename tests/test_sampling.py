@@ -383,3 +383,19 @@ def test_per_layer_popularity_samples_each_layer():
         c = mr.sample_counts(r, 50, 40, n_layers=2, rng=1)
         assert c[:, 0, 3].sum() == 0 and c[:, 1, 0].sum() == 0
         assert np.all(c.sum(axis=2) == 50 * k)
+
+
+def test_inclusion_cache_by_value_matches_direct_quadrature():
+    # The value cache computes each distinct sorted popularity row once; the permuted result
+    # must equal the quadrature on the row as given (to round-off), and callers get copies.
+    from mcroute._routing import _pl_inclusion_row
+
+    z = mr.Zipf(300, 6, 0.9, layer_seed=3)
+    pi = z.inclusion_probabilities(5)
+    lw = z._log_weights(5)
+    for layer in range(5):
+        direct = _pl_inclusion_row(None, 6, 0.5, lw[layer])
+        np.testing.assert_allclose(pi[layer], direct, rtol=1e-13, atol=1e-15)
+    pi[:] = -1.0  # mutating the result must not reach the cache
+    again = mr.Zipf(300, 6, 0.9, layer_seed=3).inclusion_probabilities(5)
+    assert np.all(again >= 0) and np.allclose(again.sum(axis=1), 6.0, rtol=1e-12)
