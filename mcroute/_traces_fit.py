@@ -747,9 +747,14 @@ def real_batch_check(trace, *, n_trials=400, n_boot=1000, ci_prob=0.95, rng=None
     names = list(routings)
     it, io = names.index("token"), names.index("overdispersed")
     ra = data["active_experts_rel_error_all"][1]
-    closed = 1.0 - ra[io] / ra[it]
     reps = rel_all_reps["active_experts"]
-    closed_reps = 1.0 - reps[:, io] / reps[:, it]
+    # undefined (NaN) where token mode has no error to remove
+    with np.errstate(divide="ignore", invalid="ignore"):
+        closed = float(np.where(ra[it] != 0, 1.0 - ra[io] / ra[it], np.nan))
+        closed_reps = np.where(reps[:, it] != 0, 1.0 - reps[:, io] / reps[:, it], np.nan)
+    closed_reps = closed_reps[np.isfinite(closed_reps)]
+    if closed_reps.size == 0:
+        closed_reps = np.array([np.nan])
     data["gap_closed"] = ((), closed, {"units": "1", "long_name": "share of the token-mode "
                                        "error in distinct experts removed by the overdispersed "
                                        "routing (pooled over layers)"})

@@ -318,3 +318,17 @@ def test_trace_datasets_documented_with_units():
     _check_documented(fit)
     _check_documented(mr.inspect_trace(t))
     _check_documented(mr.real_batch_check(t, n_trials=20, n_boot=50, rng=rng, fit=fit))
+
+
+def test_real_batch_check_gap_closed_undefined_when_token_mode_is_exact():
+    # A small trace on which token-mode resampling reproduces the observed distinct experts
+    # exactly (seed 3): the share of its error removed is undefined, reported as NaN, with no
+    # division warning (found by tests/test_fuzz.py).
+    rng = np.random.default_rng(11)
+    n = 48
+    ex = np.stack([rng.permutation(8)[:2] for _ in range(n * 3)]).reshape(n, 3, 2)
+    tr = mr.Trace(ex, n_experts=8, sequence=np.arange(n) % 8, step=np.arange(n) // 8,
+                  batch=np.arange(n) // 8, prefill=np.zeros(n, bool), model="toy")
+    ds = mr.real_batch_check(tr, n_trials=4, rng=3)
+    assert float(ds["active_experts_rel_error_all"].sel(routing="token")) == 0.0
+    assert np.isnan(float(ds["gap_closed"]))
