@@ -134,8 +134,26 @@ def _time_limit():
         signal.signal(signal.SIGALRM, old)
 
 
+#: Known defects in modules this test does not own, found by this fuzz and still open when it
+#: was committed: (kind, text in the example, text in the problem). Each has a strict xfail
+#: test below, which fails (XPASS) once the defect is fixed, so the entry can be dropped.
+KNOWN = [
+    ("api", "sigma': 1e+308", "RuntimeWarning: overflow"),  # _routing LogNormal._rank_weights
+    ("api", "load_trace(", "'NpzFile' object has no attribute 'ndim'"),  # _traces_io
+    ("api", "load_trace(", "does not support the context manager protocol"),  # _traces_io
+    ("api", "permute': array(", "truth value of an array"),  # _routing
+]
+
+
 def _problem(kind: str, what: str, why: str) -> None:
     """Record a problem (survey mode) or fail."""
+    for k, w, y in KNOWN:
+        if k == kind and w in what and y in why:
+            STATS[f"{kind} known defect"] += 1
+            if REPORT:
+                with open(REPORT, "a", encoding="utf-8") as fh:
+                    fh.write(f"{kind}-known\t{why}\t{what}\n")
+            return
     STATS[f"{kind} not clean"] += 1
     if REPORT:
         with open(REPORT, "a", encoding="utf-8") as fh:
@@ -535,3 +553,27 @@ def test_fuzz_api_deployment_and_throughput(data, cards):
 def test_fuzz_api_qs(data, cards):
     _call(*_qs_case(data, *cards))
 
+
+
+# ---------------------------------------------------------------------------------------------
+# The known defects (KNOWN), one exact call each: strict xfails, so that a fix shows as XPASS
+# ---------------------------------------------------------------------------------------------
+
+KNOWN_CALLS = {
+    "LogNormal(8, 2, sigma=1e308) sampled": lambda d: mr.simulate(
+        mr.LogNormal(8, 2, 1e308), [1, 4], 4, rng=0),
+    "load_trace(npz, format='array')": lambda d: mr.load_trace(d / "trace.npz", "array"),
+    "load_trace(npy, format='npz')": lambda d: mr.load_trace(d / "trace.npy", "npz"),
+    "Zipf(permute=array)": lambda d: mr.Zipf(8, 2, 1.2, permute=np.array([1.0, NAN])),
+}
+
+
+@pytest.mark.xfail(strict=True, reason="known defect outside the CLI (KNOWN), still open",
+                   raises=(AssertionError, RuntimeWarning, AttributeError, TypeError, ValueError,
+                           MemoryError))
+@pytest.mark.parametrize("name", sorted(KNOWN_CALLS))
+def test_known_defect(name, fuzz_env):
+    try:
+        KNOWN_CALLS[name](fuzz_env)
+    except McrouteError:
+        pass
