@@ -375,6 +375,8 @@ class _Ranked(Routing):
     def __init__(self, n_experts, top_k, *, layer_seed=0, permute=True):
         super().__init__(n_experts, top_k)
         object.__setattr__(self, "_layer_seed", check_int("layer_seed", layer_seed, minimum=0))
+        if not isinstance(permute, (bool, np.bool_)):
+            raise McrouteError(f"permute must be True or False, got {permute!r}")
         object.__setattr__(self, "_permute", bool(permute))
 
     def _rank_weights(self) -> np.ndarray:
@@ -498,7 +500,7 @@ class LogNormal(_Ranked):
         return z - z.max()
 
     def _rank_weights(self):
-        return np.exp(self._sigma * self._z())
+        return np.exp(self._rank_log_weights())  # sigma capped: no overflow at sigma = 1e308
 
     def _rank_log_weights(self):
         # Neighbouring quantiles differ by more than 1 / E, so above _SKEW_CAP every ratio

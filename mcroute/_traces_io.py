@@ -148,6 +148,9 @@ def _npz_fields(path):
         npz = np.load(path, allow_pickle=False)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise _err(path, "", f"not a readable .npz file ({exc})") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise _err(path, "", "is a single .npy array, not an .npz archive (read it with "
+                             "format 'array')")
     out = {}
     with npz:
         for name in npz.files:
@@ -838,6 +841,10 @@ def load_trace(path, format=None, *, n_experts=None, model=None, domain=None, se
             raise _err(flist[0], "", f"cannot load without pickle ({exc})") from None
         except (OSError, EOFError) as exc:
             raise _err(flist[0], "", f"not a readable .npy file ({exc})") from None
+        if isinstance(ex, np.lib.npyio.NpzFile):
+            ex.close()
+            raise _err(flist[0], "", "is an .npz archive, not a single .npy array (read it "
+                                     "with format 'npz')")
         return _load_array(flist[0], ex, n_experts, notes, **common)
     if fmt == "histogram-csv":
         if len(flist) > 1:

@@ -134,15 +134,9 @@ def _time_limit():
         signal.signal(signal.SIGALRM, old)
 
 
-#: Known defects in modules this test does not own, found by this fuzz and still open when it
-#: was committed: (kind, text in the example, text in the problem). Each has a strict xfail
-#: test below, which fails (XPASS) once the defect is fixed, so the entry can be dropped.
-KNOWN = [
-    ("api", "sigma': 1e+308", "RuntimeWarning: overflow"),  # _routing LogNormal._rank_weights
-    ("api", "load_trace(", "'NpzFile' object has no attribute 'ndim'"),  # _traces_io
-    ("api", "load_trace(", "does not support the context manager protocol"),  # _traces_io
-    ("api", "permute': array(", "truth value of an array"),  # _routing
-]
+#: Known defects still open: (kind, text in the example, text in the problem). None now; the
+#: four the fuzz found (see FORMER_DEFECTS) are fixed.
+KNOWN: list = []
 
 
 def _problem(kind: str, what: str, why: str) -> None:
@@ -556,24 +550,30 @@ def test_fuzz_api_qs(data, cards):
 
 
 # ---------------------------------------------------------------------------------------------
-# The known defects (KNOWN), one exact call each: strict xfails, so that a fix shows as XPASS
+# Defects the fuzz found outside the CLI, one exact call each: they stay fixed
 # ---------------------------------------------------------------------------------------------
 
-KNOWN_CALLS = {
-    "LogNormal(8, 2, sigma=1e308) sampled": lambda d: mr.simulate(
-        mr.LogNormal(8, 2, 1e308), [1, 4], 4, rng=0),
-    "load_trace(npz, format='array')": lambda d: mr.load_trace(d / "trace.npz", "array"),
-    "load_trace(npy, format='npz')": lambda d: mr.load_trace(d / "trace.npy", "npz"),
-    "Zipf(permute=array)": lambda d: mr.Zipf(8, 2, 1.2, permute=np.array([1.0, NAN])),
+FORMER_DEFECTS = {
+    # overflow warning in LogNormal's weights (sigma * z overflowed before the cap)
+    "LogNormal(8, 2, sigma=1e308) sampled": (lambda d: mr.simulate(
+        mr.LogNormal(8, 2, 1e308), [1, 4], 4, rng=0), None),
+    # AttributeError: an .npz read as a single array
+    "load_trace(npz, format='array')": (lambda d: mr.load_trace(d / "trace.npz", "array"),
+                                        "format 'npz'"),
+    # TypeError: an .npy read as an archive
+    "load_trace(npy, format='npz')": (lambda d: mr.load_trace(d / "trace.npy", "npz"),
+                                      "format 'array'"),
+    # ValueError: truth value of an array
+    "Zipf(permute=array)": (lambda d: mr.Zipf(8, 2, 1.2, permute=np.array([1.0, NAN])),
+                            "permute must be True or False"),
 }
 
 
-@pytest.mark.xfail(strict=True, reason="known defect outside the CLI (KNOWN), still open",
-                   raises=(AssertionError, RuntimeWarning, AttributeError, TypeError, ValueError,
-                           MemoryError))
-@pytest.mark.parametrize("name", sorted(KNOWN_CALLS))
-def test_known_defect(name, fuzz_env):
-    try:
-        KNOWN_CALLS[name](fuzz_env)
-    except McrouteError:
-        pass
+@pytest.mark.parametrize("name", sorted(FORMER_DEFECTS))
+def test_former_defect_stays_fixed(name, fuzz_env):
+    call, message = FORMER_DEFECTS[name]
+    if message is None:
+        call(fuzz_env)  # runs, and warnings are errors in this suite
+    else:
+        with pytest.raises(McrouteError, match=message):
+            call(fuzz_env)
