@@ -11,6 +11,12 @@ one routed microbatch (busiest expert-parallel group's tokens and distinct exper
 Monte Carlo over routing is done one layer up, in :func:`mcroute.decode_throughput`.
 docs/assumptions.md lists every assumption and how to change it.
 
+Two time models (``Deployment.kernels``): ``"roofline"`` prices every operator at
+``max(FLOPs / F, bytes / BW)`` (:meth:`Deployment._terms`, the bound, unchanged since before
+issue 13); ``"calibrated"`` (default) prices the same work with measured-kernel efficiencies,
+charges communication and lays memory out as real engines do (:mod:`mcroute._calibrated`,
+:meth:`Deployment._calibrated_terms`). The roofline is always computed beside it as the bound.
+
 Conventions: a weight matrix of P parameters applied to one token costs 2·P FLOPs; one decode
 step generates one token for each of the B sequences of the microbatch; the context L is the
 number of cached tokens each sequence attends to in that step.
@@ -23,6 +29,14 @@ import math
 
 import numpy as np
 
+from ._calibrated import (
+    ALL_TO_ALL_MODES,
+    CALIBRATION_STREAM,
+    balanced_placement,
+    calibrated_step,
+    expert_layout,
+    parse_acceptance,
+)
 from ._sampling import device_map
 from ._validate import (
     BANDWIDTH_RANGE,
@@ -42,6 +56,8 @@ __all__ = [
     "kv_bytes_per_sequence",
     "Deployment",
     "OPERATORS",
+    "KERNEL_MODELS",
+    "MEMORY_LAYOUTS",
 ]
 
 #: Operators of a decode step, in the order of :meth:`Deployment.step_breakdown`.
@@ -214,6 +230,16 @@ def _gb(x: float) -> str:
 
 
 _ATTENTION_PARALLEL = ("tensor", "data")
+#: Time models of a Deployment (``kernels``).
+KERNEL_MODELS = ("calibrated", "roofline")
+#: Memory layouts (``memory_layout``): ``"engine"`` as real engines lay weights and caches out,
+#: ``"ideal"`` everything split evenly (the pre-issue-13 capacity model).
+MEMORY_LAYOUTS = ("engine", "ideal")
+#: Most MTP draft tokens per step accepted by ``mtp_depth``.
+MAX_MTP_DEPTH = 16
+#: Scale-up domain and scale-out bandwidth assumed for a HardwareSpec without those fields
+#: (hand-built specs; every shipped card gives them).
+_DEFAULT_GPUS_PER_NODE = 8
 
 #: Range of any rate (FLOP/s, B/s) a Deployment accepts from a HardwareSpec: from one per second
 #: (below that the roofline times of real models overflow) to the top of the card range.
@@ -245,8 +271,12 @@ class Deployment:
         Type whose peak FLOP/s applies to every operator. Default (None): ``weight_dtype`` if
         the hardware card lists a peak for it, else ``"bf16"``; the resolved value is
         :attr:`flops_dtype`.
-    activation_dtype : str
-        Type of activations sent in the expert all-to-all, default ``"bf16"``.
+    activation_dtype : str, optional
+        Type of activations sent in the expert all-to-all (the dispatch; the combine and the
+        all-reduces are in bf16, or this type when it is wider). Default (None): ``"bf16"``
+        under roofline kernels; under calibrated kernels ``"fp8"`` when the weights are 8-bit
+        or narrower (DeepEP's FP8 dispatch, with one float32 scale per 128 values), else
+        ``"bf16"``.
     hbm_fraction : float
         Share of each GPU's HBM usable for weights and KV cache, in (0, 1], default 0.9; the
         rest is the runtime / activation / fragmentation reserve.
@@ -255,34 +285,87 @@ class Deployment:
     flops_efficiency : float
         Achievable share of peak FLOP/s, in (0, 1], default 1.0 (roofline upper bound).
     attention_parallel : {"tensor", "data"}
-        ``"tensor"`` (default): attention weights and each sequence's KV cache are split evenly
-        over all GPUs (ideal tensor parallelism; KV-head replication when a model has fewer KV
-        heads than GPUs is not modelled). ``"data"``: every GPU holds all attention weights and
-        serves ceil(B / n_gpus) whole sequences (data-parallel attention, as used for MLA).
+        ``"tensor"`` (default): attention weights are split over all GPUs (heads), and so is
+        each sequence's KV cache under ``memory_layout="ideal"``; under ``"engine"`` every GPU
+        keeps the whole MLA latent of every sequence, and ``ceil(kv_heads / n) / kv_heads`` of
+        a GQA/MHA cache (KV heads replicated when there are fewer than GPUs). ``"data"``: every
+        GPU holds all attention weights and serves ceil(B / n_gpus) whole sequences
+        (data-parallel attention, as used for MLA).
     expert_parallel : int, optional
         Expert-parallel degree D: the routed experts are spread over D groups of
         n_gpus / D GPUs, and each expert is tensor-split within its group. Default: n_gpus
         (every GPU is its own group; the resolved value is :attr:`expert_groups`). Must divide
-        n_gpus.
+        n_gpus; need not divide E.
     expert_placement : sequence of int, optional
-        Group id (0 .. D-1) of each routed expert. Default: contiguous blocks of E / D experts
-        (``mcroute.device_map``), which needs D to divide E.
+        Group id (0 .. D-1) of each routed expert. Default: balanced contiguous blocks, expert
+        e in group ``floor(e · D / E)`` (E / D experts each when D divides E, else group sizes
+        differing by one).
     max_batch : int, optional
         Cap on the batch size (e.g. a scheduler limit); none by default.
     encoder_context : int, optional
         Encoder tokens in the cross-attention cache of encoder-decoder models. Default: equal to
         the decode context L. Ignored by decoder-only models.
-    charge_all_to_all : bool
-        Charge the expert all-to-all (dispatch + combine of activations) over the interconnect.
-        Default False (a roofline upper bound that ignores communication).
-    overlap_all_to_all : bool
-        When charged, overlap the all-to-all with the MoE layer's work (layer time = max of the
-        two, default True) or add it (False).
+    charge_all_to_all : bool, optional
+        Older spelling of ``all_to_all`` (kept): False is ``"off"``; True is ``"overlap"``, or
+        ``"none"`` with ``overlap_all_to_all=False``. Resolved to ``all_to_all != "off"``.
+    overlap_all_to_all : bool, optional
+        Older spelling (kept): with ``charge_all_to_all=True``, True is ``"overlap"`` and False
+        ``"none"``. Resolved to ``all_to_all in ("overlap", "two-batch")``.
     interconnect_efficiency : float
-        Achievable share of the interconnect bandwidth, in (0, 1], default 1.0.
+        Achievable share of the interconnect bandwidths (NVLink and scale-out), in (0, 1],
+        default 1.0.
     enforce_max_context : bool
         Treat contexts above the model's ``max_context`` as infeasible. Default False: they are
         evaluated and flagged (``exceeds_max_context``) only.
+    kernels : {"calibrated", "roofline"}
+        Time model. ``"calibrated"`` (default): kernel efficiencies fitted on measured kernels
+        (the kernel card), communication charged, engine memory layout
+        (:mod:`mcroute._calibrated`, docs/assumptions.md "Calibrated kernels"). ``"roofline"``:
+        ``max(FLOPs / F, bytes / BW)`` per operator, no communication by default, ideal memory
+        layout (the numbers of mcroute before issue 13, exactly). Results report the roofline
+        beside the calibrated estimate as the bound.
+    kernel_card : str, path or KernelCard, optional
+        Kernel-efficiency card (``models/kernels/<name>.toml``). Default: the card listing the
+        hardware (``mcroute._calibration.kernel_card_for``), else ``"generic"``; the resolved
+        name is in :meth:`describe`. Ignored under roofline kernels.
+    calibration_uncertainty : bool
+        Draw the kernel parameters per trial from their fitted uncertainty (default True), so
+        that intervals carry it; False uses the central values.
+    all_to_all : {"off", "none", "overlap", "two-batch"}, optional
+        Expert dispatch + combine: ``"off"`` not charged; ``"none"`` charged without overlap
+        (added to the MoE layer); ``"overlap"`` ideal overlap (the MoE layer takes the larger
+        of its work and its communication); ``"two-batch"`` the batch runs as two
+        micro-batches and the compute of one hides the communication of the other (weights are
+        read by each micro-batch; the roofline bound treats it as ``"overlap"``). Default:
+        ``"none"`` under calibrated kernels, ``"off"`` under roofline (or from the two
+        booleans above).
+    memory_layout : {"engine", "ideal"}, optional
+        ``"engine"``: caches and weights as engines lay them out (MLA/GQA cache replication
+        under tensor-parallel attention, replicated dense weights under data-parallel
+        attention, FP8 KV layout overhead from the model card). ``"ideal"``: everything split
+        evenly. Default: ``"engine"`` under calibrated kernels, ``"ideal"`` under roofline.
+    replicate_dense : bool, optional
+        Under ``attention_parallel="data"``: every GPU keeps the dense FFNs, shared experts,
+        router, embedding and LM head whole and runs them on its own sequences (True), or they
+        are split over the GPUs (False). Default: True with ``memory_layout="engine"`` and
+        data-parallel attention, else False. Needs ``attention_parallel="data"``.
+    redundant_experts : int
+        Extra expert slots N >= 0 per MoE layer holding replicas of the hottest experts
+        (EPLB-style, :func:`mcroute._calibrated.expert_layout`); their memory is counted and a
+        replicated expert's tokens are split among its replicas. Default 0.
+    attention_compute_dtype : str, optional
+        Dtype whose peak FLOP/s applies to the attention core (scores and values over the
+        cache). Default: ``"bf16"`` under calibrated kernels (FlashMLA / FlashAttention decode
+        kernels compute in bf16 even over an FP8 cache), the GEMMs' :attr:`flops_dtype` under
+        roofline. The roofline bound uses the same dtype.
+    mtp_depth : int
+        Draft tokens per step of multi-token prediction / speculative decoding, 0 .. 16
+        (default 0: none). Each sequence carries ``1 + mtp_depth`` tokens through every
+        operator (verification) and the routing is sampled for ``B · (1 + mtp_depth)`` tokens.
+    mtp_acceptance : float or str, optional
+        Acceptance rate a of a draft token: a number in [0, 1] or ``"beta:A,B"`` (drawn per
+        trial). Accepted tokens per step per sequence are ``1 + Σ_{i=1..depth} a^i``; throughput
+        counts accepted tokens. Required when ``mtp_depth > 0``.
 
     Examples
     --------
@@ -300,7 +383,7 @@ class Deployment:
     weight_dtype: str = "bf16"
     kv_dtype: str = "bf16"
     compute_dtype: str | None = None
-    activation_dtype: str = "bf16"
+    activation_dtype: str | None = None
     hbm_fraction: float = 0.9
     bandwidth_efficiency: float = 1.0
     flops_efficiency: float = 1.0
@@ -309,10 +392,20 @@ class Deployment:
     expert_placement: tuple | None = None
     max_batch: int | None = None
     encoder_context: int | None = None
-    charge_all_to_all: bool = False
-    overlap_all_to_all: bool = True
+    charge_all_to_all: bool | None = None
+    overlap_all_to_all: bool | None = None
     interconnect_efficiency: float = 1.0
     enforce_max_context: bool = False
+    kernels: str = "calibrated"
+    kernel_card: object = None
+    calibration_uncertainty: bool = True
+    all_to_all: str | None = None
+    memory_layout: str | None = None
+    replicate_dense: bool | None = None
+    redundant_experts: int = 0
+    attention_compute_dtype: str | None = None
+    mtp_depth: int = 0
+    mtp_acceptance: object = None
 
     # -- construction and validation -----------------------------------------------------------
     def __post_init__(self):
@@ -340,11 +433,22 @@ class Deployment:
                 )
         n = check_int("n_gpus", self.n_gpus, minimum=1, maximum=MAX_GPUS)
         put("n_gpus", n)
-        for name in ("weight_dtype", "kv_dtype", "activation_dtype"):
+        if not isinstance(self.kernels, str) or self.kernels not in KERNEL_MODELS:
+            raise McrouteError(f"kernels must be 'calibrated' or 'roofline', got "
+                               f"{self.kernels!r}")
+        cal = self.kernels == "calibrated"
+        put("_calibrated", cal)
+        for name in ("weight_dtype", "kv_dtype", "activation_dtype", "attention_compute_dtype"):
             value = getattr(self, name)
+            if value is None and name in ("activation_dtype", "attention_compute_dtype"):
+                continue
             if not isinstance(value, str):
                 raise McrouteError(f"{name} must be a dtype name like 'bf16', got {value!r}")
             _dtype_bytes(value)  # raises listing the known dtypes
+        ad = self.activation_dtype
+        if ad is None:
+            ad = "fp8" if cal and _dtype_bytes(self.weight_dtype) <= 1 else "bf16"
+        put("_activation_dtype", ad)
         cd = self.compute_dtype
         if cd is None:
             known = getattr(self.hardware, "flops", {}) or {}
@@ -352,6 +456,10 @@ class Deployment:
         if not isinstance(cd, str):
             raise McrouteError(f"compute_dtype must be a dtype name like 'bf16', got {cd!r}")
         put("_compute_dtype", cd)
+        acd = self.attention_compute_dtype
+        if acd is None:
+            acd = "bf16" if cal else cd
+        put("_attention_dtype", acd)
         for name in ("hbm_fraction", "bandwidth_efficiency", "flops_efficiency",
                      "interconnect_efficiency"):
             put(name, check_real(name, getattr(self, name), minimum=0.0, maximum=1.0,
@@ -361,10 +469,41 @@ class Deployment:
             raise McrouteError(
                 f"attention_parallel must be 'tensor' or 'data', got {self.attention_parallel!r}"
             )
-        for name in ("charge_all_to_all", "overlap_all_to_all", "enforce_max_context"):
-            if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise McrouteError(f"{name} must be True or False, got {getattr(self, name)!r}")
-            put(name, bool(getattr(self, name)))
+        for name in ("charge_all_to_all", "overlap_all_to_all", "enforce_max_context",
+                     "calibration_uncertainty", "replicate_dense"):
+            v = getattr(self, name)
+            if v is None and name in ("charge_all_to_all", "overlap_all_to_all",
+                                      "replicate_dense"):
+                continue
+            if not isinstance(v, (bool, np.bool_)):
+                raise McrouteError(f"{name} must be True or False, got {v!r}")
+            put(name, bool(v))
+        put("_all_to_all", self._resolve_all_to_all(cal))
+        ml = self.memory_layout
+        if ml is None:
+            ml = "engine" if cal else "ideal"
+        if ml not in MEMORY_LAYOUTS:
+            raise McrouteError(f"memory_layout must be 'engine' or 'ideal', got "
+                               f"{self.memory_layout!r}")
+        put("_layout", ml)
+        rd = self.replicate_dense
+        if rd is None:
+            rd = ml == "engine" and self.attention_parallel == "data"
+        elif rd and self.attention_parallel != "data":
+            raise McrouteError("replicate_dense=True needs attention_parallel='data' (under "
+                               "tensor-parallel attention the dense layers are split)")
+        put("_replicate_dense", bool(rd))
+        put("redundant_experts", check_int("redundant_experts", self.redundant_experts,
+                                           minimum=0, maximum=1_000_000))
+        put("mtp_depth", check_int("mtp_depth", self.mtp_depth, minimum=0,
+                                   maximum=MAX_MTP_DEPTH))
+        if self.mtp_acceptance is None:
+            if self.mtp_depth > 0:
+                raise McrouteError("mtp_acceptance is required when mtp_depth > 0 (a number in "
+                                   "[0, 1] or 'beta:A,B')")
+            put("_acceptance", 0.0)
+        else:
+            put("_acceptance", parse_acceptance(self.mtp_acceptance))
         if self.max_batch is not None:
             put("max_batch", check_int("max_batch", self.max_batch, minimum=1,
                                          maximum=MAX_BATCH_SIZE))
@@ -381,6 +520,12 @@ class Deployment:
         if n % ep:
             raise McrouteError(f"expert_parallel must divide n_gpus={n}, got {ep}")
         put("_ep", ep)
+        if self.redundant_experts and not moe:
+            raise McrouteError("redundant_experts is given but the model has no MoE layers")
+        if self.redundant_experts and self.expert_placement is not None:
+            raise McrouteError("redundant_experts and expert_placement cannot be combined: "
+                               "with redundant experts the placement is rebuilt per layer "
+                               "(EPLB-style)")
         if moe:
             es = {ly.n_experts for ly in moe}
             ks = {ly.top_k for ly in moe}
@@ -390,17 +535,28 @@ class Deployment:
                     f"or top_k {sorted(ks)}; one routing cannot describe them"
                 )
             e_count = es.pop()
-            try:
-                group = device_map(e_count, ep, self.expert_placement)
-            except McrouteError as exc:
+            if ep > e_count + self.redundant_experts:
                 raise McrouteError(
-                    f"expert placement: {exc} (n_experts={e_count}, expert_parallel={ep}; set "
-                    "expert_parallel to a divisor of n_experts, or pass expert_placement)"
-                ) from None
+                    f"expert_parallel={ep} exceeds the expert slots ({e_count} experts + "
+                    f"{self.redundant_experts} redundant); some groups would hold no expert")
+            if self.expert_placement is None:
+                group = balanced_placement(e_count, ep)
+            else:
+                try:
+                    group = device_map(e_count, ep, self.expert_placement)
+                except McrouteError as exc:
+                    raise McrouteError(
+                        f"expert placement: {exc} (n_experts={e_count}, expert_parallel={ep})"
+                    ) from None
             put("expert_placement",
                 None if self.expert_placement is None else tuple(int(g) for g in group))
             put("_group", group)
-            put("_experts_per_group", np.bincount(group, minlength=ep))
+            per_group = np.bincount(group, minlength=ep)
+            if self.redundant_experts:
+                s = e_count + self.redundant_experts
+                per_group = np.full(ep, s // ep, dtype=np.int64)
+                per_group[: s % ep] += 1
+            put("_experts_per_group", per_group)
             put("_E", e_count)
             put("_k", ks.pop())
         else:
@@ -441,17 +597,24 @@ class Deployment:
         # Dtypes and rates.
         put("_wb", _dtype_bytes(self.weight_dtype))
         put("_kvb", _dtype_bytes(self.kv_dtype))
-        put("_ab", _dtype_bytes(self.activation_dtype))
+        put("_ab", _dtype_bytes(ad))
+        # dispatch in the activation dtype (8-bit: plus one float32 scale per 128 values, as
+        # DeepEP's FP8 dispatch); combine and all-reduces in bf16 or the activation dtype if wider
+        put("_dispatch_b", self._ab + (4.0 / 128.0 if self._ab <= 1 else 0.0))
+        put("_combine_b", max(2.0, self._ab))
         peak, bw = float(self.hardware.peak_flops(cd)), float(self.hardware.hbm_bandwidth)
+        peak_attn = float(self.hardware.peak_flops(acd))
         # Card files are held to the realistic PEAK_FLOPS_RANGE / BANDWIDTH_RANGE when loaded;
         # a HardwareSpec built by hand (toy cards in tests) only needs rates of at least one per
         # second, so that no roofline time overflows to inf.
-        for what, v in ((f"peak FLOP/s ({cd})", peak), ("HBM bandwidth", bw)):
+        for what, v in ((f"peak FLOP/s ({cd})", peak), ("HBM bandwidth", bw),
+                        (f"peak FLOP/s ({acd})", peak_attn)):
             if not (math.isfinite(v) and _MIN_RATE <= v <= _MAX_RATE):
                 raise McrouteError(
                     f"hardware {self.hardware.name!r}: {what} per GPU must be in "
                     f"[{_MIN_RATE:g}, {_MAX_RATE:g}], got {v:g}")
         put("_F", peak * self.flops_efficiency)
+        put("_F_attn", peak_attn * self.flops_efficiency)
         put("_BW", bw * self.bandwidth_efficiency)
         for what, v, eff in (("usable FLOP/s", self._F, "flops_efficiency"),
                              ("usable HBM bandwidth", self._BW, "bandwidth_efficiency")):
@@ -460,17 +623,89 @@ class Deployment:
                     f"{eff}={getattr(self, eff):g} leaves a {what} of {v:g} per GPU, below "
                     f"{_MIN_RATE:g}; give an efficiency of a sensible size")
         link = float(getattr(self.hardware, "interconnect_bandwidth", 0.0) or 0.0)
-        if self.charge_all_to_all and ep > 1 and link <= 0:
+        if self._all_to_all != "off" and ep > 1 and link <= 0:
             raise McrouteError(
-                f"charge_all_to_all needs the interconnect bandwidth of {self.hardware.name!r}, "
-                "which the card does not give"
+                f"charging the expert all-to-all needs the interconnect bandwidth of "
+                f"{self.hardware.name!r}, which the card does not give (all_to_all='off')"
             )
         put("_link", link * self.interconnect_efficiency)
+        # Two-tier interconnect (calibrated kernels): NVLink inside a node of gpus_per_node GPUs,
+        # the scale-out network across nodes.
+        gpn = int(getattr(self.hardware, "gpus_per_node", 0) or _DEFAULT_GPUS_PER_NODE)
+        scale_out = float(getattr(self.hardware, "scaleout_bandwidth", 0.0) or 0.0)
+        put("_gpus_per_node", gpn)
+        put("_nvlink", self._link)
+        put("_scaleout", scale_out * self.interconnect_efficiency)
+        put("_scaleout_latency", float(getattr(self.hardware, "scaleout_latency", 0.0) or 0.0))
+        if cal and n > 1 and link <= 0:
+            raise McrouteError(
+                f"calibrated kernels charge tensor-parallel and expert communication, which "
+                f"needs the interconnect bandwidth of {self.hardware.name!r}; the card does not "
+                "give it (use kernels='roofline')")
+        if cal and n > gpn and scale_out <= 0:
+            raise McrouteError(
+                f"{n} GPUs span more than one node of {gpn} ({self.hardware.name!r}), but the "
+                "card gives no scale-out bandwidth (scaleout_bandwidth_bytes_per_s)")
+        # Attention kinds, the KV bytes per cached token of each layer, and the share of each
+        # sequence's cache one GPU keeps under tensor-parallel attention.
+        put("_attn_kind_mla", np.array([ly.attention == "mla" for ly in layers]))
+        kvtok = self._kv_values * self._kvb
+        fp8_layout = getattr(self.model, "fp8_kv_bytes_per_token", None)
+        if ml == "engine" and fp8_layout and _dtype_bytes(self.kv_dtype) == 1:
+            kvtok = np.where(self._kv_values > 0, float(fp8_layout), 0.0)
+        put("_kv_token_bytes", kvtok)
+        share = np.full(len(layers), 1.0 / n)
+        if ml == "engine":
+            for i, ly in enumerate(layers):
+                if ly.attention == "mla":
+                    share[i] = 1.0
+                else:
+                    kvh = int(getattr(ly, "n_kv_heads", 0) or 0)
+                    if kvh > 0:
+                        share[i] = math.ceil(kvh / n) / kvh
+        put("_kv_share", share)
+        # Activation bytes one token moves through one expert (the fit's vLLM fused-MoE
+        # convention: x in, gate/up out and activation in bf16, w2 in/out), N = P_e / (3 h).
+        h = float(self.model.hidden)
+        n_int = self._expert_params / (3.0 * h)
+        ab_e = 1.0 if self._wb <= 1 else 2.0
+        put("_expert_act_bytes", h * ab_e + 8.0 * n_int + 2.0 * n_int * ab_e + 2.0 * h)
+        if cal:
+            from ._calibration import kernel_card_for, load_kernel_card
+
+            kc = (kernel_card_for(self.hardware) if self.kernel_card is None
+                  else load_kernel_card(self.kernel_card))
+        else:
+            kc = None
+        put("_kcard", kc)
         if not (self._F > 0 and self._BW > 0 and float(self.hardware.hbm_bytes) > 0):
             raise McrouteError(
                 f"hardware {self.hardware.name!r} must have positive HBM size, bandwidth and "
                 "FLOP/s"
             )
+
+    def _resolve_all_to_all(self, calibrated: bool) -> str:
+        """One all-to-all mode from ``all_to_all`` and the two older booleans (which must agree)."""
+        mode, charge, overlap = self.all_to_all, self.charge_all_to_all, self.overlap_all_to_all
+        if mode is not None:
+            if not isinstance(mode, str) or mode not in ALL_TO_ALL_MODES:
+                raise McrouteError(f"all_to_all must be one of {', '.join(ALL_TO_ALL_MODES)}, "
+                                   f"got {mode!r}")
+            clash = ((charge is not None and charge != (mode != "off"))
+                     or (overlap is not None and mode != "off"
+                         and overlap != (mode in ("overlap", "two-batch"))))
+            if clash:
+                raise McrouteError(
+                    f"all_to_all={mode!r} contradicts charge_all_to_all={charge!r} / "
+                    f"overlap_all_to_all={overlap!r}; give all_to_all alone")
+            return mode
+        if charge is not None:
+            if not charge:
+                return "off"
+            return "none" if overlap is False else "overlap"
+        if not calibrated:
+            return "off"
+        return "overlap" if overlap else "none"
 
     # -- description ---------------------------------------------------------------------------
     def describe(self) -> dict:
@@ -483,11 +718,31 @@ class Deployment:
             elif f.name == "hardware":
                 v = self.hardware.name
             elif f.name == "expert_placement":
-                v = "contiguous" if v is None else list(v)
+                v = ("contiguous" if not self.redundant_experts else "eplb") if v is None \
+                    else list(v)
             elif f.name == "compute_dtype":
                 v = self.flops_dtype
             elif f.name == "expert_parallel":
                 v = self.expert_groups
+            elif f.name == "activation_dtype":
+                v = self._activation_dtype
+            elif f.name == "attention_compute_dtype":
+                v = self._attention_dtype
+            elif f.name == "kernel_card":
+                v = self._kcard.name if self._kcard is not None else "none (roofline)"
+            elif f.name == "all_to_all":
+                v = self._all_to_all
+            elif f.name == "charge_all_to_all":
+                v = self._all_to_all != "off"
+            elif f.name == "overlap_all_to_all":
+                v = self._all_to_all in ("overlap", "two-batch")
+            elif f.name == "memory_layout":
+                v = self._layout
+            elif f.name == "replicate_dense":
+                v = self._replicate_dense
+            elif f.name == "mtp_acceptance":
+                v = (self.mtp_acceptance if isinstance(self.mtp_acceptance, str)
+                     else float(self._acceptance))
             out[f.name] = v
         out["expert_tensor_parallel"] = self.expert_tensor_parallel
         out["usable_flops_per_gpu"] = self._F
@@ -495,7 +750,55 @@ class Deployment:
         out["usable_bytes_per_gpu"] = self.usable_bytes_per_gpu
         out["weight_bytes"] = self.weight_bytes
         out["weight_bytes_per_gpu"] = float(self.weight_bytes_per_gpu)
+        if self._kcard is not None:
+            out["kernel_card_origin"] = self._kcard.origin
+        out["gpus_per_node"] = self._gpus_per_node
+        out["scaleout_bandwidth_per_gpu"] = self._scaleout
         return out
+
+    # -- calibrated kernels ----------------------------------------------------------------------
+    @property
+    def kernel_card_name(self) -> str:
+        """Name of the kernel card used (``""`` under roofline kernels)."""
+        return self._kcard.name if self._kcard is not None else ""
+
+    @property
+    def tokens_per_seq(self) -> int:
+        """Tokens each sequence carries through a step, ``1 + mtp_depth``."""
+        return 1 + self.mtp_depth
+
+    def kernel_params(self, n_trials: int, entropy: int):
+        """Kernel parameters for ``n_trials`` trials of a run with seed ``entropy``.
+
+        Per-trial draws (``KernelCard.draw``) from the stream keyed by the seed and the fixed
+        tag :data:`mcroute._calibrated.CALIBRATION_STREAM` (independent of the routing streams
+        and of the point), so that trial i uses the same kernel draw at every point and for
+        every deployment of the run; the central values with
+        ``calibration_uncertainty=False``; None under roofline kernels.
+        """
+        if self._kcard is None:
+            return None
+        if not self.calibration_uncertainty:
+            return self._kcard.point()
+        from ._rng import generator
+
+        return self._kcard.draw(int(n_trials), generator(int(entropy), CALIBRATION_STREAM))
+
+    def expert_layout(self, routing=None):
+        """Expert slots and their groups per MoE layer (:class:`~mcroute._calibrated.ExpertLayout`).
+
+        With ``redundant_experts`` the replicas go to the hottest experts of each layer under
+        ``routing`` (its popularity; uniform when None).
+        """
+        if not self.n_moe_layers:
+            return None
+        pop = None
+        if self.redundant_experts:
+            m = self.n_moe_layers
+            pop = (np.full((m, self._E), 1.0 / self._E) if routing is None
+                   else routing.popularity(m))
+        return expert_layout(self._group, self._ep, self.n_moe_layers, self.redundant_experts,
+                             pop)
 
     @property
     def n_experts(self) -> int:
@@ -542,7 +845,8 @@ class Deployment:
             "dense_ffn": float(self._dense_params.sum()),
             "shared_experts": float(self._shared_params.sum()),
             "router": float(self._router_params.sum()),
-            "routed_experts": float(self._E * self._expert_params.sum()),
+            "routed_experts": float((self._E + self.redundant_experts)
+                                    * self._expert_params.sum()),
             "embedding": emb,
             "lm_head": float(m.lm_head_params),
             "other_resident": float(getattr(m, "other_resident_params", 0) or 0),
@@ -550,7 +854,10 @@ class Deployment:
 
     @property
     def weight_bytes(self) -> float:
-        """Resident weights of the whole model, all GPUs together (one copy) [B]."""
+        """Resident weights of the whole model, all GPUs together [B].
+
+        One copy of every parameter, plus the replicas of ``redundant_experts``.
+        """
         return sum(self._component_params().values()) * self._wb
 
     @property
@@ -558,15 +865,22 @@ class Deployment:
         """Resident weights on the most loaded GPU [B].
 
         Everything but the routed experts is split evenly over the GPUs, except attention
-        weights under ``attention_parallel="data"`` (a full copy on each GPU); routed experts
-        follow the placement (the GPU of the group holding the most experts).
+        weights under ``attention_parallel="data"`` (a full copy on each GPU) and, with
+        ``replicate_dense``, the dense FFNs, shared experts, routers, embedding and LM head (a
+        full copy on each GPU too); routed experts follow the placement (the GPU of the group
+        holding the most expert slots).
         """
         c = self._component_params()
         n = self.n_gpus
         attn = c.pop("attention")
         c.pop("routed_experts")
-        even = sum(c.values()) / n
-        attn_gpu = attn if self.attention_parallel == "data" else attn / n
+        if self._replicate_dense:
+            other = c.pop("other_resident")
+            even = other / n
+            attn_gpu = attn + sum(c.values())
+        else:
+            even = sum(c.values()) / n
+            attn_gpu = attn if self.attention_parallel == "data" else attn / n
         exp_gpu = 0.0
         if self._E:
             exp_gpu = (self._experts_per_group.max() * self._expert_params.sum()
@@ -581,11 +895,40 @@ class Deployment:
     def _encoder_context(self, context: int) -> int:
         return context if self.encoder_context is None else self.encoder_context
 
+    def _fp8_layout(self) -> bool:
+        return bool(np.any(self._kv_token_bytes != self._kv_values * self._kvb))
+
+    def _kv_layer_bytes(self, L: int) -> np.ndarray:
+        """KV cache of one sequence at context L per layer, with the engine's KV layout [B]."""
+        pos = attended_positions(L, self._window).astype(float)
+        return (self._kv_token_bytes * pos
+                + self._cross_kv * float(self._encoder_context(L)) * self._kvb)
+
     def kv_bytes_per_sequence(self, context) -> float:
-        """KV cache of one sequence at context L, all layers (windows and cross-attention) [B]."""
+        """KV cache of one sequence at context L, all layers (windows and cross-attention) [B].
+
+        Under ``memory_layout="engine"`` with an FP8 cache, the model card's
+        ``fp8_kv_bytes_per_token`` (the kernel's layout: values, scales and padding, per layer)
+        replaces ``kv_values · 1 B``.
+        """
         L = check_int("context", context, minimum=1, maximum=MAX_CONTEXT)
+        if self._fp8_layout():
+            return float(self._kv_layer_bytes(L).sum())
         return kv_bytes_per_sequence(self._layers, L, kv_bytes=self._kvb,
                                      encoder_context=self._encoder_context(L))
+
+    def kv_bytes_per_sequence_per_gpu(self, context) -> float:
+        """KV cache of one sequence held by one GPU at context L [B].
+
+        Data-parallel attention: the whole sequence (on the GPU serving it). Tensor-parallel
+        attention: Σ_layers share · cache, the share being 1/n under ``memory_layout="ideal"``;
+        under ``"engine"`` 1 for MLA (every rank keeps the whole latent) and
+        ``ceil(kv_heads / n) / kv_heads`` for GQA/MHA.
+        """
+        L = check_int("context", context, minimum=1, maximum=MAX_CONTEXT)
+        if self.attention_parallel == "data":
+            return self.kv_bytes_per_sequence(L)
+        return float((self._kv_share * self._kv_layer_bytes(L)).sum())
 
     def kv_bytes_per_token(self, context=None) -> float:
         """KV cache per context token [B/token].
@@ -603,9 +946,11 @@ class Deployment:
         """KV cache of one sequence at context L split by attention kind (``"mla"``, ...) [B]."""
         L = check_int("context", context, minimum=1, maximum=MAX_CONTEXT)
         out = {}
-        for ly in self._layers:
-            v = kv_bytes_per_sequence((ly,), L, kv_bytes=self._kvb,
-                                      encoder_context=self._encoder_context(L))
+        per = self._kv_layer_bytes(L) if self._fp8_layout() else None
+        for i, ly in enumerate(self._layers):
+            v = (float(per[i]) if per is not None else
+                 kv_bytes_per_sequence((ly,), L, kv_bytes=self._kvb,
+                                       encoder_context=self._encoder_context(L)))
             out[ly.attention] = out.get(ly.attention, 0.0) + v
         return out
 
@@ -616,10 +961,13 @@ class Deployment:
     def max_batch_size(self, context) -> int:
         """Admissible batch at context L: most sequences whose KV caches fit next to the weights.
 
-        ``attention_parallel="tensor"``: each GPU holds 1/n of every sequence's cache, so
-        B_max = floor(n · (usable − weights on the fullest GPU) / kv_bytes_per_sequence(L)),
-        which is ⌊(M_usable − W) / (L·κ)⌋ for even shards. ``"data"``: each GPU holds whole
-        sequences, B_max = n · floor((usable − weights per GPU) / kv_bytes_per_sequence(L)).
+        ``attention_parallel="tensor"``: under ``memory_layout="ideal"`` each GPU holds 1/n of
+        every sequence's cache, so B_max = floor(n · (usable − weights on the fullest GPU) /
+        kv_bytes_per_sequence(L)), which is ⌊(M_usable − W) / (L·κ)⌋ for even shards; under
+        ``"engine"`` B_max = floor((usable − weights on the fullest GPU) /
+        kv_bytes_per_sequence_per_gpu(L)) (MLA: every GPU holds every sequence's latent, so about
+        1/n of the data-parallel batch). ``"data"``: each GPU holds whole sequences,
+        B_max = n · floor((usable − weights per GPU) / kv_bytes_per_sequence(L)).
         Capped by ``max_batch``; 0 when nothing fits.
         """
         kv = self.kv_bytes_per_sequence(context)
@@ -630,6 +978,8 @@ class Deployment:
             raise McrouteError(f"model {self.model.name!r} caches no KV values; B_max is unbounded")
         if self.attention_parallel == "data":
             b = n * max_batch_size(free_gpu, w_gpu, kv)
+        elif self._layout == "engine":
+            b = max_batch_size(free_gpu, w_gpu, self.kv_bytes_per_sequence_per_gpu(context))
         else:
             b = max_batch_size(n * free_gpu, n * w_gpu, kv)
         if self.max_batch is not None:
@@ -684,9 +1034,14 @@ class Deployment:
         b = check_int("batch_size", batch_size, minimum=1, maximum=MAX_BATCH_SIZE)
         n = self.n_gpus
         attn_copies = min(n, b) if self.attention_parallel == "data" else 1
-        fixed = (attn_copies * self._attn_params.sum() + self._dense_params.sum()
-                 + self._shared_params.sum() + self._router_params.sum() + self._head_params
-                 + min(b, self.model.vocab) * self.model.hidden)
+        if self._replicate_dense:
+            fixed = attn_copies * (self._attn_params.sum() + self._dense_params.sum()
+                                   + self._shared_params.sum() + self._router_params.sum()
+                                   + self._head_params)
+        else:
+            fixed = (attn_copies * self._attn_params.sum() + self._dense_params.sum()
+                     + self._shared_params.sum() + self._router_params.sum() + self._head_params)
+        fixed += min(b * self.tokens_per_seq, self.model.vocab) * self.model.hidden
         fixed *= self._wb
         if self.n_moe_layers == 0:
             return float(fixed)
@@ -698,17 +1053,24 @@ class Deployment:
                                f"({self.n_moe_layers}), got shape {act.shape}")
         return _out(fixed + (act * self._expert_params).sum(axis=-1) * self._wb)
 
-    def _terms(self, context: int, batch_size: int, max_tokens=None, max_active=None) -> dict:
-        """Per-operator (flops, bytes, time) on the busiest GPU, each summed over layers.
+    def _terms(self, context: int, batch_size: int, max_tokens=None, max_active=None,
+               tokens_per_seq: int = 1) -> dict:
+        """Per-operator roofline (flops, bytes, time) on the busiest GPU, summed over layers.
 
-        ``max_tokens`` / ``max_active``: (trial, moe_layer) arrays of the busiest expert-parallel
-        group's routed tokens and distinct experts. Returns arrays of shape (trial,) (1 for a
+        The roofline time model (the bound): every operator at ``max(FLOPs / F, bytes / BW)``,
+        whatever ``kernels`` is. ``max_tokens`` / ``max_active``: (trial, moe_layer) arrays of
+        the busiest expert-parallel group's routed tokens and distinct experts (slots).
+        ``tokens_per_seq`` (``1 + mtp_depth``) multiplies the FLOPs of every operator (and the
+        embedding rows); the KV cache is read once per sequence. The attention core uses the
+        FLOP rate of ``attention_compute_dtype``. Returns arrays of shape (trial,) (1 for a
         dense model) under keys ``(operator, "flops"|"bytes"|"time")``, plus ``"all_to_all"``,
         ``"memory_time"``, ``"compute_time"`` and ``"step_time"``.
         """
         L, B = context, batch_size
+        r = int(tokens_per_seq)
         n = self.n_gpus
         F, BW, wb, kvb = self._F, self._BW, self._wb, self._kvb
+        F_attn = self._F_attn
         if self.attention_parallel == "data":
             seq_gpu = float(math.ceil(B / n))
             attn_share = 1.0
@@ -717,30 +1079,32 @@ class Deployment:
             attn_share = 1.0 / n
         pos = attended_positions(L, self._window).astype(float)
         enc = float(self._encoder_context(L))
+        T = B * r
         per_layer = {
-            "attention_projections": (2.0 * seq_gpu * self._attn_params,
+            "attention_projections": (2.0 * (seq_gpu * r) * self._attn_params,
                                       attn_share * self._attn_params * wb),
-            "attention_kv": (seq_gpu * (self._attn_flops * pos + self._cross_flops * enc),
+            "attention_kv": ((seq_gpu * r) * (self._attn_flops * pos + self._cross_flops * enc),
                              seq_gpu * (self._kv_values * pos + self._cross_kv * enc) * kvb),
-            "dense_ffn": (2.0 * B * self._dense_params / n, self._dense_params * wb / n),
-            "shared_experts": (2.0 * B * self._shared_params / n, self._shared_params * wb / n),
-            "router": (2.0 * B * self._router_params / n, self._router_params * wb / n),
+            "dense_ffn": (2.0 * T * self._dense_params / n, self._dense_params * wb / n),
+            "shared_experts": (2.0 * T * self._shared_params / n, self._shared_params * wb / n),
+            "router": (2.0 * T * self._router_params / n, self._router_params * wb / n),
         }
         out = {}
         layer_time = np.zeros(len(self._layers))
         mem = comp = 0.0
         for op, (fl, by) in per_layer.items():
-            t = np.maximum(fl / F, by / BW)
+            Fop = F_attn if op == "attention_kv" else F
+            t = np.maximum(fl / Fop, by / BW)
             layer_time += t
             mem += float((by / BW).sum())
-            comp += float((fl / F).sum())
+            comp += float((fl / Fop).sum())
             out[(op, "flops")] = np.array([fl.sum()])
             out[(op, "bytes")] = np.array([by.sum()])
             out[(op, "time")] = np.array([t.sum()])
-        rows = min(B, self.model.vocab)
+        rows = min(T, self.model.vocab)
         edge = {
             "embedding": (0.0, rows * self.model.hidden * wb / n),
-            "lm_head": (2.0 * B * self._head_params / n, self._head_params * wb / n),
+            "lm_head": (2.0 * T * self._head_params / n, self._head_params * wb / n),
         }
         edge_time = 0.0
         for op, (fl, by) in edge.items():
@@ -778,11 +1142,12 @@ class Deployment:
         e_t = np.maximum(e_fl / F, e_by / BW)
         moe_time = layer_time[self._is_moe][None, :] + e_t
         ep = self._ep
-        if self.charge_all_to_all and ep > 1:
+        if self._all_to_all != "off" and ep > 1:
             # dispatch + combine of the busiest group's tokens, the off-group share (D-1)/D,
             # split over the group's tp GPUs, each sending at the usable link rate
             a2a = 2.0 * tok * self.model.hidden * self._ab * (ep - 1) / ep / tp / self._link
-            moe_time = np.maximum(moe_time, a2a) if self.overlap_all_to_all else moe_time + a2a
+            overlap = self._all_to_all in ("overlap", "two-batch")
+            moe_time = np.maximum(moe_time, a2a) if overlap else moe_time + a2a
         else:
             a2a = np.zeros_like(tok)
         out[("routed_experts", "flops")] = e_fl.sum(axis=1)
@@ -809,7 +1174,65 @@ class Deployment:
                         for row in c])
         return tok.max(axis=1), act.max(axis=1), (c > 0).sum(axis=1)
 
-    def step_breakdown(self, context, batch_size, counts=None) -> dict:
+    def _evaluate(self, context: int, batch_size: int, counts=None, params=None,
+                  layout=None, n_trials: int = 1) -> dict:
+        """Step times of a block of trials: the chosen kernels and the roofline bound.
+
+        ``counts``: int (trial, moe_layer, expert) routed tokens (for ``batch_size ·
+        tokens_per_seq`` tokens), None for a dense model. ``params``: kernel parameters
+        (:meth:`kernel_params`, sliced to the block) or None under roofline kernels. ``layout``:
+        :meth:`expert_layout`. Returns (trial,) arrays: ``step_time`` (chosen kernels),
+        ``step_time_bound`` (roofline), ``memory_time``, ``compute_time`` (roofline terms),
+        ``all_to_all``, ``active`` (touched expert slots, (trial, moe_layer)) and
+        ``("op", name)`` per-operator times of the chosen kernels.
+        """
+        r = self.tokens_per_seq
+        gl = None
+        active = None
+        if self.n_moe_layers:
+            c = np.asarray(counts)
+            nt = c.shape[0]
+            if layout is None:
+                layout = self.expert_layout()
+            if self._calibrated or self.redundant_experts:
+                from ._calibrated import group_loads, slot_loads
+
+                slots = slot_loads(c, layout)
+                gl = group_loads(slots, layout)
+                gsum = gl.sum(axis=-1)
+                tok = gsum.max(axis=-1).astype(float)
+                act = (gl > 0).sum(axis=-1).max(axis=-1).astype(float)
+                active = (slots > 0).sum(axis=-1)
+            else:
+                from . import _kernels as K
+
+                active, _, tok, act, _ = K.count_stats(c, self._group, self._ep,
+                                                       batch_size * r * self._k)
+            bound = self._terms(context, batch_size, tok, act, tokens_per_seq=r)
+        else:
+            nt = int(n_trials)
+            bound = self._terms(context, batch_size, tokens_per_seq=r)
+        out = {"step_time_bound": np.broadcast_to(bound["step_time"], (nt,)),
+               "memory_time": np.broadcast_to(bound["memory_time"], (nt,)),
+               "compute_time": np.broadcast_to(bound["compute_time"], (nt,)),
+               "active": active}
+        if not self._calibrated:
+            out["step_time"] = out["step_time_bound"]
+            out["all_to_all"] = np.broadcast_to(bound["all_to_all"], (nt,))
+            for op in OPERATORS:
+                out[("op", op)] = np.broadcast_to(bound[(op, "time")], (nt,))
+            return out
+        if params is None:
+            raise McrouteError("calibrated kernels need kernel parameters (kernel_params)")
+        cal = calibrated_step(self, context, batch_size, gl, params, n_trials=nt,
+                              tokens_per_seq=r)
+        out["step_time"] = cal["step_time"]
+        out["all_to_all"] = cal["all_to_all"]
+        for op in (*OPERATORS, "all_reduce", "overhead"):
+            out[("op", op)] = cal[op]
+        return out
+
+    def step_breakdown(self, context, batch_size, counts=None, *, routing=None) -> dict:
         """Cost of one decode step by operator, on the busiest GPU, summed over layers.
 
         Parameters
@@ -817,20 +1240,27 @@ class Deployment:
         context : int
             Context L [tokens].
         batch_size : int
-            Sequences B in the step (one new token each).
+            Sequences B in the step (``1 + mtp_depth`` tokens each).
         counts : array of int (moe_layer, expert), optional
             Tokens routed to each expert in each MoE layer (required for an MoE model), e.g.
-            one trial of ``mcroute.sample_counts``.
+            one trial of ``mcroute.sample_counts`` for ``B · (1 + mtp_depth)`` tokens.
+        routing : Routing, optional
+            Only with ``redundant_experts``: whose hottest experts get the replicas (default
+            uniform).
 
         Returns
         -------
         dict
-            ``{operator: {"flops" [FLOP], "bytes" [B], "time" [s]}}`` for every operator in
-            :data:`OPERATORS`, each a roofline time ``max(flops / F, bytes / BW)`` per layer
-            summed over layers; and ``"all_to_all"`` [s], ``"memory_time"`` and
-            ``"compute_time"`` [s] (sums of the byte and FLOP terms of all operators),
-            ``"step_time"`` [s], ``"throughput"`` [tokens/s] and ``"weight_bytes_per_step"``
-            [B] (all GPUs).
+            ``{operator: {"flops" [FLOP], "bytes" [B], "time" [s], "time_bound" [s]}}`` for
+            every operator in :data:`OPERATORS`: FLOPs and bytes of the roofline, ``time`` under
+            the chosen kernels (calibrated kernels: central parameter values) and
+            ``time_bound`` the roofline ``max(flops / F, bytes / BW)`` per layer summed over
+            layers; and ``"all_to_all"`` [s] (calibrated: dispatch + combine before overlap),
+            ``"memory_time"`` and ``"compute_time"`` [s] (sums of the roofline byte and FLOP
+            terms of all operators), ``"step_time"`` and ``"step_time_bound"`` [s],
+            ``"throughput"`` and ``"throughput_bound"`` [accepted tokens/s, at the central
+            acceptance] and ``"weight_bytes_per_step"`` [B] (all GPUs). Under calibrated kernels
+            also ``"all_reduce"`` and ``"overhead"`` [s].
         """
         L = check_int("context", context, minimum=1, maximum=MAX_CONTEXT)
         B = check_int("batch_size", batch_size, minimum=1, maximum=MAX_BATCH_SIZE)
@@ -840,22 +1270,62 @@ class Deployment:
                 raise McrouteError("counts (moe_layer, expert) are needed for an MoE model")
             tok, act, active = self._group_stats(counts)
             tok, act = tok[None, :], act[None, :]
-        terms = self._terms(L, B, tok, act)
+        r = self.tokens_per_seq
+        if self.redundant_experts or self._calibrated:
+            c = None if counts is None else np.asarray(counts)[None]
+            ev = self._evaluate(L, B, c, self._kcard.point() if self._calibrated else None,
+                                self.expert_layout(routing))
+            if ev["active"] is not None:
+                active = ev["active"][0]
+            # the roofline FLOPs and bytes of the same slots
+            if self.n_moe_layers:
+                from ._calibrated import group_loads, slot_loads
+
+                lay = self.expert_layout(routing)
+                gl = group_loads(slot_loads(c, lay), lay)
+                tok = gl.sum(axis=-1).max(axis=-1).astype(float)
+                act = (gl > 0).sum(axis=-1).max(axis=-1).astype(float)
+        terms = self._terms(L, B, tok, act, tokens_per_seq=r)
         out = {op: {q: float(terms[(op, q)][0]) for q in ("flops", "bytes", "time")}
                for op in OPERATORS}
+        for op in OPERATORS:
+            out[op]["time_bound"] = out[op]["time"]
         for key in ("all_to_all", "memory_time", "compute_time", "step_time"):
             out[key] = float(terms[key][0])
-        out["throughput"] = B / out["step_time"]
+        out["step_time_bound"] = out["step_time"]
+        if self._calibrated:
+            for op in OPERATORS:
+                out[op]["time"] = float(ev[("op", op)][0])
+            out["all_reduce"] = float(ev[("op", "all_reduce")][0])
+            out["overhead"] = float(ev[("op", "overhead")][0])
+            out["all_to_all"] = float(ev["all_to_all"][0])
+            out["step_time"] = float(ev["step_time"][0])
+        acc = self.accepted_tokens_point
+        out["throughput"] = B * acc / out["step_time"]
+        out["throughput_bound"] = B * acc / out["step_time_bound"]
         out["weight_bytes_per_step"] = float(self.weight_bytes_per_step(B, active))
         return out
 
-    def step_time(self, context, batch_size, max_tokens=None, max_active=None):
-        """Decode step time [s] per trial, from the busiest group's statistics per MoE layer.
+    @property
+    def accepted_tokens_point(self) -> float:
+        """Accepted tokens per sequence per step at the central acceptance (1 without MTP)."""
+        from ._calibrated import accepted_tokens
 
+        a = self._acceptance
+        if isinstance(a, tuple):  # Beta(A, B): its mean
+            a = a[1] / (a[1] + a[2])
+        return float(accepted_tokens(a, self.mtp_depth))
+
+    def step_time(self, context, batch_size, max_tokens=None, max_active=None):
+        """Roofline (bound) decode step time [s] per trial, from the busiest group's statistics.
+
+        The roofline model whatever ``kernels`` is (the calibrated time needs the per-expert
+        loads: use :meth:`step_breakdown` or :func:`mcroute.decode_throughput`).
         ``max_tokens`` and ``max_active`` are (trial, moe_layer) arrays (or (moe_layer,)); both
         are ignored (may be None) for a dense model. Returns an array (trial,) (length 1 for a
         dense model).
         """
         L = check_int("context", context, minimum=1, maximum=MAX_CONTEXT)
         B = check_int("batch_size", batch_size, minimum=1, maximum=MAX_BATCH_SIZE)
-        return self._terms(L, B, max_tokens, max_active)["step_time"]
+        return self._terms(L, B, max_tokens, max_active,
+                           tokens_per_seq=self.tokens_per_seq)["step_time"]

@@ -34,7 +34,7 @@ from ._cost import Deployment, check_deployment_options
 from ._quality import QSpec, as_q
 from ._results import DEFAULT_QUANTILES, _summary_arrays, provenance, summarize
 from ._rng import generator, resolve_seed
-from ._throughput import _token_list, decode_throughput
+from ._throughput import _run_context, _token_list, _uncertainty_sources, decode_throughput
 from ._validate import (
     MAX_CONTEXT,
     MAX_GPUS,
@@ -221,7 +221,8 @@ def min_gpus(model, hardware, context, *, candidates=None, **deployment_options)
     """Smallest GPU count on which ``model`` can decode one sequence at ``context``.
 
     Tries ``candidates`` (default powers of two 1 … 4096) in increasing order; counts for which
-    the deployment cannot be built (e.g. experts not divisible over the GPUs) are skipped.
+    the deployment cannot be built (e.g. expert_parallel not dividing the GPUs, or more than
+    one node on a card without a scale-out network) are skipped.
     Returns None if none fits.
 
     Examples
@@ -238,7 +239,7 @@ def min_gpus(model, hardware, context, *, candidates=None, **deployment_options)
         try:
             dep = Deployment(model, hardware, n, **deployment_options)
         except McrouteError as exc:
-            if "divide" in str(exc) or "placement" in str(exc):
+            if any(w in str(exc) for w in ("divide", "placement", "scale-out", "expert slots")):
                 continue
             raise
         if dep.feasible(context):
@@ -279,13 +280,30 @@ def _crossover_note(penalty):
     return "crosses 1 on the grid"
 
 
-def _dense_throughput_at(dep, contexts, batch):
-    """Deterministic dense throughput [tokens/s] at given (context, batch) pairs (NaN if not)."""
-    out = np.full(len(contexts), np.nan)
+def _dense_throughput_at(dep, contexts, batch, run, trials=None):
+    """Dense throughput per trial [tokens/s] at given (context, batch) pairs (NaN if not).
+
+    Returns (chosen kernels, roofline bound), each (context, trial). ``run`` holds the run's
+    per-trial kernel parameters and MTP acceptances (the same draws as the MoE's trials).
+    ``trials``: only these trials are computed (the others are NaN), e.g. the trials that use
+    one draw of an uncertain q.
+    """
+    n_trials = len(run["accepted"])
+    idx = np.arange(n_trials) if trials is None else np.asarray(trials)
+    params = run["params"]
+    if params is not None:
+        params = {k: (np.asarray(v)[idx] if np.ndim(v) else v) for k, v in params.items()}
+    acc = run["accepted"][idx]
+    out = np.full((len(contexts), n_trials), np.nan)
+    out_bound = np.full((len(contexts), n_trials), np.nan)
+    if idx.size == 0:
+        return out, out_bound
     for i, (L, B) in enumerate(zip(contexts, batch, strict=True)):
         if B >= 1 and dep.feasible(L, int(B)):
-            out[i] = B / float(np.asarray(dep.step_time(L, int(B)))[0])
-    return out
+            ev = dep._evaluate(L, int(B), None, params, None, idx.size)
+            out[i, idx] = B * acc / ev["step_time"]
+            out_bound[i, idx] = B * acc / ev["step_time_bound"]
+    return out, out_bound
 
 
 def _cluster_intervals(ds, names, cluster, n_clusters, ci_prob):
@@ -329,7 +347,7 @@ def _parse_q_arg(q):
 
 #: Arrays of (q, context, trial) values held by qs_analysis (throughputs, penalties and their
 #: summaries' working copies), for the memory check before starting.
-_QS_ARRAYS = 8
+_QS_ARRAYS = 14
 
 
 def qs_analysis(
@@ -394,7 +412,11 @@ def qs_analysis(
         Then ``q`` may be None and is taken as ``N_dense / N_active``; a given q is only
         reported.
     **deployment_options
-        Passed to both :class:`mcroute.Deployment` s (weight_dtype, kv_dtype, hbm_fraction, …).
+        Passed to both :class:`mcroute.Deployment` s (weight_dtype, kv_dtype, hbm_fraction,
+        kernels, all_to_all, mtp_depth, …), except that the options of routed experts
+        (``redundant_experts``, ``expert_placement``, ``expert_parallel``) apply to the MoE only
+        and the twin keeps its dense layers split over the GPUs (``replicate_dense=False``)
+        unless ``replicate_dense`` is given.
 
     Returns
     -------
@@ -411,7 +433,13 @@ def qs_analysis(
         penalty's mean is > 1 exactly when q·s < 1), ``crossover_context`` with
         ``crossover_context_ci`` (from the CI bounds of the penalty) and ``crossover_note``,
         ``moe_min_gpus`` and ``dense_min_gpus`` (smallest power-of-two GPU count that fits one
-        sequence). Infeasible points have NaN throughputs and penalties.
+        sequence). Beside the estimate under the deployment's kernels (``kernels``, default
+        calibrated), the roofline bound from the same sampled counts and batches:
+        ``moe_throughput_bound``, ``dense_throughput_bound`` and ``penalty_bound`` (with their
+        summaries). The dense twin's trial i uses the same kernel-parameter and MTP draws as
+        the MoE's trial i (common random numbers). Infeasible points have NaN throughputs and
+        penalties. Attrs ``kernels``, ``kernel_card`` and ``uncertainty_sources`` (routing,
+        calibration, mtp_acceptance, q: what the intervals carry).
 
     Examples
     --------
@@ -457,10 +485,18 @@ def qs_analysis(
                 "n_trials, the number of q values or the number of contexts")
     entropy = resolve_seed(rng)
     moe_dep = Deployment(moe, hw, n_gpus, **deployment_options)
+    # options that only concern routed experts do not apply to the dense twin
+    dense_options = {k: v for k, v in deployment_options.items()
+                     if k not in ("redundant_experts", "expert_placement", "expert_parallel")}
+    # a dense model's FFNs are most of its weights: engines split them over the GPUs (SGLang's
+    # data-parallel attention keeps the MLPs tensor-parallel), so the twin does not replicate them
+    # unless asked
+    dense_options.setdefault("replicate_dense", False)
 
     moe_ds = decode_throughput(moe_dep, contexts, "max", routing, n_trials, rng=entropy,
                                ci_prob=ci_prob, method=method)
     moe_thr = moe_ds["throughput"].values.reshape(len(contexts), n_trials)
+    moe_thr_bound = moe_ds["throughput_bound"].values.reshape(len(contexts), n_trials)
     moe_b = moe_ds["batch_size"].values.reshape(len(contexts)).astype(np.int64)
     moe_ok = moe_ds["feasible"].values.reshape(len(contexts)).astype(bool)
     moe_reason = moe_ds["reason"].values.reshape(len(contexts)).astype(str)
@@ -481,16 +517,18 @@ def qs_analysis(
         draw_of_trial = np.arange(n_trials) % n_q_samples
 
     nq, nc = len(q_values), len(contexts)
-    d_thr = np.full((nq, nc), np.nan)       # dense at its own admissible batch
+    d_thr = np.full((nq, nc, n_trials), np.nan)       # dense at its own admissible batch
+    d_thr_bound = np.full((nq, nc, n_trials), np.nan)
     d_b = np.zeros((nq, nc), dtype=np.int64)
     d_ok = np.zeros((nq, nc), dtype=bool)
     d_reason = np.full((nq, nc), "", dtype=object)
     d_min = np.zeros(nq, dtype=object)
-    twins, deps = {}, {}
+    twins, deps, runs = {}, {}, {}
     for iq, qv in enumerate(q_values):
         twin = dense_model if dense_model is not None else dense_twin(moe, qv, dense_style)
         twins[iq] = twin
-        dep = deps[iq] = Deployment(twin, hw, dense_n, **deployment_options)
+        dep = deps[iq] = Deployment(twin, hw, dense_n, **dense_options)
+        runs[iq] = _run_context(dep, None, n_trials, entropy)
         for ic, L in enumerate(contexts):
             why = dep.infeasibility(L)
             d_reason[iq, ic] = why
@@ -498,9 +536,10 @@ def qs_analysis(
                 continue
             d_ok[iq, ic] = True
             d_b[iq, ic] = dep.max_batch_size(L)
-        d_thr[iq] = _dense_throughput_at(dep, contexts, d_b[iq])
+        mine = None if draw_of_trial is None else np.flatnonzero(draw_of_trial == iq)
+        d_thr[iq], d_thr_bound[iq] = _dense_throughput_at(dep, contexts, d_b[iq], runs[iq], mine)
         if q_spec is None:
-            d_min[iq] = min_gpus(twin, hw, max(contexts), **deployment_options)
+            d_min[iq] = min_gpus(twin, hw, max(contexts), **dense_options)
 
     # The reuse penalty compares both models at one batch both can run: the smaller admissible
     # batch (for an uncertain q, the smallest over the draws of q).
@@ -509,8 +548,10 @@ def qs_analysis(
     if q_spec is not None:
         common = np.where(both.all(axis=0), b_same.min(axis=0), 0)
         b_same = np.broadcast_to(common, (nq, nc)).copy()
-    d_thr_same = np.stack([_dense_throughput_at(deps[iq], contexts, b_same[iq])
-                           for iq in range(nq)])
+    d_thr_same = np.stack([_dense_throughput_at(
+        deps[iq], contexts, b_same[iq], runs[iq],
+        None if draw_of_trial is None else np.flatnonzero(draw_of_trial == iq))[0]
+        for iq in range(nq)])
     moe_runs = {}
 
     def moe_at(ic, b):
@@ -525,21 +566,27 @@ def qs_analysis(
             moe_runs[ic, b] = run["throughput"].values.reshape(n_trials)
         return moe_runs[ic, b]
 
+    trials = np.arange(n_trials)
     if q_spec is None:
         # (q, context, trial)
         moe_t = np.broadcast_to(moe_thr, (nq, nc, n_trials))
+        moe_tb = np.broadcast_to(moe_thr_bound, (nq, nc, n_trials))
         moe_same = np.stack([np.stack([moe_at(ic, b_same[iq, ic]) for ic in range(nc)])
                              for iq in range(nq)])
-        dense_t = np.broadcast_to(d_thr[..., None], (nq, nc, n_trials))
-        dense_same = np.broadcast_to(d_thr_same[..., None], (nq, nc, n_trials))
+        dense_t = d_thr
+        dense_tb = d_thr_bound
+        dense_same = d_thr_same
         dims = ("q", "context", "trial")
         cap = np.where(both, d_b / np.maximum(moe_b[None], 1), np.nan)
         cap_dims = ("q", "context")
         same_b = (("q", "context"), b_same)
     else:
-        dense_t = d_thr[draw_of_trial].T            # (context, trial)
-        dense_same = d_thr_same[draw_of_trial].T
+        # trial i uses draw draw_of_trial[i] of q: (context, trial)
+        dense_t = d_thr[draw_of_trial, :, trials].T
+        dense_tb = d_thr_bound[draw_of_trial, :, trials].T
+        dense_same = d_thr_same[draw_of_trial, :, trials].T
         moe_t = moe_thr
+        moe_tb = moe_thr_bound
         moe_same = np.stack([moe_at(ic, b_same[0, ic]) for ic in range(nc)])
         dims = ("context", "trial")
         capq = np.where(both, d_b / np.maximum(moe_b[None], 1), np.nan)
@@ -548,6 +595,7 @@ def qs_analysis(
         same_b = (("context",), b_same[0])
     with np.errstate(invalid="ignore", divide="ignore"):
         penalty = dense_t / moe_t
+        penalty_bound = dense_tb / moe_tb
         reuse = dense_same / moe_same
         cap_factor = penalty / reuse
 
@@ -566,6 +614,15 @@ def qs_analysis(
                              "long_name": "dense twin decode throughput at its admissible batch"}),
         "penalty": (dims, penalty, {"units": "1",
                     "long_name": "penalty: dense / MoE throughput, each at its admissible batch"}),
+        "moe_throughput_bound": (dims, np.array(moe_tb), {
+            "units": "tokens/s", "long_name": "MoE roofline throughput (bound) at its admissible "
+                                              "batch, same sampled counts"}),
+        "dense_throughput_bound": (dims, np.array(dense_tb), {
+            "units": "tokens/s", "long_name": "dense twin roofline throughput (bound) at its "
+                                              "admissible batch"}),
+        "penalty_bound": (dims, penalty_bound, {
+            "units": "1", "long_name": "roofline penalty: dense / MoE bound throughput at the "
+                                       "same batches"}),
         "reuse_penalty": (dims, reuse, {"units": "1",
                           "long_name": "reuse penalty: dense / MoE throughput at the same batch "
                                        "(the smaller admissible one, reuse_batch_size)"}),
@@ -613,7 +670,8 @@ def qs_analysis(
         "units": "GPUs", "long_name": "smallest power-of-two GPU count fitting the MoE at the "
         "longest context (-1: none)"})
     ds = xr.Dataset(data, coords=coords)
-    names = ["moe_throughput", "dense_throughput", "penalty", "reuse_penalty", "capacity_factor"]
+    names = ["moe_throughput", "dense_throughput", "penalty", "reuse_penalty", "capacity_factor",
+             "moe_throughput_bound", "dense_throughput_bound", "penalty_bound"]
     if q_spec is not None:
         names += ["q", "qs", "capacity_penalty"]
     ds = summarize(ds, names, ci_prob=ci_prob, quantiles=quantiles)
@@ -648,13 +706,16 @@ def qs_analysis(
     ds.attrs = provenance(
         seed=entropy, n_trials=n_trials, ci_prob=ci_prob, model=moe.describe(),
         hardware=hw.describe(), deployment=moe_dep.describe(),
-        dense_deployment={"n_gpus": dense_n, **{k: v for k, v in deployment_options.items()}},
+        dense_deployment={"n_gpus": dense_n, **dense_options},
         dense_style=dense_style if dense_model is None else "given dense_model",
         dense_twin_example=twin0.describe(),
         routing=moe_ds.attrs.get("routing", ""),
         q=q_spec.describe() if q_spec is not None else {"kind": "points",
                                                         "values": q_values.tolist()},
         n_q_samples=n_q_samples if q_spec is not None else 0,
+        kernels=moe_dep.kernels, kernel_card=moe_dep.kernel_card_name or "none (roofline)",
+        uncertainty_sources=(_uncertainty_sources(moe_dep, "routing")
+                             + (["q"] if q_spec is not None else [])),
     )
     for cname, (_, _, cattrs) in coords.items():  # xr.where / apply_ufunc drop coord attrs
         ds[cname].attrs.update(cattrs)

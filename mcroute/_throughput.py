@@ -1,7 +1,7 @@
 """Labeled decode throughput: :func:`decode_throughput` returns an ``xarray.Dataset``.
 
 May import: numpy, xarray, ``_kernels`` (``count_stats``) and the array layer (``_cost``,
-``_sampling``, ``_routing``, ``_results``, ``_rng``, ``_validate``).
+``_calibrated``, ``_sampling``, ``_routing``, ``_results``, ``_rng``, ``_validate``).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import re
 import numpy as np
 import xarray as xr
 
-from . import _kernels as K
-from ._cost import Deployment
+from ._calibrated import MTP_STREAM, accepted_tokens, draw_acceptance
+from ._cost import OPERATORS, Deployment
 from ._results import DEFAULT_QUANTILES, provenance, summarize
-from ._rng import CHUNK_TRIALS, resolve_seed
+from ._rng import CHUNK_TRIALS, generator, resolve_seed
 from ._routing import Uniform
 from ._sampling import (
     check_routing,
@@ -35,17 +35,31 @@ from ._validate import (
     check_work,
 )
 
-__all__ = ["decode_throughput", "parse_tokens", "THROUGHPUT_VARIABLES"]
+__all__ = ["decode_throughput", "parse_tokens", "parse_tpot", "THROUGHPUT_VARIABLES"]
 
 #: Cap on the count array held at once (elements); trials are processed in blocks below it.
 _BLOCK_ELEMENTS = 4_000_000
+#: The same cap under calibrated kernels, whose per-expert pricing holds several arrays of the
+#: size of the counts at once.
+_CAL_BLOCK_ELEMENTS = 1_000_000
+#: Trials per evaluation of the bisection of ``tpot=`` (the mean step time of a candidate batch).
+TPOT_SEARCH_TRIALS = 32
+#: Per-operator times reported by ``operator_time_mean`` (the calibrated extras last).
+REPORTED_OPERATORS = (*OPERATORS, "all_reduce", "overhead")
 
 #: Per-trial variables of ``decode_throughput`` (each summarised): units and meaning.
 THROUGHPUT_VARIABLES = {
-    "step_time": ("s", "decode step time (one token for each sequence of the batch)"),
-    "throughput": ("tokens/s", "decode throughput of the deployment, batch_size / step_time"),
-    "throughput_per_gpu": ("tokens/s/GPU", "decode throughput per GPU"),
+    "step_time": ("s", "decode step time under the chosen kernels (1 + mtp_depth tokens for "
+                       "each sequence of the batch)"),
+    "throughput": ("tokens/s", "decode throughput of the deployment under the chosen kernels, "
+                               "batch_size x accepted_tokens / step_time"),
+    "throughput_per_gpu": ("tokens/s/GPU", "decode throughput per GPU (chosen kernels)"),
     "weight_bytes_per_step": ("B", "weight bytes read from HBM in one step, all GPUs"),
+    "step_time_bound": ("s", "roofline step time from the same sampled counts (the bound)"),
+    "throughput_bound": ("tokens/s", "roofline throughput from the same sampled counts (the "
+                                     "bound: never below throughput)"),
+    "accepted_tokens": ("tokens", "accepted tokens per sequence per step, 1 + sum_i a^i "
+                                  "(1 without MTP)"),
 }
 
 _SUFFIX = {"": 1, "k": 1024, "m": 1024**2}
@@ -117,9 +131,58 @@ def _spec_dict(spec):
     return {"name": getattr(spec, "name", str(spec))}
 
 
-#: Arrays of n_trials values per (context, batch size) point held by decode_throughput: five
-#: per-trial terms and the four summarised variables built from them.
-_PER_TRIAL_ARRAYS = 9
+#: Arrays of n_trials values per (context, batch size) point held by decode_throughput: six
+#: per-trial terms and the seven summarised variables built from them.
+_PER_TRIAL_ARRAYS = 13
+
+
+def parse_tpot(value) -> float:
+    """Parse a time-per-output-token target [s]: a number of seconds or ``"50ms"`` / ``"0.05s"``.
+
+    Examples
+    --------
+    >>> parse_tpot("50ms"), parse_tpot(0.02)
+    (0.05, 0.02)
+    """
+    v = value
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s)?\s*", value)
+        if not m:
+            raise McrouteError(f"tpot must be a time like 0.05, '50ms' or '0.05s', got "
+                               f"{value[:40]!r}")
+        v = float(m.group(1)) * (1e-3 if m.group(2) == "ms" else 1.0)
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise McrouteError(f"tpot must be a time in seconds (> 0), got {value!r}")
+    v = float(v)
+    if not (0 < v < 3600 and np.isfinite(v)):
+        raise McrouteError(f"tpot must be in (0, 3600) seconds, got {value!r}")
+    return v
+
+
+def _run_context(dep, routing, n_trials, entropy):
+    """Per-run draws shared by every point: kernel parameters, MTP acceptance, expert layout."""
+    acc = draw_acceptance(dep._acceptance, n_trials, generator(entropy, MTP_STREAM))
+    return {"params": dep.kernel_params(n_trials, entropy),
+            "accepted": np.asarray(accepted_tokens(acc, dep.mtp_depth), dtype=float)
+            * np.ones(n_trials),
+            "layout": dep.expert_layout(routing)}
+
+
+def _slice_params(params, t0, nt):
+    if params is None:
+        return None
+    return {k: (v[t0:t0 + nt] if np.ndim(v) else v) for k, v in params.items()}
+
+
+def _uncertainty_sources(dep, routing) -> list:
+    out = []
+    if routing is not None:
+        out.append("routing")
+    if dep._calibrated and dep.calibration_uncertainty:
+        out.append("calibration")
+    if dep.mtp_depth and isinstance(dep._acceptance, tuple):
+        out.append("mtp_acceptance")
+    return out
 
 
 def _check_request(dep, routing, contexts, batches, b_max_mode, n_trials, method):
@@ -138,38 +201,87 @@ def _check_request(dep, routing, contexts, batches, b_max_mode, n_trials, method
         for b in batches:
             B = bmax if b_max_mode else b
             if 1 <= B <= bmax:
-                draws += sampling_draws(routing, B, n_trials, dep.n_moe_layers, method)
+                draws += sampling_draws(routing, B * dep.tokens_per_seq, n_trials,
+                                        dep.n_moe_layers, method)
     check_work("the routing Monte Carlo over all (context, batch size) points", draws,
                "n_trials, batch_size or the number of contexts")
 
 
-def _point(dep, routing, L, B, n_trials, entropy, method, tick):
-    """Per-trial step time, weight bytes, memory/compute/all-to-all times at one (L, B)."""
+_TERMS = ("step_time", "step_time_bound", "weight_bytes_per_step", "memory_time", "compute_time",
+          "all_to_all_time")
+
+
+def _point(dep, routing, L, B, n_trials, entropy, method, tick, run):
+    """Per-trial terms at one (L, B) and the mean time of each operator.
+
+    Returns a dict of (trial,) arrays (step times under the chosen kernels and the bound,
+    weight bytes, memory/compute/all-to-all times) and the operators' mean times.
+    """
+    params = run["params"]
+    ops = np.zeros(len(REPORTED_OPERATORS))
     if routing is None:
-        t = dep._terms(L, B)
+        ev = dep._evaluate(L, B, None, _slice_params(params, 0, n_trials), None, n_trials)
         wbytes = dep.weight_bytes_per_step(B)
-        ones = np.ones(n_trials)
         tick(n_trials)
-        return (t["step_time"][0] * ones, wbytes * ones, t["memory_time"][0] * ones,
-                t["compute_time"][0] * ones, t["all_to_all"][0] * ones)
+        out = {"step_time": ev["step_time"], "step_time_bound": ev["step_time_bound"],
+               "weight_bytes_per_step": np.full(n_trials, wbytes),
+               "memory_time": ev["memory_time"], "compute_time": ev["compute_time"],
+               "all_to_all_time": ev["all_to_all"]}
+        for i, op in enumerate(REPORTED_OPERATORS):
+            if ("op", op) in ev:
+                ops[i] = np.mean(ev[("op", op)])
+        return {k: np.array(v, dtype=float) for k, v in out.items()}, ops
     m, e = dep.n_moe_layers, dep.n_experts
-    per_block = max(CHUNK_TRIALS, (_BLOCK_ELEMENTS // (m * e)) // CHUNK_TRIALS * CHUNK_TRIALS)
-    out = [np.empty(n_trials) for _ in range(5)]
+    cap = _CAL_BLOCK_ELEMENTS if dep._calibrated else _BLOCK_ELEMENTS
+    per_block = max(CHUNK_TRIALS, (cap // (m * e)) // CHUNK_TRIALS * CHUNK_TRIALS)
+    out = {name: np.empty(n_trials) for name in _TERMS}
+    tokens = B * dep.tokens_per_seq
     for t0 in range(0, n_trials, per_block):
         nt = min(per_block, n_trials - t0)
-        counts = draw_counts(routing, B, nt, m, entropy, (L, B), method, first_trial=t0)
-        active, _, max_tok, max_act, _ = K.count_stats(
-            counts, dep._group, dep.expert_groups, B * dep.top_k
-        )
-        t = dep._terms(L, B, max_tok, max_act)
+        counts = draw_counts(routing, tokens, nt, m, entropy, (L, B), method, first_trial=t0)
+        ev = dep._evaluate(L, B, counts, _slice_params(params, t0, nt), run["layout"], nt)
         sl = slice(t0, t0 + nt)
-        out[0][sl] = t["step_time"]
-        out[1][sl] = dep.weight_bytes_per_step(B, active)
-        out[2][sl] = t["memory_time"]
-        out[3][sl] = t["compute_time"]
-        out[4][sl] = t["all_to_all"]
+        out["step_time"][sl] = ev["step_time"]
+        out["step_time_bound"][sl] = ev["step_time_bound"]
+        out["weight_bytes_per_step"][sl] = dep.weight_bytes_per_step(B, ev["active"])
+        out["memory_time"][sl] = ev["memory_time"]
+        out["compute_time"][sl] = ev["compute_time"]
+        out["all_to_all_time"][sl] = ev["all_to_all"]
+        for i, op in enumerate(REPORTED_OPERATORS):
+            if ("op", op) in ev:
+                ops[i] += float(np.sum(ev[("op", op)]))
         tick(nt)
-    return tuple(out)
+    return out, ops / n_trials
+
+
+def _tpot_batch(dep, routing, L, b_max, tpot, entropy, method, run):
+    """Largest B in [1, b_max] whose mean time per output token meets ``tpot`` (0 if none).
+
+    Time per output token of a trial = step time / accepted tokens per sequence; its mean over
+    the first :data:`TPOT_SEARCH_TRIALS` trials of the point's own streams is taken as a
+    non-decreasing function of B, and the largest B meeting the target is found by bisection
+    over the integers (about log2(b_max) evaluations).
+    """
+    n = min(TPOT_SEARCH_TRIALS, len(run["accepted"]))
+    acc = run["accepted"][:n]
+    sub = {"params": _slice_params(run["params"], 0, n), "layout": run["layout"]}
+
+    def ok(b):
+        terms, _ = _point(dep, routing, L, b, n, entropy, method, lambda _: None, sub)
+        return float(np.mean(terms["step_time"] / acc)) <= tpot
+
+    if b_max < 1 or not ok(1):
+        return 0
+    if ok(b_max):
+        return b_max
+    lo, hi = 1, b_max
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def decode_throughput(
@@ -184,14 +296,20 @@ def decode_throughput(
     quantiles=DEFAULT_QUANTILES,
     method="auto",
     progress=None,
+    batch_per_gpu=None,
+    tpot=None,
 ):
     """Decode throughput of a deployment, by Monte Carlo over routing, with intervals.
 
     For each context L (and batch size B) the step time is the sum over decode layers and
-    operators of roofline times ``max(FLOPs / F, bytes / BW)`` on the busiest GPU (see
-    :class:`mcroute.Deployment` and docs/assumptions.md). The routed experts of each MoE layer
-    take the time of the slowest expert-parallel group, from sampled per-expert token counts:
-    ``max(tokens · 2 · P_expert / F, distinct experts · P_expert · b / BW)`` per group.
+    operators of the time of each operator on the busiest GPU (see :class:`mcroute.Deployment`
+    and docs/assumptions.md). Under ``kernels="calibrated"`` (the default) every operator is
+    priced with kernel efficiencies fitted on measured kernels, each routed expert from its own
+    sampled load, with communication charged and engine memory layout
+    (:mod:`mcroute._calibrated`); the roofline ``max(FLOPs / F, bytes / BW)`` of the same sampled
+    counts is reported beside it as the bound. Under the roofline the routed experts of each MoE
+    layer take the time of the slowest expert-parallel group,
+    ``max(tokens · 2 · P_expert / F, distinct experts · P_expert · b / BW)``.
 
     Parameters
     ----------
@@ -201,9 +319,10 @@ def decode_throughput(
         Context length(s) L [tokens]; strings like ``"128k"`` (k = 1024) are accepted. A
         sequence becomes the ``context`` dim.
     batch_size : "max", int or sequence of int
-        ``"max"`` (default): the admissible batch at each context (as many sequences as the KV
-        cache allows), reported as the variable ``batch_size`` over ``context``. Integers
-        become the ``batch_size`` dim; a batch above the admissible one is reported infeasible.
+        Sequences per model replica. ``"max"`` (default): the admissible batch at each context
+        (as many sequences as the KV cache allows), reported as the variable ``batch_size``
+        over ``context``. Integers become the ``batch_size`` dim; a batch above the admissible
+        one is reported infeasible.
     routing : Routing, optional
         Routing distribution of the MoE layers; default ``Uniform(E, k)`` of the model. Its E and
         k must match the model. Ignored for a dense model.
@@ -212,8 +331,10 @@ def decode_throughput(
         results or random draws exceed the limits of mcroute._validate (``MAX_RESULT_BYTES``,
         ``MAX_DRAWS``) are refused before anything is computed.
     rng : None, int, SeedSequence or Generator
-        Seed; stored as ``attrs["seed"]``. Each (context, batch size) draws from the stream keyed
-        by their values, so any subset of the grid reproduces the same numbers.
+        Seed; stored as ``attrs["seed"]``. Each (context, batch size) draws its routing from the
+        stream keyed by their values, so any subset of the grid reproduces the same numbers;
+        the kernel parameters and MTP acceptances of trial i come from streams keyed by the seed
+        only (the same at every point).
     ci_prob : float
         Level of the confidence intervals of the means, in (0, 1).
     quantiles : sequence of float
@@ -223,22 +344,36 @@ def decode_throughput(
     progress : callable, optional
         Called as ``progress(fraction_done)`` after each block of trials (the CLI uses it to
         show progress on a terminal).
+    batch_per_gpu : int or sequence of int, optional
+        Batch per GPU instead of per replica: ``batch_size = batch_per_gpu · n_gpus`` (the
+        ``batch_size`` dim holds the per-replica values). Excludes ``batch_size`` and ``tpot``.
+    tpot : float or str, optional
+        Time-per-output-token target [s] (``0.05``, ``"50ms"``): at each context the largest
+        batch (up to the admissible one) whose mean step time per accepted token meets it,
+        found by bisection on :data:`TPOT_SEARCH_TRIALS` trials (the step time is taken as
+        non-decreasing in B); reported like ``"max"``. A context where even B = 1 misses the
+        target is infeasible. Excludes ``batch_size`` and ``batch_per_gpu``.
 
     Returns
     -------
     xarray.Dataset
         Dims ``context``, ``trial`` (``batch_size`` for integer batch sizes), ``ci_bound``,
-        ``quantile``. Per-trial ``step_time`` [s], ``throughput`` [tokens/s],
-        ``throughput_per_gpu`` [tokens/s/GPU] and ``weight_bytes_per_step`` [B], each with
-        ``_mean``, ``_se``, ``_ci`` (interval of the mean) and ``_q`` (spread of single steps);
+        ``quantile``, ``operator``. Per-trial ``step_time`` [s], ``throughput`` [tokens/s],
+        ``throughput_per_gpu`` [tokens/s/GPU], ``weight_bytes_per_step`` [B], the roofline
+        ``step_time_bound`` and ``throughput_bound`` from the same sampled counts, and
+        ``accepted_tokens`` [tokens per sequence per step], each with ``_mean``, ``_se``,
+        ``_ci`` (interval of the mean) and ``_q`` (spread of single steps);
         ``weight_bytes_per_step_exact`` [B] (its exact expectation for independent-token
         routing); ``batch_size``, ``max_batch_size`` [sequences]; ``kv_bytes_per_step`` and
-        ``kv_bytes_per_sequence`` [B]; ``memory_time_mean``, ``compute_time_mean`` and
-        ``all_to_all_time_mean`` [s]; ``feasible``, ``reason`` (why not, else ""),
-        ``exceeds_max_context`` and ``bound`` ("memory" or "compute": the larger of the summed
-        byte and FLOP terms of the mean step; "" if infeasible). Infeasible points have NaN
-        trials. Attrs: seed, trials, and the deployment (with ``weight_bytes_per_gpu`` and
-        ``usable_bytes_per_gpu``), model, hardware and routing specs.
+        ``kv_bytes_per_sequence`` [B]; ``memory_time_mean``, ``compute_time_mean`` (roofline
+        terms) and ``all_to_all_time_mean`` [s]; ``operator_time_mean`` [s] per operator;
+        ``feasible``, ``reason`` (why not, else ""), ``exceeds_max_context`` and ``bound``
+        ("memory" or "compute": the larger of the summed roofline byte and FLOP terms of the
+        mean step; "" if infeasible). Infeasible points have NaN trials. Attrs: seed, trials,
+        ``kernels``, ``kernel_card``, ``uncertainty_sources`` (which of routing, calibration,
+        mtp_acceptance the intervals carry), and the deployment (with
+        ``weight_bytes_per_gpu`` and ``usable_bytes_per_gpu``), model, hardware and routing
+        specs.
 
     Examples
     --------
@@ -249,6 +384,8 @@ def decode_throughput(
     ([True, True], ['memory', 'memory'])
     >>> bool(ds["batch_size"].sel(context=4096) > ds["batch_size"].sel(context=131072))
     True
+    >>> bool((ds["throughput"] <= ds["throughput_bound"]).all())
+    True
     """
     if not isinstance(deployment, Deployment):
         raise McrouteError(
@@ -256,14 +393,27 @@ def decode_throughput(
         )
     dep = deployment
     contexts, ctx_scalar = _token_list("context", context)
-    if isinstance(batch_size, str):
+    given_batch = not (isinstance(batch_size, str) and batch_size.strip().lower() == "max")
+    if sum([given_batch, batch_per_gpu is not None, tpot is not None]) > 1:
+        raise McrouteError("give one of batch_size (other than 'max'), batch_per_gpu and tpot")
+    tpot_s = None if tpot is None else parse_tpot(tpot)
+    mode = "max"
+    if batch_per_gpu is not None:
+        per_gpu, b_scalar = _token_list("batch_per_gpu", batch_per_gpu)
+        batches = [b * dep.n_gpus for b in per_gpu]
+        for b in batches:
+            check_int("batch_per_gpu x n_gpus", b, minimum=1, maximum=MAX_BATCH_SIZE)
+        b_max_mode, mode = False, "per_gpu"
+    elif isinstance(batch_size, str):
         if batch_size.strip().lower() != "max":
             raise McrouteError(f"batch_size must be 'max', an integer or a list of integers, "
                                f"got {batch_size!r}")
         batches, b_scalar, b_max_mode = [None], True, True
+        if tpot_s is not None:
+            mode = "tpot"
     else:
         batches, b_scalar = _token_list("batch_size", batch_size)
-        b_max_mode = False
+        b_max_mode, mode = False, "given"
     n_trials = check_int("n_trials", n_trials, minimum=2)
     ci_prob = check_prob("ci_prob", ci_prob)
     routing = _resolve_routing(dep, routing)
@@ -279,10 +429,10 @@ def decode_throughput(
         if progress is not None:
             progress(done[0] / total)
 
+    run = _run_context(dep, routing, n_trials, entropy)
     nc, nb = len(contexts), len(batches)
-    per_trial = {name: np.full((nc, nb, n_trials), np.nan)
-                 for name in ("step_time", "weight_bytes_per_step", "memory_time", "compute_time",
-                              "all_to_all_time")}
+    per_trial = {name: np.full((nc, nb, n_trials), np.nan) for name in _TERMS}
+    op_mean = np.full((nc, nb, len(REPORTED_OPERATORS)), np.nan)
     bs = np.zeros((nc, nb), dtype=np.int64)
     bmax = np.zeros(nc, dtype=np.int64)
     kv_seq = np.zeros(nc)
@@ -298,34 +448,48 @@ def decode_throughput(
         bmax[i] = dep.max_batch_size(L)
         for j, b in enumerate(batches):
             B = int(bmax[i]) if b_max_mode else b
-            bs[i, j] = B
             why = dep.infeasibility(L, None if b_max_mode else B)
+            if not why and mode == "tpot":
+                B = _tpot_batch(dep, routing, L, B, tpot_s, entropy, method, run)
+                if B < 1:
+                    why = (f"no batch meets tpot={tpot_s:g} s at context {L} (B = 1 takes "
+                           "longer per output token)")
+            bs[i, j] = B
             if why:
                 reason[i, j] = why
                 tick(n_trials)
                 continue
             feasible[i, j] = True
-            vals = _point(dep, routing, L, B, n_trials, entropy, method, tick)
-            for name, v in zip(per_trial, vals, strict=True):
-                per_trial[name][i, j] = v
+            vals, ops = _point(dep, routing, L, B, n_trials, entropy, method, tick, run)
+            for name in _TERMS:
+                per_trial[name][i, j] = vals[name]
+            op_mean[i, j] = ops
             mem = per_trial["memory_time"][i, j].mean()
             comp = per_trial["compute_time"][i, j].mean()
             bound[i, j] = "memory" if mem >= comp else "compute"
             if routing is None:
                 w_exact[i, j] = dep.weight_bytes_per_step(B)
+            elif dep.redundant_experts:
+                w_exact[i, j] = np.nan  # replicas: no closed form for the touched slots
             else:
-                act = np.atleast_1d(expected_active_experts(routing, B, dep.n_moe_layers))
+                act = np.atleast_1d(expected_active_experts(routing, B * dep.tokens_per_seq,
+                                                            dep.n_moe_layers))
                 w_exact[i, j] = dep.weight_bytes_per_step(B, act)
             kv_step[i, j] = B * kv_seq[i]
 
     step = per_trial["step_time"]
-    thr = bs[..., None] / step
+    acc = run["accepted"]
+    ok = feasible[..., None]
+    thr = bs[..., None] * acc / step
+    thr_bound = bs[..., None] * acc / per_trial["step_time_bound"]
     dims = ("context", "batch_size", "trial")
     coords = {
         "context": ("context", np.asarray(contexts, dtype=np.int64),
                     {"units": "tokens",
                      "long_name": "context length L (cached tokens per sequence)"}),
         "trial": ("trial", np.arange(n_trials), {"units": "1", "long_name": "Monte Carlo step"}),
+        "operator": ("operator", np.array(REPORTED_OPERATORS),
+                     {"units": "1", "long_name": "operator of the decode step"}),
     }
     if b_max_mode:
         coords["batch_size"] = ("batch_size", np.array([0]), {"units": "sequences"})
@@ -338,19 +502,27 @@ def decode_throughput(
         "throughput": thr,
         "throughput_per_gpu": thr / dep.n_gpus,
         "weight_bytes_per_step": per_trial["weight_bytes_per_step"],
+        "step_time_bound": per_trial["step_time_bound"],
+        "throughput_bound": thr_bound,
+        "accepted_tokens": np.where(ok, np.broadcast_to(acc, step.shape), np.nan),
     }
     data = {name: (dims, values[name], {"units": u, "long_name": d})
             for name, (u, d) in THROUGHPUT_VARIABLES.items()}
     d2 = ("context", "batch_size")
     for name, arr, units, desc in (
         ("memory_time_mean", per_trial["memory_time"], "s",
-         "Monte Carlo mean of the summed byte terms bytes / BW of all operators"),
+         "Monte Carlo mean of the summed roofline byte terms bytes / BW of all operators"),
         ("compute_time_mean", per_trial["compute_time"], "s",
-         "Monte Carlo mean of the summed FLOP terms FLOPs / F of all operators"),
+         "Monte Carlo mean of the summed roofline FLOP terms FLOPs / F of all operators"),
         ("all_to_all_time_mean", per_trial["all_to_all_time"], "s",
-         "Monte Carlo mean of the expert all-to-all time (0 unless charged)"),
+         "Monte Carlo mean of the expert all-to-all time (dispatch + combine before overlap; "
+         "0 unless charged)"),
     ):
         data[name] = (d2, arr.mean(axis=-1), {"units": units, "long_name": desc})
+    data["operator_time_mean"] = (
+        (*d2, "operator"), op_mean,
+        {"units": "s", "long_name": "Monte Carlo mean time of each operator in one step under "
+                                    "the chosen kernels, summed over layers (and micro-batches)"})
     data["weight_bytes_per_step_exact"] = (
         d2, w_exact,
         {"units": "B", "long_name": "exact expected weight bytes per step (independent tokens)"})
@@ -360,8 +532,9 @@ def decode_throughput(
     data["reason"] = (d2, reason.astype(str),
                       {"units": "1", "long_name": "why the point cannot run (empty if it can)"})
     data["bound"] = (d2, bound.astype(str),
-                     {"units": "1", "long_name": "what limits the mean step: memory or compute "
-                                                 "(larger of the summed byte and FLOP terms)"})
+                     {"units": "1", "long_name": "what limits the mean roofline step: memory or "
+                                                 "compute (larger of the summed byte and FLOP "
+                                                 "terms)"})
     data["batch_size_used"] = (d2, bs, {"units": "sequences",
                                         "long_name": "sequences in the decode batch (B)"})
     data["max_batch_size"] = ("context", bmax, {
@@ -385,6 +558,9 @@ def decode_throughput(
         deployment=dep.describe(), model=_spec_dict(dep.model),
         hardware=_spec_dict(dep.hardware),
         routing=routing.describe() if routing is not None else "none (dense model)",
-        batch_size_mode="max" if b_max_mode else "given", method=method,
+        batch_size_mode=mode, method=method, kernels=dep.kernels,
+        kernel_card=dep.kernel_card_name or "none (roofline)",
+        uncertainty_sources=_uncertainty_sources(dep, routing),
+        **({"tpot": tpot_s} if tpot_s is not None else {}),
     )
     return ds

@@ -62,6 +62,7 @@ def test_qs_equal_one_streams_the_same_weight_bytes():
 def _qs(q, context=("8k", "64k"), **kw):
     kw.setdefault("n_trials", 48)
     kw.setdefault("rng", 1)
+    kw.setdefault("kernels", "roofline")  # the closed forms below are the roofline's
     return mr.qs_analysis(QWEN, "h200", 8, q, list(context), **kw)
 
 
@@ -209,7 +210,7 @@ def test_reuse_penalty_at_the_smaller_admissible_batch():
     # A Llama-shaped twin of DeepSeek-V3 has a larger (GQA) cache than MLA: at 128k it holds fewer
     # sequences than the MoE, so the reuse penalty compares both at the dense batch.
     ds = mr.qs_analysis("deepseek-v3", "h200", 8, 2.0, ["4k", "128k"], n_trials=16, rng=0,
-                        dense_style="llama", weight_dtype="fp8")
+                        dense_style="llama", weight_dtype="fp8", kernels="roofline")
     b_moe, b_dense = ds["moe_batch_size"].values, ds["dense_batch_size"].values
     np.testing.assert_array_equal(ds["reuse_batch_size"].values, np.minimum(b_moe, b_dense))
     assert b_dense[-1] < b_moe[-1]
@@ -217,11 +218,11 @@ def test_reuse_penalty_at_the_smaller_admissible_batch():
     np.testing.assert_allclose(ds["penalty"], ds["reuse_penalty"] * ds["capacity_factor"],
                                rtol=1e-12)
     # the MoE run at the dense batch is the same as decode_throughput at that batch (same seed)
-    dep = mr.Deployment("deepseek-v3", "h200", 8, weight_dtype="fp8")
+    dep = mr.Deployment("deepseek-v3", "h200", 8, weight_dtype="fp8", kernels="roofline")
     direct = mr.decode_throughput(dep, "128k", int(b_dense[-1]), n_trials=16,
                                   rng=ds.attrs["seed"])
     twin = mr.dense_twin("deepseek-v3", 2.0, "llama")
-    dd = mr.Deployment(twin, "h200", 8, weight_dtype="fp8")
+    dd = mr.Deployment(twin, "h200", 8, weight_dtype="fp8", kernels="roofline")
     dense_same = b_dense[-1] / float(dd.step_time(131072, int(b_dense[-1]))[0])
     np.testing.assert_allclose(ds["reuse_penalty"].values[-1],
                                dense_same / direct["throughput"].values.ravel(), rtol=1e-12)

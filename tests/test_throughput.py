@@ -13,12 +13,13 @@ from mcroute.cli import main
 
 @pytest.fixture(scope="module")
 def dsv3():
-    return mr.Deployment("deepseek-v3", "h200", 8, weight_dtype="fp8")
+    # the closed forms of these tests are the roofline's (calibrated kernels: test_calibrated.py)
+    return mr.Deployment("deepseek-v3", "h200", 8, weight_dtype="fp8", kernels="roofline")
 
 
 @pytest.fixture(scope="module")
 def llama():
-    return mr.Deployment("llama-3.1-70b", "h100-sxm", 4)
+    return mr.Deployment("llama-3.1-70b", "h100-sxm", 4, kernels="roofline")
 
 
 def _nonexpert_bytes(dep, b):
@@ -239,7 +240,8 @@ def test_cli_infeasible_is_a_result(capsys):
     (["deepseek-v3", "--hardware", "h200", "--gpus", "-8"], "--gpus"),
     (["deepseek-v3", "--hardware", "h200", "--gpus", "8", "--context", "12x"], "--context"),
     (["deepseek-v3", "--hardware", "h200", "--gpus", "8", "--batch", "-3"], "--batch"),
-    (["deepseek-v3", "--hardware", "h200", "--gpus", "3"], "n_experts=256"),
+    (["deepseek-v3", "--hardware", "h200", "--gpus", "4", "--expert-parallel", "3"],
+     "expert_parallel must divide"),
     (["deepseek-v3", "--hardware", "h200", "--gpus", "8", "--weight-dtype", "fp7"], "fp7"),
     (["deepseek-v3", "--hardware", "h200", "--gpus", "8", "--routing", "zipf:x"], "routing"),
     (["deepseek-v3", "--hardware", "h200", "--gpus", "8", "--hbm-fraction", "2"],
