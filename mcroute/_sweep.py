@@ -90,9 +90,10 @@ class Param:
         Key in [axes] / [fixed] and keyword of the cell function.
     type : str
         ``"int"``, ``"float"``, ``"str"``, ``"bool"``, ``"tokens"`` (an int or a string like
-        ``"128k"``, k = 1024), ``"routing"`` (``"uniform"``, ``"zipf:ALPHA"``,
-        ``"lognormal:SIGMA"``), ``"batch"`` (an int or ``"max"``) or ``"q"`` (a number or a
-        :func:`mcroute.parse_q` string).
+        ``"128k"``, k = 1024), ``"routing"`` (:data:`ROUTING_SYNTAX`, e.g. ``"zipf:1.2"``,
+        ``"uniform+group:8,4"``), ``"batch"`` (an int or ``"max"``), ``"q"`` (a number or a
+        :func:`mcroute.parse_q` string), ``"acceptance"`` (a number in [0, 1] or
+        ``"beta:A,B"``) or ``"time"`` (seconds > 0, or a string like ``"50ms"``).
     default : object
         Shown in the docs; ``None`` means the cell function's own default applies.
         ``_REQUIRED`` means the key must be given.
@@ -173,6 +174,28 @@ class Param:
             return value
         if t == "routing":
             return _normalize_routing(value, f"{where}: {self.name}")
+        if t == "acceptance":
+            from ._calibrated import parse_acceptance
+
+            if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+                try:
+                    parse_acceptance(value)
+                except McrouteError:
+                    pass
+                else:
+                    return value.strip().lower() if isinstance(value, str) else float(value)
+            raise McrouteError(f"{bad}a number in [0, 1] or 'beta:A,B' (A, B > 0), "
+                               f"got {value!r}")
+        if t == "time":
+            from ._throughput import parse_tpot
+
+            if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+                try:
+                    return parse_tpot(value)
+                except McrouteError:
+                    pass
+            raise McrouteError(f"{bad}a time in (0, 3600) seconds: a number or a string like "
+                               f"'50ms', got {value!r}")
         if t == "q":
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 x = float(value)
@@ -192,33 +215,135 @@ class Param:
         raise AssertionError(f"unknown parameter type {t!r}")  # pragma: no cover
 
 
-def _normalize_routing(value, where: str) -> str:
+#: The routing string format, shared by sweep specs and the CLI's ``--routing``.
+ROUTING_SYNTAX = ("BASE[+correlated:SIGMA][+group:NG,TG], BASE one of uniform, zipf:ALPHA, "
+                  "lognormal:SIGMA")
+_BASES = {"uniform": None, "zipf": "ALPHA", "lognormal": "SIGMA"}
+
+
+def _routing_number(text: str, what: str, where: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        x = math.nan
+    if not math.isfinite(x) or x < 0:
+        raise McrouteError(f"{where}: {what} must be a finite number >= 0, got {text.strip()!r}")
+    return x
+
+
+def _routing_int(text: str, what: str, where: str) -> int:
+    t = text.strip()
+    if not t.isdigit() or len(t) > 20 or int(t) < 1:
+        raise McrouteError(f"{where}: {what} must be an integer >= 1, got {t!r}")
+    return int(t)
+
+
+def normalize_routing(value, where: str = "routing") -> str:
+    """Validate a routing string and return its canonical spelling.
+
+    The format (:data:`ROUTING_SYNTAX`): a base law ``uniform``, ``zipf:ALPHA`` or
+    ``lognormal:SIGMA``, optionally followed by ``+correlated:SIGMA`` (correlated microbatches,
+    :class:`mcroute.Correlated`) and ``+group:NG,TG`` (group-limited routing over NG groups, TG
+    of them per token, :class:`mcroute.GroupLimited`), each at most once and in any order. The
+    canonical form is lower case, numbers as Python prints them, ``correlated`` before
+    ``group`` (the order in which they are applied). E-dependent checks (NG dividing E, ...)
+    happen when the routing is built (:func:`routing_from_string`).
+
+    Examples
+    --------
+    >>> normalize_routing("Zipf:1.20")
+    'zipf:1.2'
+    >>> normalize_routing("uniform + group:8,4 + correlated:0.20")
+    'uniform+correlated:0.2+group:8,4'
+    >>> normalize_routing("zipf")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    mcroute._validate.McrouteError: routing must be BASE...; got 'zipf' (zipf needs zipf:ALPHA)
+    """
     if not isinstance(value, str):
-        raise McrouteError(f"{where} must be a string uniform | zipf:ALPHA | lognormal:SIGMA, "
-                           f"got {value!r}")
-    kind, _, arg = value.strip().partition(":")
+        raise McrouteError(f"{where} must be a string {ROUTING_SYNTAX}; got {value!r}")
+    if len(value) > 200:
+        raise McrouteError(f"{where} must be a short string ({ROUTING_SYNTAX}); got "
+                           f"{len(value)} characters")
+    parts = [part.strip() for part in value.split("+")]
+    bad = f"{where} must be {ROUTING_SYNTAX}; got {value!r}"
+    kind, sep, arg = parts[0].partition(":")
     kind = kind.strip().lower()
-    if kind == "uniform" and not arg.strip():
-        return "uniform"
-    if kind in ("zipf", "lognormal") and arg.strip():
-        try:
-            x = float(arg)
-        except ValueError:
-            x = math.nan
-        if not math.isfinite(x) or x < 0:
-            raise McrouteError(f"{where}: {kind} parameter must be a finite number >= 0, "
-                               f"got {arg.strip()!r}")
-        return f"{kind}:{x!r}"
-    raise McrouteError(f"{where} must be uniform, zipf:ALPHA or lognormal:SIGMA, got {value!r}")
+    if kind not in _BASES:
+        raise McrouteError(bad)
+    if _BASES[kind] is None:
+        if sep:
+            raise McrouteError(f"{bad} (uniform takes no parameter)")
+        base = "uniform"
+    else:
+        if not arg.strip():
+            raise McrouteError(f"{bad} ({kind} needs {kind}:{_BASES[kind]})")
+        x = _routing_number(arg, f"{kind} {_BASES[kind].lower()} ({kind}:{_BASES[kind]})",
+                            where)
+        base = f"{kind}:{x!r}"
+    mods = {}
+    for part in parts[1:]:
+        name, sep, arg = part.partition(":")
+        name = name.strip().lower()
+        if name not in ("correlated", "group") or not sep or not arg.strip():
+            raise McrouteError(f"{bad} (after '+': correlated:SIGMA or group:NG,TG, got "
+                               f"{part!r})")
+        if name in mods:
+            raise McrouteError(f"{bad} ({name} given twice)")
+        if name == "correlated":
+            x = _routing_number(arg, "correlated sigma (correlated:SIGMA)", where)
+            mods[name] = f"correlated:{x!r}"
+        else:
+            ng, comma, tg = arg.partition(",")
+            if not comma:
+                raise McrouteError(f"{bad} (group needs group:NG,TG, e.g. group:8,4)")
+            ngi = _routing_int(ng, "group NG (group:NG,TG)", where)
+            tgi = _routing_int(tg, "group TG (group:NG,TG)", where)
+            if tgi > ngi:
+                raise McrouteError(f"{where}: group:NG,TG needs TG <= NG, got {ngi},{tgi}")
+            mods[name] = f"group:{ngi},{tgi}"
+    return "+".join([base, *(mods[m] for m in ("correlated", "group") if m in mods)])
+
+
+def routing_from_string(text: str, n_experts: int, top_k: int, where: str = "routing"):
+    """The routing named by ``text`` (:func:`normalize_routing`) for E experts and top-k.
+
+    Errors of the routing classes (e.g. NG not dividing E) name ``where`` and the string.
+
+    Examples
+    --------
+    >>> r = routing_from_string("zipf:1.2+correlated:0.2+group:8,4", 256, 8)
+    >>> type(r).__name__, type(r.base).__name__, r.base.sigma, r.n_groups, r.topk_groups
+    ('GroupLimited', 'Correlated', 0.2, 8, 4)
+    """
+    from ._routing import Correlated, GroupLimited, LogNormal, Uniform, Zipf
+
+    canon = normalize_routing(text, where)
+    parts = canon.split("+")
+    try:
+        kind, _, arg = parts[0].partition(":")
+        if kind == "uniform":
+            routing = Uniform(n_experts, top_k)
+        else:
+            routing = (Zipf if kind == "zipf" else LogNormal)(n_experts, top_k, float(arg))
+        for part in parts[1:]:
+            name, _, arg = part.partition(":")
+            if name == "correlated":
+                routing = Correlated(routing, float(arg))
+            else:
+                ng, _, tg = arg.partition(",")
+                routing = GroupLimited(routing, int(ng), int(tg))
+    except McrouteError as exc:
+        raise McrouteError(f"{where} {canon!r} (E={n_experts}, k={top_k}): {exc}") from None
+    return routing
+
+
+def _normalize_routing(value, where: str) -> str:
+    return normalize_routing(value, where)
 
 
 def _routing_object(text: str, n_experts: int, top_k: int):
-    from ._routing import LogNormal, Uniform, Zipf
-
-    kind, _, arg = text.partition(":")
-    if kind == "uniform":
-        return Uniform(n_experts, top_k)
-    return (Zipf if kind == "zipf" else LogNormal)(n_experts, top_k, float(arg))
+    return routing_from_string(text, n_experts, top_k)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,7 +417,7 @@ def _prepare_simulate(p):
 
 _SIMULATE_PARAMS = (
     Param("routing", "routing", "uniform", "1",
-          "routing distribution: uniform | zipf:ALPHA | lognormal:SIGMA"),
+          "routing distribution: " + ROUTING_SYNTAX),
     Param("n_experts", "int", _REQUIRED, "experts", "routed experts per layer E"),
     Param("top_k", "int", _REQUIRED, "experts", "experts per token k"),
     Param("batch_size", "int", _REQUIRED, "tokens", "tokens per decode microbatch B",
@@ -311,7 +436,9 @@ _DEPLOYMENT_PARAMS = (
     Param("kv_dtype", "str", "bf16", "1", "KV cache dtype"),
     Param("compute_dtype", "str", None, "1",
           "dtype whose peak FLOP/s applies (default: weight dtype if listed, else bf16)"),
-    Param("activation_dtype", "str", "bf16", "1", "activation dtype of the all-to-all"),
+    Param("activation_dtype", "str", None, "1",
+          "activation dtype of the all-to-all dispatch (default: fp8 under calibrated kernels "
+          "with 8-bit or narrower weights, else bf16)"),
     Param("hbm_fraction", "float", 0.9, "1", "usable share of HBM", minimum=0.0, maximum=1.0),
     Param("bandwidth_efficiency", "float", 1.0, "1", "achievable share of peak HBM bandwidth",
           minimum=0.0, maximum=1.0),
@@ -323,12 +450,42 @@ _DEPLOYMENT_PARAMS = (
     Param("max_batch", "int", None, "sequences", "cap on the batch size (default: none)"),
     Param("encoder_context", "tokens", None, "tokens",
           "encoder tokens of encoder-decoder models (default: the context)"),
-    Param("charge_all_to_all", "bool", False, "1", "charge the expert all-to-all"),
-    Param("overlap_all_to_all", "bool", True, "1", "overlap the all-to-all with the MoE layer"),
+    Param("charge_all_to_all", "bool", None, "1",
+          "older spelling of all_to_all: false is 'off', true 'overlap' (or 'none' with "
+          "overlap_all_to_all = false)"),
+    Param("overlap_all_to_all", "bool", None, "1",
+          "older spelling of all_to_all, with charge_all_to_all = true"),
     Param("interconnect_efficiency", "float", 1.0, "1",
           "achievable share of interconnect bandwidth", minimum=0.0, maximum=1.0),
     Param("enforce_max_context", "bool", False, "1",
           "treat contexts above the model's max_context as infeasible"),
+    Param("kernels", "str", "calibrated", "1",
+          "time model: calibrated kernel efficiencies, or the roofline",
+          choices=("calibrated", "roofline")),
+    Param("kernel_card", "str", None, "1",
+          "kernel-efficiency card name or path (default: the card listing the hardware, "
+          "else generic)"),
+    Param("calibration_uncertainty", "bool", True, "1",
+          "draw the kernel parameters per trial from their fitted uncertainty"),
+    Param("all_to_all", "str", None, "1",
+          "expert dispatch + combine (default: none under calibrated kernels, off under "
+          "roofline)", choices=("off", "none", "overlap", "two-batch")),
+    Param("memory_layout", "str", None, "1",
+          "engine or ideal memory layout (default: engine under calibrated kernels)",
+          choices=("engine", "ideal")),
+    Param("replicate_dense", "bool", None, "1",
+          "under data-parallel attention, keep dense layers whole on every GPU"),
+    Param("redundant_experts", "int", 0, "experts",
+          "extra expert slots holding replicas of the hottest experts (EPLB-style)",
+          minimum=0),
+    Param("attention_compute_dtype", "str", None, "1",
+          "dtype whose peak FLOP/s applies to the attention core (default: bf16 under "
+          "calibrated kernels)"),
+    Param("mtp_depth", "int", 0, "tokens", "draft tokens per step (MTP / speculative decoding)",
+          minimum=0),
+    Param("mtp_acceptance", "acceptance", None, "1",
+          "acceptance rate of a draft token: a number in [0, 1] or 'beta:A,B' (required with "
+          "mtp_depth > 0)"),
 )
 _DEPLOYMENT_KEYS = tuple(p.name for p in _DEPLOYMENT_PARAMS)
 
@@ -360,14 +517,31 @@ def _run_throughput(p, *, rng, n_trials, ci_prob, quantiles):
     routing = _model_routing(p.get("routing", "uniform"), dep.model)
     batch = p.get("batch_size", "max")
     batch = list(batch) if isinstance(batch, tuple) else batch
-    kw = {"method": p["method"]} if "method" in p else {}
+    kw = _batch_policy(p)
+    if "method" in p:
+        kw["method"] = p["method"]
     return decode_throughput(dep, _context(p), batch, routing, n_trials, rng=rng,
                              ci_prob=ci_prob, quantiles=quantiles, **kw)
+
+
+def _batch_policy(p) -> dict:
+    """``batch_per_gpu`` / ``tpot`` of a throughput cell, refused beside another policy."""
+    given = [k for k in ("batch_size", "batch_per_gpu", "tpot") if k in p]
+    if len(given) > 1:
+        raise McrouteError(f"give one of batch_size, batch_per_gpu and tpot, got {given}")
+    kw = {}
+    if "batch_per_gpu" in p:
+        b = p["batch_per_gpu"]
+        kw["batch_per_gpu"] = list(b) if isinstance(b, tuple) else b
+    if "tpot" in p:
+        kw["tpot"] = p["tpot"]
+    return kw
 
 
 def _prepare_throughput(p):
     dep = _deployment(p)
     _model_routing(p.get("routing", "uniform"), dep.model)
+    _batch_policy(p)
 
 
 _THROUGHPUT_PARAMS = (
@@ -377,8 +551,13 @@ _THROUGHPUT_PARAMS = (
     Param("context", "tokens", _REQUIRED, "tokens", "context length L (k = 1024)", vector=True),
     Param("batch_size", "batch", "max", "sequences",
           "sequences per decode batch, or 'max' (the admissible batch)", vector=True),
+    Param("batch_per_gpu", "int", None, "sequences",
+          "sequences per GPU instead of batch_size (batch_size = batch_per_gpu x n_gpus)",
+          vector=True),
+    Param("tpot", "time", None, "s",
+          "time-per-output-token target: the largest batch meeting it (instead of batch_size)"),
     Param("routing", "routing", "uniform", "1",
-          "routing of the MoE layers (E and k from the model card)"),
+          "routing of the MoE layers (E and k from the model card): " + ROUTING_SYNTAX),
     Param("method", "str", "auto", "1", "sampling method",
           choices=("auto", "assignment", "counts")),
     *_DEPLOYMENT_PARAMS,
@@ -433,7 +612,7 @@ _QS_PARAMS = (
     Param("context", "tokens", _REQUIRED, "tokens",
           "context length(s) L; give a list in [fixed] to get the crossover context",
           vector=True),
-    Param("routing", "routing", "uniform", "1", "routing of the MoE layers"),
+    Param("routing", "routing", "uniform", "1", "routing of the MoE layers: " + ROUTING_SYNTAX),
     Param("dense_style", "str", "widen", "1", "how the dense twin is built",
           choices=("widen", "llama")),
     Param("dense_n_gpus", "int", None, "GPUs", "GPUs of the twin (default: n_gpus)"),
