@@ -13,13 +13,18 @@ import numpy as np
 import xarray as xr
 
 from ._cli_common import (
+    ROUTING_HELP,
+    add_deployment_flags,
     check_input_path,
     check_output_path,
+    deployment_flags,
     format_table,
+    kernels_line,
     parse_int,
     parse_real,
     parse_routing,
     parse_size_list,
+    placement_error,
     write_output,
 )
 from ._validate import MAX_CONTEXT, MAX_GPUS, MAX_Q, McrouteError, check_prob
@@ -31,8 +36,9 @@ def register(sub) -> None:
         "qs",
         help="MoE vs quality-matched dense twin: decode penalty with intervals",
         description="Decode throughput of a Mixture-of-Experts model against a dense model of "
-        "q x its active parameters, with confidence intervals from the routing Monte Carlo and "
-        "the uncertainty of q. Without MODEL: the paper's four models on 8 x H200.",
+        "q x its active parameters, with confidence intervals from the routing Monte Carlo, "
+        "the kernel calibration and the uncertainty of q; the penalty under the roofline "
+        "bound is printed beside it. Without MODEL: the paper's four models on 8 x H200.",
     )
     p.add_argument("model", nargs="?", help="MoE model card (default: the paper's four models)")
     p.add_argument("--hardware", default=None, help="hardware card (default h200)")
@@ -43,7 +49,7 @@ def register(sub) -> None:
                    "estimate (default: benchmark estimate, else scaling law)")
     p.add_argument("--context", default="4k,8k,16k,32k,64k,128k",
                    help="comma-separated contexts (k = 1024), default 4k..128k")
-    p.add_argument("--routing", default="uniform", help="uniform | zipf:ALPHA | lognormal:SIGMA")
+    p.add_argument("--routing", default="uniform", help=ROUTING_HELP)
     p.add_argument("--weight-dtype", default=None, help="weight dtype (default per model)")
     p.add_argument("--kv-dtype", default="bf16", help="KV cache dtype (default bf16)")
     p.add_argument("--hbm-fraction", default=None,
@@ -52,6 +58,7 @@ def register(sub) -> None:
                    help="how the dense twin is built (default widen: same attention and KV)")
     p.add_argument("--dense-model", default=None,
                    help="compare against this dense card instead of a built twin")
+    add_deployment_flags(p, batch_policy=False)
     p.add_argument("--trials", default="400", help="Monte Carlo steps per context (default 400)")
     p.add_argument("--q-samples", default="256", help="draws of an uncertain q (default 256)")
     p.add_argument("--ci-prob", default=0.95, type=float, help="confidence level (default 0.95)")
@@ -61,49 +68,64 @@ def register(sub) -> None:
 
 
 def _fmt_ci(ds, name):
+    """``mean [lo, hi]`` of a summarised variable, or a dash."""
     m = float(ds[f"{name}_mean"])
     if np.isnan(m):
         return "—"
     lo, hi = (float(x) for x in ds[f"{name}_ci"].values)
+    return f"{m:.3g} [{lo:.3g}, {hi:.3g}]"
+
+
+def _fmt_q(ds, name):
+    """``p5-p95`` of single steps, or a dash."""
     q = ds[f"{name}_q"].values
-    return f"{m:.3g} [{lo:.3g}, {hi:.3g}] ({q[0]:.3g}-{q[-1]:.3g})"
+    return "—" if np.isnan(q).all() else f"{q[0]:.3g}-{q[-1]:.3g}"
 
 
-def _print_case(ds, name, q_note, dep_note) -> None:
+def _fmt_mean(ds, name):
+    m = float(ds[f"{name}_mean"])
+    return "—" if np.isnan(m) else f"{m:.3g}"
+
+
+def _print_case(ds, name, q_note, dep_note, ci_prob=0.95) -> None:
     s = float(ds["s"])
     qs = float(ds["qs_mean"]) if "qs_mean" in ds else float(ds["qs"])
     qv = float(ds["q_mean"]) if "q_mean" in ds else float(ds["q"])
     moe_min = int(ds["moe_min_gpus"])
-    print(f"\n== {name}: s = {s:.4f}, q = {qv:.3g} ({q_note}), q·s = {qs:.3g} "
+    print(f"\n== {name}: s = {s:.4f}, q = {qv:.3g}, q·s = {qs:.3g} "
           f"({'< 1: MoE structurally disadvantaged' if qs < 1 else '>= 1'})")
+    print(f"   q: {q_note}")
     print(f"   {dep_note}; MoE needs >= {moe_min if moe_min > 0 else 'none of 1..4096'} GPUs "
           f"at the longest context")
-    rows = []
+    print(f"   {kernels_line(ds, ci_prob)}")
+    rows, notes = [], {}
     for L in np.atleast_1d(ds["context"].values):
         c = ds.sel(context=L) if ds["context"].ndim else ds
         moe_ok = bool(c["moe_feasible"])
         dense_ok = bool(np.all(c["dense_feasible"].values))
+        label = f"{int(L) // 1024}k" if int(L) % 1024 == 0 else int(L)
         if not moe_ok:
-            note = "MoE infeasible" + ("" if not dense_ok else "; dense twin fits")
+            notes.setdefault("MoE infeasible" + ("" if not dense_ok else "; dense twin fits"),
+                             []).append(str(label))
         elif not dense_ok:
-            note = "dense twin infeasible"
-        else:
-            note = ""
+            notes.setdefault("dense twin infeasible", []).append(str(label))
         db = c["dense_batch_size"].values
         rows.append([
-            f"{int(L) // 1024}k" if int(L) % 1024 == 0 else int(L),
+            label,
             int(c["moe_batch_size"]) if moe_ok else "—",
             int(np.median(db)) if dense_ok else "—",
             f"{float(c['moe_throughput_mean']):,.0f}" if moe_ok else "—",
             f"{float(c['dense_throughput_mean']):,.0f}" if dense_ok else "—",
-            _fmt_ci(c, "penalty"), _fmt_ci(c, "reuse_penalty"),
+            _fmt_ci(c, "penalty"), _fmt_q(c, "penalty"), _fmt_mean(c, "penalty_bound"),
+            _fmt_mean(c, "reuse_penalty"),
             f"{float(np.nanmean(c['capacity_penalty'].values)):.3g}" if moe_ok and dense_ok
             else "—",
-            note,
         ])
     print(format_table(["context", "MoE B", "dense B", "MoE tok/s", "dense tok/s",
-                        "penalty mean [CI] (p5-p95)", "reuse penalty", "batch ratio", "note"],
+                        f"penalty [{ci_prob:.0%} CI]", "p5-p95", "bound", "reuse", "B ratio"],
                        rows))
+    for note, where in notes.items():
+        print(f"   {note} (context {', '.join(where)})")
     print(f"   crossover: {str(ds['crossover_note'].values)}"
           + ("" if np.isnan(float(ds["crossover_context"])) else
              f" at {float(ds['crossover_context']):,.0f} tokens"))
@@ -159,9 +181,13 @@ def run(args) -> int:
         if args.context == "4k,8k,16k,32k,64k,128k":
             contexts = list(PAPER_CONTEXTS)
     results = []
+    options = deployment_flags(args)
     print(f"mcroute qs: {len(cases)} model(s) on {gpus} x {hardware}, {trials} trials, "
-          f"seed {seed}; "
-          f"mean [{ci_prob:.0%} CI of the mean] (p5-p95 of single steps)", flush=True)
+          f"seed {seed}", flush=True)
+    print("penalty = dense / MoE throughput, each at its admissible batch: mean [CI of the "
+          "mean],\np5-p95 of single steps; bound: the penalty under the roofline bound of both "
+          "models;\nreuse: both at the smaller batch; B ratio: dense / MoE admissible batch",
+          flush=True)
     for name, defaults in cases:
         moe = load_model(name)
         opts = dict(defaults)
@@ -170,6 +196,7 @@ def run(args) -> int:
         opts["kv_dtype"] = args.kv_dtype
         if hbm_fraction is not None:
             opts["hbm_fraction"] = hbm_fraction
+        opts.update(options)
         if args.dense_model is not None:
             q = q_given
             q_note = f"dense model {args.dense_model}"
@@ -182,13 +209,17 @@ def run(args) -> int:
         routing = None
         if args.routing != "uniform":
             routing = parse_routing(args.routing, moe.n_experts, moe.top_k)
-        ds = qs_analysis(moe, hardware, gpus, q, contexts, routing, n_trials=trials, rng=seed,
-                         ci_prob=ci_prob, dense_style=args.dense_style, dense_n_gpus=dense_gpus,
-                         n_q_samples=q_samples, dense_model=args.dense_model, **opts)
+        try:
+            ds = qs_analysis(moe, hardware, gpus, q, contexts, routing, n_trials=trials,
+                             rng=seed, ci_prob=ci_prob, dense_style=args.dense_style,
+                             dense_n_gpus=dense_gpus, n_q_samples=q_samples,
+                             dense_model=args.dense_model, **opts)
+        except McrouteError as exc:
+            raise placement_error(exc, args) from None
         dep_note = (f"{gpus} x {hardware}, weights {opts.get('weight_dtype', 'bf16')}, "
                     f"KV {opts['kv_dtype']}, dense twin: "
                     f"{args.dense_model or args.dense_style}")
-        _print_case(ds, moe.name, q_note, dep_note)
+        _print_case(ds, moe.name, q_note, dep_note, ci_prob)
         sys.stdout.flush()
         results.append(ds.expand_dims(model=[moe.name]))
     if args.output:

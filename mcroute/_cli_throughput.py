@@ -9,14 +9,20 @@ import sys
 
 from ._cards import load_hardware, load_model
 from ._cli_common import (
+    ROUTING_HELP,
+    add_deployment_flags,
+    batch_policy_flags,
     check_input_path,
     check_output_path,
+    deployment_flags,
     format_table,
     is_tty,
+    kernels_line,
     parse_int,
     parse_int_list,
     parse_routing,
     parse_size_list,
+    placement_error,
     write_output,
 )
 from ._cost import Deployment
@@ -28,21 +34,25 @@ def register(sub) -> None:
     """Add the ``throughput`` subcommand."""
     p = sub.add_parser(
         "throughput",
-        help="decode throughput of a model on N GPUs (roofline + routing Monte Carlo)",
+        help="decode throughput of a model on N GPUs (calibrated kernels + routing Monte "
+        "Carlo, with the roofline bound)",
         description="Decode step time and throughput of MODEL served on --gpus GPUs of "
-        "--hardware, at each --context, with the batch the KV cache admits (or --batch), by "
-        "Monte Carlo over expert routing. Every modelling assumption is an option; see "
-        "docs/assumptions.md. Infeasible points are reported with the reason.",
+        "--hardware, at each --context, with the batch the KV cache admits (or --batch, "
+        "--batch-per-gpu, --tpot), by Monte Carlo over expert routing. The estimate uses "
+        "kernel efficiencies fitted on measured kernels (--kernels calibrated, the default); "
+        "the roofline bound from the same sampled routing is printed beside it. Every "
+        "modelling assumption is an option; see docs/assumptions.md. Infeasible points are "
+        "reported with the reason.",
     )
     p.add_argument("model", help="model card name (e.g. deepseek-v3) or path to a .toml card")
     p.add_argument("--hardware", required=True, help="hardware card name (e.g. h200) or path")
     p.add_argument("--gpus", required=True, help="GPUs serving one replica")
     p.add_argument("--context", default="4k,32k,128k",
                    help="comma-separated context lengths, k = 1024 (default 4k,32k,128k)")
-    p.add_argument("--batch", default="max",
+    p.add_argument("--batch", default=None,
                    help="'max' (the admissible batch at each context, default) or "
-                   "comma-separated batch sizes")
-    p.add_argument("--routing", default="uniform", help="uniform | zipf:ALPHA | lognormal:SIGMA")
+                   "comma-separated batch sizes (sequences per replica)")
+    p.add_argument("--routing", default="uniform", help=ROUTING_HELP)
     p.add_argument("--weight-dtype", default="bf16", help="weight storage dtype (default bf16)")
     p.add_argument("--kv-dtype", default="bf16", help="KV cache dtype (default bf16)")
     p.add_argument("--compute-dtype", default=None,
@@ -58,12 +68,10 @@ def register(sub) -> None:
                    help="attention parallelism over the GPUs (default tensor)")
     p.add_argument("--expert-parallel", default=None,
                    help="expert-parallel degree (default: all GPUs)")
-    p.add_argument("--all-to-all", default="off", choices=["off", "overlap", "serial"],
-                   help="charge the expert all-to-all on the interconnect: off (default), "
-                   "overlapped with the MoE layer, or serial")
     p.add_argument("--max-batch", default=None, help="cap on the batch size (default none)")
     p.add_argument("--enforce-max-context", action="store_true",
                    help="treat contexts above the model's max context as infeasible")
+    add_deployment_flags(p, batch_policy=True)
     p.add_argument("--trials", default="1000", help="Monte Carlo steps per point (default 1000)")
     p.add_argument("--ci-prob", default=0.95, type=float, help="confidence level (default 0.95)")
     p.add_argument("--seed", default=None, help="seed (default: fresh entropy, printed)")
@@ -80,26 +88,20 @@ def run(args) -> int:
     hardware = load_hardware(args.hardware)
     gpus = parse_int(args.gpus, "--gpus", 1, MAX_GPUS)
     contexts = parse_size_list("--context", args.context, maximum=MAX_CONTEXT)
-    batch = "max" if str(args.batch).strip().lower() == "max" else parse_int_list(
-        "--batch", args.batch)
+    batch_given = args.batch is not None and str(args.batch).strip().lower() != "max"
+    batch = parse_int_list("--batch", args.batch) if batch_given else "max"
+    policy = batch_policy_flags(args, batch_given)
+    options = deployment_flags(args)
     trials = parse_int(args.trials, "--trials", minimum=2)
     ci_prob = check_prob("--ci-prob", args.ci_prob)
     seed = None if args.seed is None else parse_int(args.seed, "--seed", minimum=0)
     for name in ("hbm_fraction", "bandwidth_efficiency", "flops_efficiency"):
         check_real("--" + name.replace("_", "-"), getattr(args, name), minimum=0.0, maximum=1.0,
                    open_min=True)
-    dep = Deployment(
-        model, hardware, gpus,
-        weight_dtype=args.weight_dtype, kv_dtype=args.kv_dtype, compute_dtype=args.compute_dtype,
-        hbm_fraction=args.hbm_fraction, bandwidth_efficiency=args.bandwidth_efficiency,
-        flops_efficiency=args.flops_efficiency, attention_parallel=args.attention,
-        expert_parallel=None if args.expert_parallel is None else parse_int(
-            args.expert_parallel, "--expert-parallel", minimum=1),
-        max_batch=None if args.max_batch is None else parse_int(args.max_batch, "--max-batch", 1),
-        charge_all_to_all=args.all_to_all != "off",
-        overlap_all_to_all=args.all_to_all == "overlap",
-        enforce_max_context=bool(args.enforce_max_context),
-    )
+    try:
+        dep = _deployment(args, model, hardware, gpus, options)
+    except McrouteError as exc:
+        raise placement_error(exc, args) from None
     routing = None
     if model.is_moe:
         routing = parse_routing(args.routing, model.n_experts, model.top_k)
@@ -111,13 +113,31 @@ def run(args) -> int:
         print(f"\r  {frac:6.1%} of trials", end="", file=sys.stderr, flush=True)
 
     ds = decode_throughput(dep, contexts, batch, routing, trials, rng=seed, ci_prob=ci_prob,
-                           progress=progress if show else None)
+                           progress=progress if show else None, **policy)
     if show:
         print("\r" + " " * 20 + "\r", end="", file=sys.stderr, flush=True)
-    _print(ds, dep, routing, trials, ci_prob, batch == "max")
+    _print(ds, dep, routing, trials, ci_prob, batch == "max" and "batch_per_gpu" not in policy)
     if args.output:
         write_output(ds, args.output)
     return 0
+
+
+def _deployment(args, model, hardware, gpus, options):
+    return Deployment(
+        model, hardware, gpus,
+        weight_dtype=args.weight_dtype, kv_dtype=args.kv_dtype, compute_dtype=args.compute_dtype,
+        hbm_fraction=args.hbm_fraction, bandwidth_efficiency=args.bandwidth_efficiency,
+        flops_efficiency=args.flops_efficiency, attention_parallel=args.attention,
+        expert_parallel=None if args.expert_parallel is None else parse_int(
+            args.expert_parallel, "--expert-parallel", minimum=1),
+        max_batch=None if args.max_batch is None else parse_int(args.max_batch, "--max-batch", 1),
+        enforce_max_context=bool(args.enforce_max_context), **options,
+    )
+
+
+def _g(x: float) -> str:
+    """4 significant digits, thousands separated above 1000."""
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.4g}"
 
 
 def _print(ds, dep, routing, trials, ci_prob, b_max_mode) -> None:
@@ -125,11 +145,18 @@ def _print(ds, dep, routing, trials, ci_prob, b_max_mode) -> None:
     print(f"{dep.model.name} on {dep.n_gpus} x {dep.hardware.name}, weights "
           f"{dep.weight_dtype}, KV {dep.kv_dtype}; {what}; {trials} trials, seed "
           f"{ds.attrs['seed']}")
+    print(kernels_line(ds, ci_prob))
     print(f"weights {dep.weight_bytes_per_gpu / 1e9:.4g} GB on the fullest GPU of "
-          f"{dep.usable_bytes_per_gpu / 1e9:.4g} GB usable")
-    print(f"mean [{ci_prob:.0%} CI of the mean] (p5-p95 of single steps)")
-    header = ["context", "batch", "step time [ms]", "throughput [tok/s]", "tok/s/GPU",
-              "weights GB/step", "KV GB/step", "bound"]
+          f"{dep.usable_bytes_per_gpu / 1e9:.4g} GB usable"
+          + (f"; target TPOT {float(ds.attrs['tpot']) * 1e3:.4g} ms" if "tpot" in ds.attrs
+             else ""))
+    print("step: mean (p5-p95 of single steps); tok/s: mean [CI of the mean]; bound: roofline "
+          "tok/s\nof the same sampled steps (an upper bound); limit: the larger roofline term")
+    mtp = int(getattr(dep, "mtp_depth", 0) or 0)
+    header = ["context", "batch", "step [ms]", "tok/s [CI]", "bound", "tok/s/GPU",
+              "GB/step W+KV", "limit"]
+    if mtp:
+        header.insert(5, "acc/step")
     flat = ds
     for dim in ("context", "batch_size"):
         if dim in flat.dims:
@@ -145,24 +172,25 @@ def _print(ds, dep, routing, trials, ci_prob, b_max_mode) -> None:
         sel = flat.sel(context=c) if b is None else flat.sel(context=c, batch_size=b)
         batch = int(sel["batch_size"])
         if not bool(sel["feasible"]):
-            rows.append([int(c), batch or "—", "infeasible", "—", "—", "—", "—", "—"])
+            rows.append([int(c), batch or "—", "infeasible"] + ["—"] * (len(header) - 3))
             where = f"context {int(c)}" + (f", batch {batch}" if batch else "")
             notes.append(f"{where}: {str(sel['reason'].values)}")
             continue
-
-        def cell(name, scale=1.0, sel=sel):
-            m = float(sel[f"{name}_mean"]) * scale
-            lo, hi = (float(x) * scale for x in sel[f"{name}_ci"].values)
-            q = sel[f"{name}_q"]
-            p5, p95 = float(q.isel(quantile=0)) * scale, float(q.isel(quantile=-1)) * scale
-            return f"{m:.4g} [{lo:.4g}, {hi:.4g}] ({p5:.4g}-{p95:.4g})"
-
-        rows.append([
-            int(c), batch, cell("step_time", 1e3), cell("throughput"),
-            f"{float(sel['throughput_per_gpu_mean']):.4g}",
-            f"{float(sel['weight_bytes_per_step_mean']) / 1e9:.4g}",
-            f"{float(sel['kv_bytes_per_step']) / 1e9:.4g}", str(sel["bound"].values),
-        ])
+        step = sel["step_time_q"].values * 1e3
+        lo, hi = (float(x) for x in sel["throughput_ci"].values)
+        row = [
+            int(c), batch,
+            f"{_g(float(sel['step_time_mean']) * 1e3)} ({_g(step[0])}-{_g(step[-1])})",
+            f"{_g(float(sel['throughput_mean']))} [{_g(lo)}, {_g(hi)}]",
+            _g(float(sel["throughput_bound_mean"])),
+            _g(float(sel["throughput_per_gpu_mean"])),
+            f"{float(sel['weight_bytes_per_step_mean']) / 1e9:.4g}+"
+            f"{float(sel['kv_bytes_per_step']) / 1e9:.3g}",
+            str(sel["bound"].values),
+        ]
+        if mtp:
+            row.insert(5, f"{float(sel['accepted_tokens_mean']):.3g}")
+        rows.append(row)
     print(format_table(header, rows))
     for n in notes:
         print(f"infeasible: {n}")

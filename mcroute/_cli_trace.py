@@ -114,6 +114,12 @@ def register(sub) -> None:
     k.add_argument("--trials", default="400", help="simulated microbatches per size (400)")
     k.add_argument("--ci-prob", default=0.95, type=float, help="interval level (default 0.95)")
     k.add_argument("--seed", default=None, help="seed (default: fresh entropy, printed)")
+    k.add_argument("--holdout", default=None, choices=["second-half"],
+                   help="also fit on the first half of the decode steps and predict the second "
+                   "half (held-out errors with intervals)")
+    k.add_argument("--holdout-routing", default=None, choices=["correlated", "token"],
+                   help="with --holdout: the model whose held-out errors are reported "
+                   "(default correlated)")
     k.add_argument("--output", default=None, help="write results to FILE.nc, .csv or .json")
     k.set_defaults(func=run_check)
     p.set_defaults(func=_no_action)
@@ -207,15 +213,48 @@ def run_fit(args) -> int:
     return 0
 
 
+def _pct(x) -> str:
+    return "n/a" if x is None or np.isnan(float(x)) else f"{float(x):+.1%}"
+
+
+def _print_holdout(attrs, ci_prob) -> None:
+    """The held-out errors of :func:`real_batch_check` (its attrs), with intervals."""
+    routing = attrs.get("holdout_routing", "correlated")
+    warm = int(attrs.get("holdout_warmup_steps", 0))
+    sigma = float(attrs.get("holdout_sigma", np.nan))
+    s_lo = float(attrs.get("holdout_sigma_ci_lower", np.nan))
+    s_hi = float(attrs.get("holdout_sigma_ci_upper", np.nan))
+    print(f"held out ({attrs.get('holdout', 'second-half')}): fitted on the first "
+          f"{int(attrs.get('holdout_fit_steps', 0))} decode steps, predicting the "
+          f"{int(attrs.get('holdout_steps', 0))} steps after them; warm-up steps left out of "
+          f"the sigma fit: {warm}")
+    print(f"fitted sigma (correlated) = {_f(sigma, '.3f')} [{_f(s_lo, '.3f')}, "
+          f"{_f(s_hi, '.3f')}]; reported model: {routing}")
+    print(f"held-out error, predicted / observed - 1 [{ci_prob:.0%} interval] (Monte Carlo SE):")
+    for key, label in (("active_experts", "distinct experts"),
+                       ("max_expert_load", "busiest expert load")):
+        name = f"holdout_{key}_error"
+        se = attrs.get(f"{name}_mc_se", np.nan)
+        print(f"  {label:<20} {_pct(attrs.get(name, np.nan))} "
+              f"[{_pct(attrs.get(name + '_ci_lower', np.nan))}, "
+              f"{_pct(attrs.get(name + '_ci_upper', np.nan))}]  "
+              f"({'n/a' if np.isnan(float(se)) else f'{float(se):.1%}'})")
+
+
 def run_check(args) -> int:
     """Run ``mcroute trace check``."""
     trials = parse_int(args.trials, "--trials", minimum=2)
     ci_prob = check_prob("--ci-prob", args.ci_prob)
     seed = None if args.seed is None else parse_int(args.seed, "--seed", minimum=0)
+    if args.holdout_routing is not None and args.holdout is None:
+        raise McrouteError("--holdout-routing needs --holdout second-half")
+    holdout_kw = {}
+    if args.holdout is not None:
+        holdout_kw = {"holdout": args.holdout, "routing": args.holdout_routing or "correlated"}
     trace = _load(args)
     if isinstance(trace, PopularityTrace):
         raise McrouteError("the real-batch check needs a per-token trace with microbatch ids")
-    ds = real_batch_check(trace, n_trials=trials, ci_prob=ci_prob, rng=seed)
+    ds = real_batch_check(trace, n_trials=trials, ci_prob=ci_prob, rng=seed, **holdout_kw)
     _print_notes(trace)
     sizes = ds["batch_size"].values
     print(f"{trace!r}: {sizes.size} real decode steps of {sizes.min()}-{sizes.max()} tokens, "
@@ -234,10 +273,13 @@ def run_check(args) -> int:
         rows.append(row)
     print(format_table(["routing", "distinct experts", "busiest expert load"], rows))
     lo, hi = ds["rho_matching_active_experts_ci"].values
+    gap = float(ds["gap_closed"])
     print(f"overdispersed uses the fitted rho = {float(ds['rho']):.4f}; the rho that reproduces "
           f"the observed distinct experts is {float(ds['rho_matching_active_experts']):.4f} "
           f"[{lo:.4f}, {hi:.4f}]; share of the token-mode error removed: "
-          f"{float(ds['gap_closed']):.0%}")
+          f"{'n/a (token mode has no error to remove)' if np.isnan(gap) else f'{gap:.0%}'}")
+    if args.holdout is not None:
+        _print_holdout(ds.attrs, ci_prob)
     if args.output:
         write_output(ds, args.output)
     return 0
