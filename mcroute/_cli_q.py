@@ -23,7 +23,7 @@ from ._quality import (
     load_quality_tables,
     q_summary,
 )
-from ._validate import McrouteError, check_prob, check_real
+from ._validate import MAX_BOOT_DRAWS, McrouteError, check_prob, check_real
 from ._version import __version__
 
 #: Columns of the summary CSV written by ``--output FILE.csv``.
@@ -224,7 +224,7 @@ def run(args) -> int:
         raise McrouteError("give MODEL names or --all, not both")
     if not args.all and not args.models:
         raise McrouteError("give at least one MODEL (or --all, or --list)")
-    n_boot = parse_int(args.boot, "--boot", minimum=1)
+    n_boot = parse_int(args.boot, "--boot", minimum=2, maximum=MAX_BOOT_DRAWS)
     min_sizes = parse_int(args.min_sizes, "--min-sizes", minimum=2)
     ci_prob = check_prob("--ci-prob", args.ci_prob)
     max_ex = check_real("--max-extrapolation", args.max_extrapolation, minimum=1.0)
@@ -241,8 +241,8 @@ def run(args) -> int:
         from ._rng import resolve_seed
 
         seed = resolve_seed(None)
-    print(f"seed {seed}; {n_boot} bootstrap replicates; tables from "
-          f"{', '.join(sorted({str(t.path.parent) for t in tables}))}")
+    header = (f"seed {seed}; {n_boot} bootstrap replicates; tables from "
+              f"{', '.join(sorted({str(t.path.parent) for t in tables}))}")
 
     results = []
     for method in methods:
@@ -256,20 +256,31 @@ def run(args) -> int:
         else:
             names = list(args.models)
         for name in names:
-            ds = estimate_q(
-                name, tables, method=method, benchmarks=benchmarks, family=args.family,
-                n_boot=n_boot, rng=seed, ci_prob=ci_prob, max_extrapolation=max_ex,
-                allow_extrapolation=args.allow_extrapolation, min_sizes=min_sizes,
-                resample=args.resample, combine=args.combine,
-                n_active_source=args.n_active_source,
-            ) if method == "fit" else estimate_q(name, method=method, rng=seed, ci_prob=ci_prob)
+            try:
+                ds = estimate_q(
+                    name, tables, method=method, benchmarks=benchmarks, family=args.family,
+                    n_boot=n_boot, rng=seed, ci_prob=ci_prob, max_extrapolation=max_ex,
+                    allow_extrapolation=args.allow_extrapolation, min_sizes=min_sizes,
+                    resample=args.resample, combine=args.combine,
+                    n_active_source=args.n_active_source,
+                ) if method == "fit" else estimate_q(name, method=method, rng=seed,
+                                                     ci_prob=ci_prob)
+            except McrouteError as exc:
+                if str(exc).startswith("n_boot"):  # name the flag, as every other error does
+                    raise McrouteError(f"--boot {n_boot}: {exc}") from None
+                raise
             if method == "fit" and args.all and int(ds["n_benchmarks"]) == 0:
                 continue  # --all lists only the models that have an estimate
+            if header is not None:  # printed once the first estimate succeeded, so that an
+                print(header)       # error found by estimate_q stays the only line
+                header = None
             print()
             if method == "fit" and not args.summary:
                 _print_fits(ds)
             _print_combined(ds)
             results.append(ds)
+    if header is not None:
+        print(header)
     if out:
         if ext == ".csv":
             rows = []

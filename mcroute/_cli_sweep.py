@@ -11,6 +11,10 @@ from ._cli_common import is_tty, parse_int
 from ._sweep import _sweep, load_sweep_spec
 from ._validate import McrouteError
 
+#: Most local Dask worker processes ``--workers`` starts (each is a Python process with its own
+#: memory; more than this is a typo, not a cluster; use --scheduler for a real cluster).
+MAX_WORKERS = 1024
+
 
 def register(sub) -> None:
     """Add the ``sweep`` subcommand."""
@@ -28,7 +32,7 @@ def register(sub) -> None:
                    help="result file: .nc (NetCDF), .csv (tidy) or .json")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--workers", default=None, metavar="N",
-                       help="start a local Dask cluster with N worker processes "
+                       help="start a local Dask cluster with N worker processes, 1..1024 "
                        "(needs the 'distributed' extra)")
     where.add_argument("--scheduler", default=None, metavar="ADDRESS",
                        help="send cells to the Dask scheduler at ADDRESS (e.g. "
@@ -46,11 +50,12 @@ def register(sub) -> None:
 
 def run(args) -> int:
     """Run ``mcroute sweep``."""
-    spec = load_sweep_spec(args.spec)
     if args.recompute_bad and not args.resume:
         raise McrouteError("--recompute-bad needs --resume")
-    workers = None if args.workers is None else parse_int(args.workers, "--workers", 1)
+    workers = None if args.workers is None else parse_int(args.workers, "--workers", 1,
+                                                          MAX_WORKERS)
     trials = None if args.trials is None else parse_int(args.trials, "--trials", 2)
+    spec = load_sweep_spec(args.spec)
     ds, info = _sweep(spec, args.output, resume=args.resume, workers=workers,
                       scheduler=args.scheduler, progress=not args.quiet and is_tty(),
                       n_trials=trials, recompute_bad=args.recompute_bad)
