@@ -77,6 +77,50 @@ def _median_ratio(fa, fb, reps):
     return float(np.median(ratios)), float(np.median(ta)), float(np.median(tb))
 
 
+#: The calibrated cost model's figure (issue 13): DeepSeek-V3, fp8 weights, 8 x H200.
+CALIBRATED_CASE = ("deepseek-v3", "h200", 8, "fp8")
+CALIBRATED_CONTEXTS = (4096, 32768, 131072)
+#: Target: calibrated decode_throughput at most this many times the roofline path's time.
+CALIBRATED_TARGET = 2.0
+
+
+def calibrated_vs_roofline(reps: int = 5, n_trials: int = 1000):
+    """Time of the calibrated ``decode_throughput`` over the roofline path's, same work.
+
+    DeepSeek-V3 (fp8) on 8 x H200 at :data:`CALIBRATED_CONTEXTS`, ``n_trials`` trials, both
+    at the batch the calibrated deployment admits at each context (engine memory layout), so
+    that both sample the same tokens and the ratio is the cost of the calibrated arithmetic.
+    Median over ``reps`` interleaved repetitions, after one warm-up call of each.
+
+    Returns ``(ratio, seconds calibrated, seconds roofline, own-batch ratio, batches)``; the
+    own-batch ratio times each path at its own admissible batches (``batch_size="max"``: the
+    roofline's ideal layout admits about 8x more sequences, so it samples more tokens).
+    """
+    import mcroute as mr
+
+    model, hw, n, dtype = CALIBRATED_CASE
+    cal = mr.Deployment(model, hw, n, weight_dtype=dtype)
+    roof = mr.Deployment(model, hw, n, weight_dtype=dtype, kernels="roofline")
+    batches = [cal.max_batch_size(L) for L in CALIBRATED_CONTEXTS]
+
+    def same(dep):
+        def f():
+            for L, b in zip(CALIBRATED_CONTEXTS, batches, strict=True):
+                mr.decode_throughput(dep, L, b, n_trials=n_trials, rng=0)
+        return f
+
+    def own(dep):
+        def f():
+            mr.decode_throughput(dep, list(CALIBRATED_CONTEXTS), n_trials=n_trials, rng=0)
+        return f
+
+    for f in (same(cal), same(roof), own(cal), own(roof)):
+        f()  # compile, load cards and caches
+    r, t_cal, t_roof = _median_ratio(same(cal), same(roof), reps)
+    r_own, _, _ = _median_ratio(own(cal), own(roof), max(1, reps // 2))
+    return r, t_cal, t_roof, r_own, batches
+
+
 def run(quick: bool = False, out=print) -> list[tuple[str, float, str, bool]]:
     """Run the benchmark; print and return ``(name, value, target, met)`` per figure."""
     reps = 3 if quick else 7
@@ -165,6 +209,15 @@ def run(quick: bool = False, out=print) -> list[tuple[str, float, str, bool]]:
     auto = COUNTSPACE_MIN_TOKENS_PER_EXPERT["uniform"]
     out(f"countspace_crossover_batch[E=256,k=8] {cross if cross else '>65536'} "
         f"(B/E = {cross / 256 if cross else float('nan'):g}; auto switches at B/E >= {auto:g})")
+    # (e) the calibrated cost model against the roofline path (issue 13)
+    r, t_cal, t_roof, r_own, batches = calibrated_vs_roofline(reps)
+    model, hw, n, dtype = CALIBRATED_CASE
+    ctx = ",".join(f"{L // 1024}k" for L in CALIBRATED_CONTEXTS)
+    report(f"calibrated_over_roofline[{model},{dtype},{n}x{hw},{ctx},1000 trials]", r, "<=",
+           CALIBRATED_TARGET, f"({t_cal * 1e3:.0f} ms vs {t_roof * 1e3:.0f} ms, both at the "
+           f"calibrated batches {batches})")
+    out(f"calibrated_over_roofline[each at its own max batch]{'':<4} {r_own:10.3f}  "
+        f"(information: the roofline's ideal layout admits about 8x larger batches)")
     missed = sum(not met for *_, met in results)
     out(f"{len(results) - missed} of {len(results)} figures met their targets. The figures are "
         f"informational: the exit status does not depend on them (ratios drift by about ±20% "

@@ -1,4 +1,4 @@
-"""``mcroute bench``: sampler benchmark (ratios measured side by side in one run)."""
+"""``mcroute bench``: sampler and cost-model benchmark (ratios measured side by side in one run)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ def register(sub) -> None:
     """Add the ``bench`` subcommand."""
     p = sub.add_parser(
         "bench",
-        help="measure sampler speed against NumPy, the RNG floor, threads and count-space",
+        help="measure sampler speed against NumPy, the RNG floor, threads and count-space, "
+        "and the calibrated cost model against the roofline path",
         description="Prints one figure per line: name, measured ratio, target, ok/MISSED.",
     )
     p.add_argument("--quick", action="store_true", help="fewer and smaller repetitions")
