@@ -18,6 +18,8 @@ from ._version import __version__
 
 #: Public name -> private module (relative to this package) that defines it.
 _LAZY = {
+    "Placement": "_placement",
+    "balanced_placement": "_placement",
     "HardwareSpec": "_cards",
     "LayerSpec": "_cards",
     "ModelSpec": "_cards",
@@ -80,6 +82,7 @@ if TYPE_CHECKING:  # static type checkers and IDEs see ordinary imports
         load_model,
     )
     from ._cost import Deployment, roofline_time
+    from ._placement import Placement, balanced_placement
     from ._qs import dense_twin, min_gpus, qs_analysis
     from ._quality import EstimateQ, QSpec, as_q, estimate_q, parse_q
     from ._results import save_dataset
@@ -126,6 +129,7 @@ __all__ = [
     "McrouteError",
     "ModelSpec",
     "Overdispersed",
+    "Placement",
     "Popularity",
     "PopularityTrace",
     "QSpec",
@@ -136,6 +140,7 @@ __all__ = [
     "__version__",
     "active_experts_variance",
     "as_q",
+    "balanced_placement",
     "decode_throughput",
     "dense_twin",
     "device_map",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from ._placement import Placement
 from ._results import DEFAULT_QUANTILES, provenance, summarize
 from ._rng import CHUNK_TRIALS, resolve_seed
 from ._sampling import (
@@ -45,6 +46,13 @@ STAT_META = {
     "device_imbalance": ("1", "busiest device load over mean device load"),
     "max_device_active_experts": ("experts", "most distinct experts touched on one device"),
     "overflow_fraction": ("1", "share of assignments above the expert capacity"),
+}
+
+#: Added when ``placement`` is a :class:`~mcroute.Placement` (balanced, with replicas): the
+#: busiest device without it (contiguous blocks of experts, no replicas), for comparison.
+UNBALANCED_META = {
+    "max_device_load_unbalanced": ("tokens", "tokens routed to the busiest device under the "
+                                             "contiguous placement without replicas"),
 }
 
 #: Cap on the count array held at once (elements); trials are processed in blocks below it.
@@ -84,8 +92,11 @@ def simulate(
         MoE layers per microbatch.
     n_devices : int
         Devices for expert parallelism (contiguous placement unless ``placement`` is given).
-    placement : array of int, optional
-        Device id of each expert.
+    placement : array of int or Placement, optional
+        Device id of each expert, or a :func:`mcroute.balanced_placement` result (replicas of
+        hot experts split their tokens evenly). With a ``Placement``, the device statistics
+        are those of the placement, and ``max_device_load_unbalanced`` gives the busiest
+        device under contiguous blocks without replicas beside it.
     capacity_factor : float
         Expert capacity ceil(capacity_factor · B·k / E) for ``overflow_fraction``.
     rng : None, int, SeedSequence or Generator
@@ -129,6 +140,16 @@ def simulate(
     n_trials = check_int("n_trials", n_trials, minimum=2)
     n_layers = check_int("n_layers", n_layers, minimum=1, maximum=MAX_LAYERS)
     n_devices = check_int("n_devices", n_devices, minimum=1)
+    balanced = placement if isinstance(placement, Placement) else None
+    if balanced is not None:
+        if (balanced.n_devices, balanced.n_experts) != (n_devices, routing.n_experts) or (
+                balanced.n_layers not in (1, n_layers)):
+            raise McrouteError(
+                f"placement is for {balanced.n_devices} devices, {balanced.n_experts} experts "
+                f"and {balanced.n_layers} layers; this simulation has n_devices={n_devices}, "
+                f"n_experts={routing.n_experts} and n_layers={n_layers}")
+        # the comparison: contiguous blocks (sizes differing by at most one expert)
+        placement = (np.arange(routing.n_experts) * n_devices) // routing.n_experts
     dev = device_map(routing.n_experts, n_devices, placement)
     capacity_factor = check_real("capacity_factor", capacity_factor, minimum=0.0,
                                  maximum=MAX_CAPACITY_FACTOR, open_min=True)
@@ -152,7 +173,8 @@ def simulate(
 
     per_block = (_BLOCK_ELEMENTS // max(n_layers * e, 1)) // CHUNK_TRIALS * CHUNK_TRIALS
     per_block = max(CHUNK_TRIALS, per_block)
-    stats = {name: np.empty((len(batches), n_trials, n_layers)) for name in STAT_META}
+    meta = {**STAT_META, **(UNBALANCED_META if balanced is not None else {})}
+    stats = {name: np.empty((len(batches), n_trials, n_layers)) for name in meta}
     loads = np.empty((len(batches), n_trials, n_layers, e), dtype=np.int64) if expert_load else None
     hist_max = max(batches)
     hist = np.zeros((len(batches), n_layers, hist_max + 1)) if histogram else None
@@ -162,7 +184,9 @@ def simulate(
             counts = draw_counts(routing, b, nt, n_layers, entropy, (b,), method, first_trial=t0)
             st = microbatch_stats(counts, n_devices=n_devices, placement=dev,
                                   capacity_factor=capacity_factor)
-            for name in STAT_META:
+            if balanced is not None:
+                st.update(_balanced_stats(balanced, counts, st["max_device_load"]))
+            for name in meta:
                 stats[name][i, t0:t0 + nt] = st[name]
             if loads is not None:
                 loads[i, t0:t0 + nt] = counts
@@ -175,7 +199,7 @@ def simulate(
         "layer": ("layer", np.arange(n_layers), {"units": "1", "long_name": "MoE layer"}),
     }
     data = {}
-    for name, (units, desc) in STAT_META.items():
+    for name, (units, desc) in meta.items():
         data[name] = (("batch_size", "trial", "layer"), stats[name],
                       {"units": units, "long_name": desc})
     exact = np.asarray(expected_active_experts(routing, batches, n_layers)).reshape(
@@ -202,12 +226,32 @@ def simulate(
              "long_name": "mean number of experts with each load per microbatch"},
         )
     ds = xr.Dataset(data, coords=coords)
-    ds = summarize(ds, list(STAT_META), ci_prob=ci_prob, quantiles=quantiles)
+    ds = summarize(ds, list(meta), ci_prob=ci_prob, quantiles=quantiles)
     ds.attrs = provenance(
         seed=entropy, n_trials=n_trials, ci_prob=ci_prob, routing=routing.describe(),
         n_layers=n_layers, n_devices=n_devices, capacity_factor=capacity_factor,
-        placement="contiguous" if placement is None else "explicit", method=method,
+        placement=(balanced.describe() if balanced is not None
+                   else "contiguous" if placement is None else "explicit"), method=method,
     )
     if scalar:
         ds = ds.squeeze("batch_size", drop=False)
     return ds
+
+
+def _balanced_stats(placement: Placement, counts, unbalanced_max) -> dict:
+    """Device statistics (trial, layer) under a balanced placement with replicas."""
+    if placement.n_layers == 1 and counts.shape[1] > 1:
+        loads = np.concatenate([placement.device_loads(counts[:, [j]])
+                                for j in range(counts.shape[1])], axis=1)
+        active = np.concatenate([placement.device_active_experts(counts[:, [j]])
+                                 for j in range(counts.shape[1])], axis=1)
+    else:
+        loads = placement.device_loads(counts)
+        active = placement.device_active_experts(counts)
+    mx = loads.max(axis=2).astype(float)
+    mean = loads.sum(axis=2) / placement.n_devices
+    with np.errstate(invalid="ignore", divide="ignore"):
+        imbalance = np.where(mean > 0, mx / mean, 1.0)
+    return {"max_device_load": mx, "device_imbalance": imbalance,
+            "max_device_active_experts": active.max(axis=2).astype(float),
+            "max_device_load_unbalanced": np.asarray(unbalanced_max, dtype=float)}
