@@ -87,6 +87,19 @@ def _pl_inclusion_cached(log_w: np.ndarray, k: int, panel: float) -> np.ndarray:
     return pi
 
 
+def _exchangeable(log_w) -> bool:
+    """Whether every layer's base weights are equal (uniform base, or no weights at all).
+
+    Then ``Correlated`` (an i.i.d. shift per expert) and ``GroupLimited`` (equal contiguous
+    groups) treat all experts alike: their law is invariant under a group of expert
+    permutations that reaches every expert, so each expert's inclusion is exactly k / E.
+    """
+    if log_w is None:
+        return True
+    lw = np.asarray(log_w)
+    return bool(np.all(np.isfinite(lw)) and np.all(lw == lw[:, :1]))
+
+
 #: Inclusion probabilities estimated by Monte Carlo (``Correlated``, large ``GroupLimited``),
 #: keyed by value: (class, repr, n_layers, SHA-256 of the base log-weights). Bounded in size.
 _MC_INCLUSION_CACHE: dict = {}
@@ -771,6 +784,9 @@ class Correlated(Routing):
         n_layers = check_int("n_layers", n_layers, minimum=1)
         if self._sigma == 0:
             return self._base.inclusion_probabilities(n_layers, return_error=return_error)
+        if _exchangeable(self._log_weights(n_layers)):
+            pi = np.full((n_layers, self.n_experts), self.top_k / self.n_experts)
+            return (pi, 0.0) if return_error else pi
         # Small microbatches: the spread of the shift z between microbatches dominates the
         # error, so many microbatches of few tokens estimate the mean best.
         pi, err = _value_cached_inclusion(self, n_layers,
@@ -935,6 +951,8 @@ class GroupLimited(Routing):
 
         def compute():
             e, k = self.n_experts, self.top_k
+            if _exchangeable(self._log_weights(n_layers)):
+                return np.full((n_layers, e), k / e), 0.0
             if self.sigma != 0 or math.perm(e, k) > GROUP_ENUM_MAX:
                 return _mc_inclusion(self, n_layers)
             lw = self._log_weights_checked(n_layers)

@@ -154,3 +154,16 @@ def test_groups_without_enough_positive_weight():
         mr.sample_counts(g, 4, 2, rng=0)
     with pytest.raises(mr.McrouteError, match="fewer than top_k=2"):
         g.inclusion_probabilities()
+
+
+def test_uniform_base_inclusion_is_exactly_k_over_e():
+    # Equal weights and equal contiguous groups: every expert is alike, so pi_e = k / E
+    # exactly (no Monte Carlo); the sampled inclusion frequencies agree within 4 SE.
+    g = mr.GroupLimited(mr.Uniform(32, 4), 8, 2)
+    pi = g.inclusion_probabilities(1)[0]
+    np.testing.assert_array_equal(pi, np.full(32, 4 / 32))
+    n = 4000
+    a = mr.sample_assignments(g, 1, n, 1, rng=5)[:, 0, 0, :]  # (trial, k)
+    freq = np.array([(a == e).any(axis=1).mean() for e in range(32)])
+    se = np.sqrt(pi * (1 - pi) / n)
+    assert np.all(np.abs(freq - pi) <= 4 * se)
