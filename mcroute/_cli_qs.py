@@ -182,6 +182,14 @@ def run(args) -> int:
             contexts = list(PAPER_CONTEXTS)
     results = []
     options = deployment_flags(args)
+    routings = {}  # every case's model and routing checked before anything is printed
+    for name, _ in cases:
+        moe = load_model(name)
+        if not moe.is_moe:
+            raise McrouteError(f"model {moe.name!r} is dense; the qs analysis needs a "
+                               "Mixture-of-Experts model (its dense twin is built from it)")
+        routings[name] = (None if args.routing == "uniform" else
+                          parse_routing(args.routing, moe.n_experts, moe.top_k))
     print(f"mcroute qs: {len(cases)} model(s) on {gpus} x {hardware}, {trials} trials, "
           f"seed {seed}", flush=True)
     print("penalty = dense / MoE throughput, each at its admissible batch: mean [CI of the "
@@ -206,9 +214,7 @@ def run(args) -> int:
             q = q_given if q_given is not None else _parse_q(f"estimate:{moe.name}", as_q,
                                                              parse_q)
             q_note = args.q
-        routing = None
-        if args.routing != "uniform":
-            routing = parse_routing(args.routing, moe.n_experts, moe.top_k)
+        routing = routings[name]
         try:
             ds = qs_analysis(moe, hardware, gpus, q, contexts, routing, n_trials=trials,
                              rng=seed, ci_prob=ci_prob, dense_style=args.dense_style,
