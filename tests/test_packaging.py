@@ -1,6 +1,7 @@
 """A non-editable install (a built wheel) carries the cards and the project's data."""
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -39,3 +40,19 @@ def test_wheel_ships_cards_and_data_and_finds_them(tmp_path):
     assert out[0].startswith(str(site)), out  # the installed copy, not the source tree
     assert str(site) in out[1] and str(site) in out[2]
     assert out[3] == "8 256"
+    # The numba cache of a non-editable install whose package folder is not writable (here:
+    # __pycache__ cannot be created) falls back to the user-wide cache under $HOME/.cache,
+    # so the second run does not compile again.
+    pycache = site / "mcroute" / "__pycache__"
+    shutil.rmtree(pycache, ignore_errors=True)
+    pycache.write_text("not a folder")
+    home = tmp_path / "home"
+    home.mkdir()
+    env_ro = {**env, "HOME": str(home)}
+    env_ro.pop("NUMBA_CACHE_DIR", None)
+    env_ro.pop("XDG_CACHE_HOME", None)
+    kernel = "import mcroute as mr; mr.sample_counts(mr.Uniform(64, 4), 8, 64, rng=0)"
+    subprocess.run([sys.executable, "-c", kernel], env=env_ro, cwd=tmp_path, check=True,
+                   capture_output=True, timeout=600)
+    cached = list((home / ".cache" / "numba").rglob("_kernels.*.nbi"))
+    assert cached, "numba wrote no cache index under $HOME/.cache/numba"
