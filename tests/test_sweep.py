@@ -448,3 +448,140 @@ def test_bench_sweep_runs(monkeypatch, capsys, port_8787_taken):
     assert out[1].startswith("sweep speed-up, 2 Dask workers / in-process")
     assert "target >= 1.6" in out[1]
     assert float(out[3].split()[-1]) > 0  # cells/s of the Dask run
+
+
+# -- issue 13/14: routing strings and the calibrated cost model's options ------------------------
+@pytest.mark.parametrize("text, canonical", [
+    ("uniform", "uniform"),
+    ("Zipf:1.20", "zipf:1.2"),
+    ("zipf:1.2+correlated:0.2", "zipf:1.2+correlated:0.2"),
+    ("uniform+group:8,4", "uniform+group:8,4"),
+    (" uniform + GROUP:8, 4 + Correlated:0.50 ", "uniform+correlated:0.5+group:8,4"),
+    ("lognormal:1+group:4,1+correlated:0", "lognormal:1.0+correlated:0.0+group:4,1"),
+])
+def test_routing_spellings_canonical(text, canonical):
+    assert S.normalize_routing(text) == canonical
+    assert S.normalize_routing(canonical) == canonical  # canonical is a fixed point
+
+
+def test_routing_strings_build_the_routing_classes():
+    r = S.routing_from_string("zipf:1.2+correlated:0.3+group:8,4", 64, 4)
+    assert isinstance(r, mr.GroupLimited) and (r.n_groups, r.topk_groups) == (8, 4)
+    assert isinstance(r.base, mr.Correlated) and r.base.sigma == 0.3
+    assert r.base.base == mr.Zipf(64, 4, 1.2)
+    c = S.routing_from_string("uniform+correlated:0.1", 16, 2)
+    assert isinstance(c, mr.Correlated) and c.base == mr.Uniform(16, 2)
+    # the CLI's --routing is the same parser
+    from mcroute._cli_common import parse_routing
+
+    assert repr(parse_routing("zipf:1.2+correlated:0.3+group:8,4", 64, 4)) == repr(r)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("zipf", ["zipf needs zipf:ALPHA"]),
+    ("uniform:1", ["uniform takes no parameter"]),
+    ("gauss:1", ["must be BASE[+correlated:SIGMA][+group:NG,TG]"]),
+    ("uniform+correlated", ["correlated:SIGMA or group:NG,TG"]),
+    ("uniform+correlated:x", ["correlated sigma", "'x'"]),
+    ("uniform+correlated:-0.1", ["correlated sigma", ">= 0"]),
+    ("uniform+correlated:nan", ["correlated sigma"]),
+    ("uniform+group:8", ["group:NG,TG"]),
+    ("uniform+group:8,x", ["group TG", "integer >= 1"]),
+    ("uniform+group:0,1", ["group NG", "integer >= 1"]),
+    ("uniform+group:4,8", ["TG <= NG"]),
+    ("uniform+group:8,4+group:8,2", ["group given twice"]),
+    ("uniform+zipf:1.2", ["after '+'"]),
+    ("uniform+", ["after '+'"]),
+    ("x" * 300, ["short string"]),
+])
+def test_bad_routing_spellings(text, words):
+    with pytest.raises(mr.McrouteError) as err:
+        S.normalize_routing(text, "routing[0]")
+    msg = str(err.value)
+    assert msg.startswith("routing[0]")
+    for w in words:
+        assert w in msg
+
+
+def test_routing_needing_e_is_refused_before_any_work(tmp_path):
+    """NG must divide E: found when the cells are prepared, naming the cell and the string."""
+    spec = {**SIM, "axes": {"routing": ["uniform", "uniform+group:5,2"]},
+            "fixed": {**SIM["fixed"], "batch_size": 8}}
+    with pytest.raises(mr.McrouteError, match=r"uniform\+group:5,2.*n_groups must divide"):
+        mr.sweep(spec, tmp_path / "out.nc", progress=False)
+    assert not (tmp_path / "out.nc.parts").exists()
+
+
+def test_new_routings_in_a_sweep_match_direct_calls():
+    spec = {**SIM, "axes": {"routing": ["uniform+group:8,2", "zipf:1.2+correlated:0.4"],
+                            "batch_size": [8, 64]}}
+    ds = mr.sweep(spec, progress=False)
+    assert ds["routing"].values.tolist() == ["uniform+group:8,2", "zipf:1.2+correlated:0.4"]
+    for text, routing in (("uniform+group:8,2", mr.GroupLimited(mr.Uniform(32, 4), 8, 2)),
+                          ("zipf:1.2+correlated:0.4", mr.Correlated(mr.Zipf(32, 4, 1.2), 0.4))):
+        for b in (8, 64):
+            seed = int(ds["cell_seed"].sel(routing=text, batch_size=b))
+            direct = mr.simulate(routing, b, 48, n_layers=2, n_devices=4, rng=seed)
+            np.testing.assert_array_equal(
+                ds["active_experts_mean"].sel(routing=text, batch_size=b).values,
+                direct["active_experts_mean"].values)
+
+
+def test_calibrated_options_in_throughput_sweep_match_direct_calls():
+    spec = {"kind": "throughput", "seed": 9, "n_trials": 8,
+            "axes": {"kernels": ["calibrated", "roofline"], "mtp_depth": [0, 1]},
+            "fixed": {"model": "mixtral-8x7b", "hardware": "h100-sxm", "n_gpus": 2,
+                      "context": "4k", "batch_per_gpu": 8, "all_to_all": "overlap",
+                      "redundant_experts": 2, "attention_compute_dtype": "bf16",
+                      "mtp_acceptance": "beta:8,2", "routing": "zipf:1.1+correlated:0.2"}}
+    ds = mr.sweep(spec, progress=False)
+    for kernels in ("calibrated", "roofline"):
+        for depth in (0, 1):
+            seed = int(ds["cell_seed"].sel(kernels=kernels, mtp_depth=depth))
+            dep = mr.Deployment("mixtral-8x7b", "h100-sxm", 2, kernels=kernels,
+                                mtp_depth=depth, mtp_acceptance="beta:8,2",
+                                all_to_all="overlap", redundant_experts=2,
+                                attention_compute_dtype="bf16")
+            direct = mr.decode_throughput(
+                dep, 4096, routing=mr.Correlated(mr.Zipf(8, 2, 1.1), 0.2), n_trials=8,
+                rng=seed, batch_per_gpu=8)
+            cell = ds.sel(kernels=kernels, mtp_depth=depth)
+            for v in ("throughput_mean", "throughput_bound_mean"):
+                np.testing.assert_array_equal(cell[v].values, direct[v].values)
+            assert cell["batch_size"].values.ravel().tolist() == [16]
+
+
+def test_tpot_cell_and_batch_policy_conflict(tmp_path):
+    spec = {"kind": "throughput", "seed": 1, "n_trials": 4,
+            "axes": {"tpot": ["40ms", 0.08]},
+            "fixed": {"model": "llama-3.1-70b", "hardware": "h100-sxm", "n_gpus": 4,
+                      "context": "8k"}}
+    loaded = mr.load_sweep_spec(spec)
+    assert loaded.axes == (("tpot", (0.04, 0.08)),)
+    ds = mr.sweep(spec, progress=False)
+    b = ds["batch_size"].values.ravel()
+    assert b[0] <= b[1]  # a looser target admits at least the same batch
+    bad = {**spec, "fixed": {**spec["fixed"], "batch_size": 8}}
+    with pytest.raises(mr.McrouteError, match="one of batch_size, batch_per_gpu and tpot"):
+        mr.sweep(bad, tmp_path / "o.nc", progress=False)
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("kernels", "exact", ["kernels must be one of"]),
+    ("all_to_all", "always", ["all_to_all must be one of"]),
+    ("redundant_experts", -1, ["redundant_experts must be an integer >= 0"]),
+    ("mtp_depth", 1.5, ["mtp_depth must be an integer"]),
+    ("mtp_acceptance", 1.5, ["mtp_acceptance must be a number in [0, 1] or 'beta:A,B'"]),
+    ("mtp_acceptance", "beta:1", ["mtp_acceptance must be"]),
+    ("tpot", "soon", ["tpot must be a time"]),
+    ("tpot", 0, ["tpot must be a time"]),
+    ("calibration_uncertainty", "yes", ["true or false"]),
+])
+def test_bad_calibrated_options_name_the_key(key, value, words):
+    spec = {"kind": "throughput", "seed": 1,
+            "fixed": {"model": "mixtral-8x7b", "hardware": "h100-sxm", "n_gpus": 2,
+                      "context": "4k", key: value}}
+    with pytest.raises(mr.McrouteError) as err:
+        mr.load_sweep_spec(spec)
+    for w in words:
+        assert w in str(err.value)
