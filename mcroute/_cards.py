@@ -144,6 +144,10 @@ class LayerSpec:
     cross_attn_flops_per_token_per_ctx : int
         FLOPs per generated token per *encoder* position of the cross-attention [FLOP] (0 unless
         encoder-decoder).
+    n_kv_heads : int
+        Heads of the cached keys/values: ``n_kv_heads`` for MHA/GQA, 1 for MLA (one latent
+        shared by every head), 0 when unknown. Decides how much of the cache each GPU keeps
+        under tensor-parallel attention (``Deployment(memory_layout="engine")``).
     """
 
     index: int
@@ -162,6 +166,7 @@ class LayerSpec:
     shared_expert_params: int
     router_params: int
     cross_attn_flops_per_token_per_ctx: int = 0
+    n_kv_heads: int = 0
 
     @property
     def total_params(self) -> int:
@@ -207,6 +212,11 @@ class ModelSpec:
         The totals the authors publish [params] (compared with the computed ones in the tests).
     card : dict
         The card this spec was built from (used by :meth:`to_dict`; not compared).
+    fp8_kv_bytes_per_token : int or None
+        Bytes one cached token takes in ONE layer with an FP8 KV cache, as the attention kernel
+        lays it out (values, scales, padding), e.g. 656 for DeepSeek-V3 with FlashMLA (card
+        field ``attention.fp8_kv_bytes_per_token``); None: ``kv_values_per_token`` x 1 B. Used
+        by ``Deployment(memory_layout="engine", kv_dtype="fp8")``.
     """
 
     name: str
@@ -222,6 +232,7 @@ class ModelSpec:
     published_total_params: float | None
     published_active_params: float | None
     card: dict | None = field(default=None, compare=False, repr=False)
+    fp8_kv_bytes_per_token: int | None = None
 
     # -- derived ---------------------------------------------------------------------------
     @property
@@ -482,6 +493,13 @@ class HardwareSpec:
         Dense (non-sparse) peak FLOP/s per dtype, keys among ``bf16, fp8, fp4, ...`` [FLOP/s].
     interconnect_bandwidth : float
         Scale-up interconnect (NVLink / Infinity Fabric) bandwidth per GPU, one direction [B/s].
+    gpus_per_node : int
+        GPUs in one scale-up domain (NVLink / Infinity Fabric node), default 8.
+    scaleout_bandwidth : float
+        Scale-out network (NIC, e.g. 400 Gb/s InfiniBand NDR = 50e9 B/s) bandwidth per GPU, one
+        direction [B/s]; 0 when unknown.
+    scaleout_latency : float
+        One-way latency of a small message over the scale-out network [s]; 0 when unknown.
     source : tuple of str
         Datasheets the numbers come from.
     notes : str
@@ -496,6 +514,9 @@ class HardwareSpec:
     interconnect_bandwidth: float
     source: tuple
     notes: str = field(default="", compare=False)
+    gpus_per_node: int = 8
+    scaleout_bandwidth: float = 0.0
+    scaleout_latency: float = 0.0
 
     def peak_flops(self, dtype="bf16") -> float:
         """Dense peak FLOP/s for ``dtype`` [FLOP/s]; error naming the dtypes this GPU has.
@@ -520,7 +541,10 @@ class HardwareSpec:
         return {"name": self.name, "hbm_bytes": self.hbm_bytes,
                 "hbm_bandwidth_bytes_per_s": self.hbm_bandwidth,
                 "peak_dense_flops_per_s": dict(self.flops),
-                "interconnect_bandwidth_bytes_per_s": self.interconnect_bandwidth}
+                "interconnect_bandwidth_bytes_per_s": self.interconnect_bandwidth,
+                "gpus_per_node": self.gpus_per_node,
+                "scaleout_bandwidth_bytes_per_s": self.scaleout_bandwidth,
+                "scaleout_latency_s": self.scaleout_latency}
 
     @classmethod
     def from_dict(cls, card: dict, origin: str = "<dict>") -> HardwareSpec:
@@ -544,6 +568,9 @@ class HardwareSpec:
             flops={k: float(v) for k, v in flops.items()},
             interconnect_bandwidth=float(c["interconnect_bandwidth_bytes_per_s"]),
             source=tuple(c["source"]), notes=c.get("notes", ""),
+            gpus_per_node=int(c["gpus_per_node"]),
+            scaleout_bandwidth=float(c["scaleout_bandwidth_bytes_per_s"]),
+            scaleout_latency=float(c["scaleout_latency_s"]),
         )
 
     def to_dict(self) -> dict:
@@ -552,6 +579,9 @@ class HardwareSpec:
                "source": list(self.source), "hbm_bytes": self.hbm_bytes,
                "hbm_bandwidth_bytes_per_s": self.hbm_bandwidth,
                "interconnect_bandwidth_bytes_per_s": self.interconnect_bandwidth,
+               "gpus_per_node": self.gpus_per_node,
+               "scaleout_bandwidth_bytes_per_s": self.scaleout_bandwidth,
+               "scaleout_latency_s": self.scaleout_latency,
                "peak_dense_flops_per_s": dict(self.flops)}
         if self.notes:
             out["notes"] = self.notes
@@ -726,6 +756,7 @@ _ATTN_SCHEMA = {
     "v_head_dim": _T("int", None, minimum=1),
     "sliding_window_tokens": _T("int", None, minimum=0),
     "sliding_window_layers": _T("window_layers", None),
+    "fp8_kv_bytes_per_token": _T("int", None, minimum=1, maximum=1 << 20),
 }
 _MHA_KEYS = ("n_kv_heads", "head_dim")
 _MLA_KEYS = ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
@@ -776,6 +807,10 @@ _HW_SCHEMA = {
                                     maximum=BANDWIDTH_RANGE[1]),
     "interconnect_bandwidth_bytes_per_s": _T("num", minimum=INTERCONNECT_RANGE[0],
                                              maximum=INTERCONNECT_RANGE[1]),
+    "gpus_per_node": _T("int", 8, minimum=1, maximum=1 << 16),
+    "scaleout_bandwidth_bytes_per_s": _T("num", 0.0, minimum=INTERCONNECT_RANGE[0],
+                                         maximum=INTERCONNECT_RANGE[1]),
+    "scaleout_latency_s": _T("num", 0.0, minimum=0.0, maximum=1.0),
     "peak_dense_flops_per_s": _T("flopstable"),
 }
 
@@ -1047,8 +1082,13 @@ def _build_model(c, origin) -> ModelSpec:
             index=i, attention=att["kind"], attn_params=a_params + cross_qo,
             kv_values_per_token=kv_vals, sliding_window=win if i in sliding else 0,
             attn_flops_per_token_per_ctx=a_flops, cross_kv_values_per_token=cross_kv,
-            cross_attn_flops_per_token_per_ctx=cross_flops, **ffn,
+            cross_attn_flops_per_token_per_ctx=cross_flops,
+            n_kv_heads=1 if att["kind"] == "mla" else att["n_kv_heads"], **ffn,
         ))
+    fp8_kv = att.get("fp8_kv_bytes_per_token")
+    if fp8_kv is not None and fp8_kv < kv_vals:
+        raise McrouteError(f"{origin}: field 'attention.fp8_kv_bytes_per_token' ({fp8_kv}) must "
+                           f"be at least the {kv_vals} cached values per token x 1 B")
     pub_t, pub_a = c.get("published_total_params"), c.get("published_active_params")
     return ModelSpec(
         name=c["name"], display_name=c["display_name"], decode_layers=tuple(layers), hidden=h,
@@ -1057,7 +1097,7 @@ def _build_model(c, origin) -> ModelSpec:
         source=tuple(c["source"]),
         published_total_params=None if pub_t is None else float(pub_t),
         published_active_params=None if pub_a is None else float(pub_a),
-        card=c,
+        card=c, fp8_kv_bytes_per_token=fp8_kv,
     )
 
 

@@ -98,7 +98,7 @@ def _dense_layer(index, hidden, n_heads, n_kv, ffn):
         kv_values_per_token=2 * kv_dim, sliding_window=0,
         attn_flops_per_token_per_ctx=4 * q_dim, cross_kv_values_per_token=0, ffn="dense",
         dense_ffn_params=3 * hidden * ffn, n_experts=0, top_k=0, expert_params=0,
-        n_shared_experts=0, shared_expert_params=0, router_params=0,
+        n_shared_experts=0, shared_expert_params=0, router_params=0, n_kv_heads=n_kv,
     )
 
 

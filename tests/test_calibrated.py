@@ -431,3 +431,37 @@ def test_qs_reports_bound_and_uses_common_draws():
     np.testing.assert_allclose(ds["dense_throughput"].sel(context=L).values,
                                direct["throughput"].values, rtol=1e-12)
     assert "calibration" in ds.attrs["uncertainty_sources"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Cards: FP8 KV layout and the two-tier interconnect
+# ---------------------------------------------------------------------------------------------
+
+
+def test_fp8_kv_layout_from_the_model_card():
+    # DeepSeek-V3: 61 layers of 512 + 64 cached values; FlashMLA's FP8 layout takes 656 B/token
+    dep = mr.Deployment("deepseek-v3", "h200", 8, weight_dtype="fp8", kv_dtype="fp8",
+                        attention_parallel="data")
+    assert mr.load_model("deepseek-v3").fp8_kv_bytes_per_token == 656
+    assert dep.kv_bytes_per_sequence(4096) == 61 * 656 * 4096
+    assert dep.replace(kernels="roofline").kv_bytes_per_sequence(4096) == 61 * 576 * 4096
+    assert dep.replace(kv_dtype="bf16").kv_bytes_per_sequence(4096) == 61 * 576 * 2 * 4096
+    bad = mr.load_model("deepseek-v3").to_dict()
+    bad["attention"]["fp8_kv_bytes_per_token"] = 500
+    with pytest.raises(McrouteError, match="fp8_kv_bytes_per_token"):
+        ModelSpec.from_dict(bad)
+
+
+def test_two_tier_interconnect():
+    h = mr.load_hardware("h800")
+    assert (h.gpus_per_node, h.scaleout_bandwidth) == (8, 50e9)
+    assert HardwareSpec.from_dict(h.to_dict()) == h
+    # the same 32 tokens per GPU: across 4 nodes the dispatch/combine crosses the 50 GB/s NICs
+    kw = {"n_trials": 2, "rng": 0}
+    opts = {"weight_dtype": "fp8", "attention_parallel": "data", "calibration_uncertainty": False}
+    one = mr.decode_throughput(mr.Deployment("deepseek-v3", "h200", 8, **opts), "4k",
+                               batch_size=256, **kw)
+    four = mr.decode_throughput(mr.Deployment("deepseek-v3", "h200", 32, **opts), "4k",
+                                batch_size=1024, **kw)
+    assert float(four["all_to_all_time_mean"]) > float(one["all_to_all_time_mean"]) > 0
+    assert np.all(four["step_time"] >= four["step_time_bound"])
