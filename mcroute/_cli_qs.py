@@ -7,6 +7,7 @@ main job.
 
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
@@ -95,8 +96,9 @@ def _print_case(ds, name, q_note, dep_note, ci_prob=0.95) -> None:
     print(f"\n== {name}: s = {s:.4f}, q = {qv:.3g}, q·s = {qs:.3g} "
           f"({'< 1: MoE structurally disadvantaged' if qs < 1 else '>= 1'})")
     print(f"   q: {q_note}")
-    print(f"   {dep_note}; MoE needs >= {moe_min if moe_min > 0 else 'none of 1..4096'} GPUs "
-          f"at the longest context")
+    print(f"   {dep_note}")
+    print(f"   MoE needs >= {moe_min if moe_min > 0 else 'none of 1..4096'} GPUs at the longest "
+          "context")
     print(f"   {kernels_line(ds, ci_prob)}")
     rows, notes = [], {}
     for L in np.atleast_1d(ds["context"].values):
@@ -175,7 +177,10 @@ def run(args) -> int:
         elif args.q.strip().lower() != "estimate":
             q_given = _parse_q(args.q, as_q, parse_q)
     if args.model:
-        cases = [(args.model, {})]
+        # a paper model named alone keeps its documented defaults (fp8 weights and
+        # data-parallel attention for DeepSeek-V3); flags override them
+        paper = dict(PAPER_CASES)
+        cases = [(args.model, dict(paper.get(args.model, {})))]
     else:
         cases = list(PAPER_CASES)
         if args.context == "4k,8k,16k,32k,64k,128k":
@@ -222,8 +227,10 @@ def run(args) -> int:
                              dense_model=args.dense_model, **opts)
         except McrouteError as exc:
             raise placement_error(exc, args) from None
+        attention = json.loads(ds.attrs.get("deployment", "{}")).get("attention_parallel",
+                                                                     "tensor")
         dep_note = (f"{gpus} x {hardware}, weights {opts.get('weight_dtype', 'bf16')}, "
-                    f"KV {opts['kv_dtype']}, dense twin: "
+                    f"KV {opts['kv_dtype']}, {attention}-parallel attention, dense twin: "
                     f"{args.dense_model or args.dense_style}")
         _print_case(ds, moe.name, q_note, dep_note, ci_prob)
         sys.stdout.flush()

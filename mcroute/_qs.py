@@ -727,12 +727,15 @@ def qs_analysis(
     return ds
 
 
-#: The paper's four models on the default deployment of ``mcroute qs`` (DESIGN.md §1):
-#: one 8-GPU H200 node (141 GiB HBM, 4.8 TB/s each), bf16 weights and KV cache except
-#: DeepSeek-V3, whose released weights are fp8. Switch-C (1.57T parameters) does not fit on it,
-#: which is the feasibility question the paper raises.
+#: The paper's four models on the default deployment of ``mcroute qs`` (docs/qs.md): one 8-GPU
+#: H200 node (141 GiB HBM, 4.8 TB/s each), bf16 weights and KV cache except DeepSeek-V3, whose
+#: released weights are fp8 and whose MLA attention runs data-parallel, as engines serve it:
+#: under tensor-parallel attention every rank holds the whole latent cache (the calibrated
+#: model's engine memory layout), which cuts the admissible batch 8x. Its dense twin (same
+#: attention) runs the same way. Switch-C (1.57T parameters) does not fit on the node, which is
+#: the feasibility question the paper raises.
 PAPER_CASES = (
-    ("deepseek-v3", {"weight_dtype": "fp8"}),
+    ("deepseek-v3", {"weight_dtype": "fp8", "attention_parallel": "data"}),
     ("qwen3-235b-a22b", {}),
     ("grok-1", {}),
     ("switch-c-2048", {}),
