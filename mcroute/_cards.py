@@ -217,6 +217,12 @@ class ModelSpec:
         lays it out (values, scales, padding), e.g. 656 for DeepSeek-V3 with FlashMLA (card
         field ``attention.fp8_kv_bytes_per_token``); None: ``kv_values_per_token`` x 1 B. Used
         by ``Deployment(memory_layout="engine", kv_dtype="fp8")``.
+    n_groups, topk_groups : int
+        Group-limited routing of the card (``moe.n_groups`` / ``moe.topk_groups``, as in
+        DeepSeek-V2/V3): the routed experts form ``n_groups`` contiguous groups and each token
+        uses experts of at most ``topk_groups`` of them. 0 when the model does not route this
+        way. :func:`mcroute.decode_throughput` then defaults to
+        ``GroupLimited(Uniform(E, k), n_groups, topk_groups)`` (see :meth:`default_routing`).
     """
 
     name: str
@@ -233,6 +239,8 @@ class ModelSpec:
     published_active_params: float | None
     card: dict | None = field(default=None, compare=False, repr=False)
     fp8_kv_bytes_per_token: int | None = None
+    n_groups: int = 0
+    topk_groups: int = 0
 
     # -- derived ---------------------------------------------------------------------------
     @property
@@ -300,6 +308,31 @@ class ModelSpec:
     def expert_params(self) -> int:
         """Parameters of one routed expert (0 for a dense model) [params]."""
         return self._moe_value("expert_params")
+
+    @property
+    def group_limited(self) -> bool:
+        """Whether the card routes group-limited (``n_groups`` > 0)."""
+        return self.n_groups > 0
+
+    def default_routing(self):
+        """The routing assumed when none is given: uniform, group-limited when the card says so.
+
+        ``GroupLimited(Uniform(E, k), n_groups, topk_groups)`` for a group-limited card,
+        ``Uniform(E, k)`` for another MoE model, None for a dense one.
+
+        Examples
+        --------
+        >>> load_model("deepseek-v3").default_routing()
+        GroupLimited(base=Uniform(n_experts=256, top_k=8), n_groups=8, topk_groups=4)
+        """
+        if not self.is_moe:
+            return None
+        from ._routing import GroupLimited, Uniform
+
+        base = Uniform(self.n_experts, self.top_k)
+        if self.n_groups:
+            return GroupLimited(base, self.n_groups, self.topk_groups)
+        return base
 
     @property
     def attention_kind(self) -> str:
@@ -397,6 +430,7 @@ class ModelSpec:
             "n_shared_experts": self.n_shared_experts, "attention": self.attention_kind,
             "kv_bytes_per_token_bf16": self.kv_bytes_per_token("bf16"),
             "max_context": self.max_context,
+            "n_groups": self.n_groups, "topk_groups": self.topk_groups,
         }
 
     @classmethod
@@ -979,6 +1013,10 @@ def _validate_model_card(card, origin) -> dict:
                                   or moe["topk_groups"] > moe["n_groups"]):
             raise McrouteError(f"{origin}: field 'moe.n_groups' must divide "
                                "moe.n_routed_experts and be >= moe.topk_groups")
+        if "n_groups" in moe and (moe["topk_groups"] * (moe["n_routed_experts"]
+                                                        // moe["n_groups"]) < moe["top_k"]):
+            raise McrouteError(f"{origin}: fields 'moe.topk_groups' x experts per group must be "
+                               ">= moe.top_k (a token needs top_k experts in its groups)")
         has_dense = bool(dense)
     else:
         has_dense = True
@@ -1098,6 +1136,8 @@ def _build_model(c, origin) -> ModelSpec:
         published_total_params=None if pub_t is None else float(pub_t),
         published_active_params=None if pub_a is None else float(pub_a),
         card=c, fp8_kv_bytes_per_token=fp8_kv,
+        n_groups=int(c.get("moe", {}).get("n_groups", 0)),
+        topk_groups=int(c.get("moe", {}).get("topk_groups", 0)),
     )
 
 

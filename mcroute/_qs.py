@@ -388,7 +388,8 @@ def qs_analysis(
     context : int, str or sequence
         Context length(s) [tokens]; ``"128k"`` = 131072.
     routing : Routing, optional
-        Routing of the MoE's layers (default uniform over its E experts, top-k).
+        Routing of the MoE's layers. Default: as :func:`decode_throughput`, uniform over its E
+        experts, top-k, group-limited when the model card says so (DeepSeek-V2/V3).
     n_trials : int
         Monte Carlo decode steps per context, >= 2 (intervals need two).
     rng : None, int, SeedSequence or Generator

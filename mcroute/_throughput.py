@@ -16,7 +16,7 @@ from ._calibrated import MTP_STREAM, accepted_tokens, draw_acceptance
 from ._cost import OPERATORS, Deployment
 from ._results import DEFAULT_QUANTILES, provenance, summarize
 from ._rng import CHUNK_TRIALS, generator, resolve_seed
-from ._routing import Uniform
+from ._routing import GroupLimited, Uniform
 from ._sampling import (
     check_routing,
     check_sampling_request,
@@ -111,7 +111,10 @@ def _resolve_routing(dep: Deployment, routing):
     if dep.n_moe_layers == 0:
         return None
     if routing is None:
-        return Uniform(dep.n_experts, dep.top_k)
+        # the card's routing: group-limited (DeepSeek-V2/V3) when it says so, else uniform
+        ng, tg = getattr(dep.model, "n_groups", 0), getattr(dep.model, "topk_groups", 0)
+        base = Uniform(dep.n_experts, dep.top_k)
+        return GroupLimited(base, ng, tg) if ng else base
     check_routing(routing)
     if routing.n_experts != dep.n_experts or routing.top_k != dep.top_k:
         raise McrouteError(
@@ -324,8 +327,10 @@ def decode_throughput(
         over ``context``. Integers become the ``batch_size`` dim; a batch above the admissible
         one is reported infeasible.
     routing : Routing, optional
-        Routing distribution of the MoE layers; default ``Uniform(E, k)`` of the model. Its E and
-        k must match the model. Ignored for a dense model.
+        Routing distribution of the MoE layers. Default: the model card's routing,
+        ``GroupLimited(Uniform(E, k), n_groups, topk_groups)`` for a card with group-limited
+        routing (DeepSeek-V2/V3, ``ModelSpec.n_groups``), else ``Uniform(E, k)``; the one used
+        is in ``attrs["routing"]``. Its E and k must match the model. Ignored for a dense model.
     n_trials : int
         Monte Carlo steps per point, >= 2 (intervals need two). Requests whose per-trial
         results or random draws exceed the limits of mcroute._validate (``MAX_RESULT_BYTES``,
