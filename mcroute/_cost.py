@@ -1,6 +1,7 @@
 """Roofline cost model of decode: HBM capacity and step time of a deployment (array layer).
 
-May import: numpy, and the array layer (``_validate``, ``_sampling``, ``_cards``).
+May import: numpy, and the array layer (``_validate``, ``_sampling``, ``_cards``,
+``_placement``).
 
 Everything here is deterministic. The pure functions (:func:`roofline_time`,
 :func:`max_batch_size`, :func:`attended_positions`, :func:`kv_bytes_per_sequence`) take and return
@@ -32,11 +33,14 @@ import numpy as np
 from ._calibrated import (
     ALL_TO_ALL_MODES,
     CALIBRATION_STREAM,
+    ExpertLayout,
+    _gather_index,
     balanced_placement,
     calibrated_step,
     expert_layout,
     parse_acceptance,
 )
+from ._placement import Placement
 from ._sampling import device_map
 from ._validate import (
     BANDWIDTH_RANGE,
@@ -296,10 +300,14 @@ class Deployment:
         n_gpus / D GPUs, and each expert is tensor-split within its group. Default: n_gpus
         (every GPU is its own group; the resolved value is :attr:`expert_groups`). Must divide
         n_gpus; need not divide E.
-    expert_placement : sequence of int, optional
+    expert_placement : sequence of int or Placement, optional
         Group id (0 .. D-1) of each routed expert. Default: balanced contiguous blocks, expert
         e in group ``floor(e · D / E)`` (E / D experts each when D divides E, else group sizes
-        differing by one).
+        differing by one). Or a :class:`~mcroute.Placement` from
+        :func:`mcroute.balanced_placement` with ``n_devices`` = D and the model's E: its slots
+        (with their replicas) and devices are used for every MoE layer (a one-layer placement)
+        or layer by layer (one per MoE layer), and its ``redundant_experts`` are charged in
+        memory (``redundant_experts`` must then be 0 or the same number).
     max_batch : int, optional
         Cap on the batch size (e.g. a scheduler limit); none by default.
     encoder_context : int, optional
@@ -520,9 +528,16 @@ class Deployment:
         if n % ep:
             raise McrouteError(f"expert_parallel must divide n_gpus={n}, got {ep}")
         put("_ep", ep)
+        placed = self.expert_placement if isinstance(self.expert_placement, Placement) else None
+        if placed is not None:
+            if self.redundant_experts not in (0, placed.redundant_experts):
+                raise McrouteError(
+                    f"redundant_experts={self.redundant_experts} disagrees with the placement's "
+                    f"redundant_experts={placed.redundant_experts}; give 0 or the same number")
+            put("redundant_experts", placed.redundant_experts)
         if self.redundant_experts and not moe:
             raise McrouteError("redundant_experts is given but the model has no MoE layers")
-        if self.redundant_experts and self.expert_placement is not None:
+        if placed is None and self.redundant_experts and self.expert_placement is not None:
             raise McrouteError("redundant_experts and expert_placement cannot be combined: "
                                "with redundant experts the placement is rebuilt per layer "
                                "(EPLB-style)")
@@ -539,8 +554,16 @@ class Deployment:
                 raise McrouteError(
                     f"expert_parallel={ep} exceeds the expert slots ({e_count} experts + "
                     f"{self.redundant_experts} redundant); some groups would hold no expert")
+            slot_group = None
             if self.expert_placement is None:
                 group = balanced_placement(e_count, ep)
+            elif placed is not None:
+                slot_group = self._check_placement(placed, e_count, ep, len(moe))
+                # per-expert group (the device of replica 0, first layer): the roofline
+                # per-expert statistics; costing uses the slots of every layer
+                first = placed.slot_rank[0] == 0
+                group = np.empty(e_count, dtype=np.int64)
+                group[placed.slot_expert[0][first]] = slot_group[0][first]
             else:
                 try:
                     group = device_map(e_count, ep, self.expert_placement)
@@ -548,11 +571,16 @@ class Deployment:
                     raise McrouteError(
                         f"expert placement: {exc} (n_experts={e_count}, expert_parallel={ep})"
                     ) from None
-            put("expert_placement",
-                None if self.expert_placement is None else tuple(int(g) for g in group))
+            if placed is None:
+                put("expert_placement",
+                    None if self.expert_placement is None else tuple(int(g) for g in group))
+            put("_placed", placed)
             put("_group", group)
             per_group = np.bincount(group, minlength=ep)
-            if self.redundant_experts:
+            if placed is not None:
+                per_group = np.stack([np.bincount(row, minlength=ep)
+                                      for row in slot_group]).max(axis=0)
+            elif self.redundant_experts:
                 s = e_count + self.redundant_experts
                 per_group = np.full(ep, s // ep, dtype=np.int64)
                 per_group[: s % ep] += 1
@@ -562,6 +590,7 @@ class Deployment:
         else:
             if self.expert_placement is not None:
                 raise McrouteError("expert_placement is given but the model has no MoE layers")
+            put("_placed", None)
             put("_group", np.zeros(0, dtype=np.int64))
             put("_experts_per_group", np.zeros(ep, dtype=np.int64))
             put("_E", 0)
@@ -718,8 +747,11 @@ class Deployment:
             elif f.name == "hardware":
                 v = self.hardware.name
             elif f.name == "expert_placement":
-                v = ("contiguous" if not self.redundant_experts else "eplb") if v is None \
-                    else list(v)
+                if isinstance(v, Placement):
+                    v = v.describe()
+                else:
+                    v = ("contiguous" if not self.redundant_experts else "eplb") if v is None \
+                        else list(v)
             elif f.name == "compute_dtype":
                 v = self.flops_dtype
             elif f.name == "expert_parallel":
@@ -792,6 +824,8 @@ class Deployment:
         """
         if not self.n_moe_layers:
             return None
+        if self._placed is not None:
+            return self._placed_layout()
         pop = None
         if self.redundant_experts:
             m = self.n_moe_layers
@@ -799,6 +833,37 @@ class Deployment:
                    else routing.popularity(m))
         return expert_layout(self._group, self._ep, self.n_moe_layers, self.redundant_experts,
                              pop)
+
+    @staticmethod
+    def _check_placement(p, e_count, ep, n_moe) -> np.ndarray:
+        """Validate a :class:`~mcroute.Placement`; its slot devices (moe_layer, slot)."""
+        if p.n_devices != ep:
+            raise McrouteError(f"expert_placement: the Placement is for n_devices={p.n_devices} "
+                               f"but the expert-parallel degree is {ep}")
+        if p.n_experts != e_count:
+            raise McrouteError(f"expert_placement: the Placement has n_experts={p.n_experts} "
+                               f"but the model has {e_count} routed experts per layer")
+        if p.n_layers not in (1, n_moe):
+            raise McrouteError(f"expert_placement: the Placement has {p.n_layers} layers; "
+                               f"give 1 (used for every MoE layer) or {n_moe} (the MoE layers)")
+        return np.broadcast_to(np.asarray(p.slot_device, dtype=np.int64),
+                               (n_moe, p.slot_device.shape[1]))
+
+    def _placed_layout(self):
+        """The :class:`~mcroute._calibrated.ExpertLayout` of a given Placement."""
+        p, m = self._placed, self.n_moe_layers
+        shape = (m, p.slot_expert.shape[1])
+        ex, rank, reps, dev = (np.broadcast_to(np.asarray(a, dtype=np.int64), shape).copy()
+                               for a in (p.slot_expert, p.slot_rank, p.slot_replicas,
+                                         p.slot_device))
+        if p.redundant_experts == 0:
+            # one slot per expert: index slots by expert (the layout's identity convention)
+            order = np.argsort(ex, axis=1, kind="stable")
+            dev = np.take_along_axis(dev, order, axis=1)
+            ex = np.broadcast_to(np.arange(shape[1], dtype=np.int64), shape).copy()
+            rank, reps = np.zeros(shape, dtype=np.int64), np.ones(shape, dtype=np.int64)
+        return ExpertLayout(ex, rank, reps, dev, _gather_index(dev, self._ep), self._ep,
+                            p.redundant_experts)
 
     @property
     def n_experts(self) -> int:
@@ -1194,7 +1259,7 @@ class Deployment:
             nt = c.shape[0]
             if layout is None:
                 layout = self.expert_layout()
-            if self._calibrated or self.redundant_experts:
+            if self._calibrated or self.redundant_experts or self._placed is not None:
                 from ._calibrated import group_loads, slot_loads
 
                 slots = slot_loads(c, layout)
@@ -1271,7 +1336,7 @@ class Deployment:
             tok, act, active = self._group_stats(counts)
             tok, act = tok[None, :], act[None, :]
         r = self.tokens_per_seq
-        if self.redundant_experts or self._calibrated:
+        if self.redundant_experts or self._calibrated or self._placed is not None:
             c = None if counts is None else np.asarray(counts)[None]
             ev = self._evaluate(L, B, c, self._kcard.point() if self._calibrated else None,
                                 self.expert_layout(routing))

@@ -63,3 +63,66 @@ def test_qs_analysis_follows_default():
     res = mr.qs_analysis("deepseek-v3", "h200", 8, q=3.0, context=4096, n_trials=4, rng=1,
                          weight_dtype="fp8")
     assert "n_groups" in str(res.attrs["routing"])
+
+
+# -- Deployment(expert_placement=Placement) -------------------------------------------------
+
+QWEN = ("qwen3-30b-a3b", "h200", 8)  # 128 experts, top-8, 48 MoE layers, EP = 8
+
+
+def test_placement_with_replicas_equals_deployment_eplb():
+    r = mr.Zipf(128, 8, 1.2)
+    own = mr.Deployment(*QWEN, weight_dtype="fp8", redundant_experts=16)
+    # the popularity Deployment's own EPLB path uses (routing.popularity per MoE layer)
+    p = mr.balanced_placement(r.popularity(own.n_moe_layers), 8, redundant_experts=16)
+    for n_red in (0, 16):  # redundant_experts may be left 0 or repeat the placement's
+        dep = mr.Deployment(*QWEN, weight_dtype="fp8", expert_placement=p,
+                            redundant_experts=n_red)
+        assert dep.redundant_experts == 16
+        assert dep.weight_bytes_per_gpu == own.weight_bytes_per_gpu  # replicas charged
+        a = mr.decode_throughput(own, 4096, 64, routing=r, n_trials=16, rng=2)
+        b = mr.decode_throughput(dep, 4096, 64, routing=r, n_trials=16, rng=2)
+        np.testing.assert_array_equal(a["step_time"].values, b["step_time"].values)
+        np.testing.assert_array_equal(a["step_time_bound"].values, b["step_time_bound"].values)
+    assert dep.describe()["expert_placement"]["redundant_experts"] == 16
+
+
+def test_one_layer_placement_broadcasts():
+    counts = np.arange(128)[::-1] + 1.0
+    p1 = mr.balanced_placement(counts, 8)
+    many = mr.balanced_placement(np.tile(counts, (48, 1)), 8)
+    a, b = (mr.Deployment(*QWEN, expert_placement=p, kernels="roofline") for p in (p1, many))
+    c = np.random.default_rng(0).integers(0, 9, size=(48, 128))
+    assert a.step_breakdown(4096, 64, c)["step_time"] == b.step_breakdown(4096, 64, c)["step_time"]
+
+
+def test_balanced_placement_beats_contiguous_at_large_batch():
+    """Measured, paired (common random numbers): Zipf 1.2, qwen3-30b-a3b fp8 on 8 x H200, 4k.
+
+    Packing by load (N = 0) lowers the busiest device's tokens (mean 121 -> 74 at B = 64) but
+    spreads hot experts so the busiest device touches slightly more experts; measured at
+    100 trials: B = 64 +0.15% (SE 0.01%) step time, B = 1024 -0.72% (SE 0.011%). The test
+    asserts the large-batch gain beyond 4 SE of the paired difference.
+    """
+    r = mr.Zipf(128, 8, 1.2)
+    p0 = mr.balanced_placement(r, 8, 0, n_layers=48)
+    bal = mr.Deployment(*QWEN, weight_dtype="fp8", expert_placement=p0)
+    con = mr.Deployment(*QWEN, weight_dtype="fp8")
+    x = mr.decode_throughput(bal, 4096, 1024, routing=r, n_trials=100, rng=2)["step_time"].values
+    y = mr.decode_throughput(con, 4096, 1024, routing=r, n_trials=100, rng=2)["step_time"].values
+    d = x - y
+    se = d.std(ddof=1) / np.sqrt(d.size)
+    assert d.mean() + 4 * se < 0, (d.mean(), se)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"n_devices": 4}, "n_devices=4"),
+    ({"n_experts": 64}, "n_experts=64"),
+    ({"n_layers": 3}, "3 layers"),
+    ({"redundant": 8, "dep_red": 4}, "disagrees"),
+])
+def test_placement_mismatch_errors(kw, match):
+    pop = np.ones((kw.get("n_layers", 1), kw.get("n_experts", 128)))
+    p = mr.balanced_placement(pop, kw.get("n_devices", 8), kw.get("redundant", 0))
+    with pytest.raises(McrouteError, match=match):
+        mr.Deployment(*QWEN, expert_placement=p, redundant_experts=kw.get("dep_red", 0))
