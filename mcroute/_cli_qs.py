@@ -50,7 +50,9 @@ def register(sub) -> None:
                    "estimate (default: benchmark estimate, else scaling law)")
     p.add_argument("--context", default="4k,8k,16k,32k,64k,128k",
                    help="comma-separated contexts (k = 1024), default 4k..128k")
-    p.add_argument("--routing", default="uniform", help=ROUTING_HELP)
+    p.add_argument("--routing", default=None,
+                   help=ROUTING_HELP + "; default: the model card's routing (uniform, "
+                   "group-limited for DeepSeek-V2/V3)")
     p.add_argument("--weight-dtype", default=None, help="weight dtype (default per model)")
     p.add_argument("--kv-dtype", default="bf16", help="KV cache dtype (default bf16)")
     p.add_argument("--hbm-fraction", default=None,
@@ -193,7 +195,7 @@ def run(args) -> int:
         if not moe.is_moe:
             raise McrouteError(f"model {moe.name!r} is dense; the qs analysis needs a "
                                "Mixture-of-Experts model (its dense twin is built from it)")
-        routings[name] = (None if args.routing == "uniform" else
+        routings[name] = (None if args.routing is None else
                           parse_routing(args.routing, moe.n_experts, moe.top_k))
     print(f"mcroute qs: {len(cases)} model(s) on {gpus} x {hardware}, {trials} trials, "
           f"seed {seed}", flush=True)

@@ -52,7 +52,9 @@ def register(sub) -> None:
     p.add_argument("--batch", default=None,
                    help="'max' (the admissible batch at each context, default) or "
                    "comma-separated batch sizes (sequences per replica)")
-    p.add_argument("--routing", default="uniform", help=ROUTING_HELP)
+    p.add_argument("--routing", default=None,
+                   help=ROUTING_HELP + "; default: the model card's routing (uniform, "
+                   "group-limited for DeepSeek-V2/V3)")
     p.add_argument("--weight-dtype", default="bf16", help="weight storage dtype (default bf16)")
     p.add_argument("--kv-dtype", default="bf16", help="KV cache dtype (default bf16)")
     p.add_argument("--compute-dtype", default=None,
@@ -104,8 +106,9 @@ def run(args) -> int:
         raise placement_error(exc, args) from None
     routing = None
     if model.is_moe:
-        routing = parse_routing(args.routing, model.n_experts, model.top_k)
-    elif str(args.routing).strip().lower() != "uniform":
+        routing = (model.default_routing() if args.routing is None
+                   else parse_routing(args.routing, model.n_experts, model.top_k))
+    elif args.routing is not None and str(args.routing).strip().lower() != "uniform":
         raise McrouteError(f"--routing: model {model.name!r} is dense (no routed experts)")
     show = is_tty()
 
