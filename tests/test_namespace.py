@@ -1,4 +1,4 @@
-"""Pin the public API so that changes to it are deliberate (the public API listed in README.md and docs/schema.md)."""
+"""Pin the public API (README.md, docs/schema.md) so that changes to it are deliberate."""
 
 import mcroute
 
