@@ -121,17 +121,32 @@ def calibrated_vs_roofline(reps: int = 5, n_trials: int = 1000):
     return r, t_cal, t_roof, r_own, batches
 
 
-def run(quick: bool = False, out=print) -> list[tuple[str, float, str, bool]]:
-    """Run the benchmark; print and return ``(name, value, target, met)`` per figure."""
-    reps = 3 if quick else 7
-    scale = 0.25 if quick else 1.0
-    results = []
+def _reporter(results: list, out):
+    """``report(name, value, op, target, detail)``: print one figure line and keep it."""
 
     def report(name, value, target_op, target, detail=""):
         met = value >= target if target_op == ">=" else value <= target
         results.append((name, value, f"{target_op} {target:g}", met))
         out(f"{name:<48} {value:10.3f}  target {target_op} {target:<5g} "
             f"{'ok' if met else 'MISSED'}  {detail}".rstrip())
+
+    return report
+
+
+def _closing_line(results: list, out) -> None:
+    missed = sum(not met for *_, met in results)
+    out(f"{len(results) - missed} of {len(results)} figures met their targets. The figures are "
+        f"informational: the exit status does not depend on them (ratios drift by about ±20% "
+        f"on a shared machine).")
+
+
+def run(quick: bool = False, out=print) -> list[tuple[str, float, str, bool]]:
+    """Run the benchmark; print and return ``(name, value, target, met)`` per figure."""
+    reps = 3 if quick else 7
+    scale = 0.25 if quick else 1.0
+    results = []
+
+    report = _reporter(results, out)
 
     threads = numba.get_num_threads()
     numba.set_num_threads(1)
@@ -218,10 +233,7 @@ def run(quick: bool = False, out=print) -> list[tuple[str, float, str, bool]]:
            f"calibrated batches {batches})")
     out(f"calibrated_over_roofline[each at its own max batch]{'':<4} {r_own:10.3f}  "
         f"(information: the roofline's ideal layout admits about 8x larger batches)")
-    missed = sum(not met for *_, met in results)
-    out(f"{len(results) - missed} of {len(results)} figures met their targets. The figures are "
-        f"informational: the exit status does not depend on them (ratios drift by about ±20% "
-        f"on a shared machine).")
+    _closing_line(results, out)
     return results
 
 
@@ -293,11 +305,7 @@ def run_answers(quick: bool = False, out=print) -> list[tuple[str, float, str, b
     reps = 3 if quick else 5
     results = []
 
-    def report(name, value, target_op, target, detail=""):
-        met = value >= target if target_op == ">=" else value <= target
-        results.append((name, value, f"{target_op} {target:g}", met))
-        out(f"{name:<48} {value:10.3f}  target {target_op} {target:<5g} "
-            f"{'ok' if met else 'MISSED'}  {detail}".rstrip())
+    report = _reporter(results, out)
 
     # 1. a dense decode_throughput point against its bare step-time arithmetic
     dense = mr.Deployment("llama-3.1-70b", "h100-sxm", 8)
@@ -375,7 +383,5 @@ def run_answers(quick: bool = False, out=print) -> list[tuple[str, float, str, b
     t = _time(lambda: [mr.decode_throughput(ds3, 4096, n_trials=1000, rng=i)
                        for i in range(n_moe)], 1)[0]
     out(f"points_per_second[deepseek-v3 loop, 1000 trials] {n_moe / t:10.2f}  (information)")
-    missed = sum(not met for *_, met in results)
-    out(f"{len(results) - missed} of {len(results)} figures met their targets (informational; "
-        f"the exit status does not depend on them).")
+    _closing_line(results, out)
     return results
