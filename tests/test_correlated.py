@@ -4,9 +4,6 @@ Statistical checks compare the sampler with results computed independently of it
 formulas, or the law's definition integrated by NumPy), with tolerances in standard errors.
 """
 
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -133,12 +130,8 @@ print(h.hexdigest())
 """
 
 
-def test_bit_identical_on_one_and_two_threads():
-    out = []
-    for threads in (1, 2):
-        env = {**os.environ, "NUMBA_NUM_THREADS": str(threads)}
-        out.append(subprocess.run([sys.executable, "-c", SCRIPT], env=env, check=True,
-                                  capture_output=True, text=True, timeout=600).stdout.strip())
+def test_bit_identical_on_one_and_two_threads(stdout_on_threads):
+    out = stdout_on_threads(SCRIPT)
     assert out[0] == out[1] and len(out[0]) == 64
 
 

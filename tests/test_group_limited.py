@@ -6,9 +6,6 @@ and the exact inclusion probabilities (enumeration of the sequential form) are c
 that definition, implemented here directly in NumPy, with tolerances in standard errors.
 """
 
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -121,12 +118,8 @@ print(h.hexdigest())
 """
 
 
-def test_bit_identical_on_one_and_two_threads():
-    out = []
-    for threads in (1, 2):
-        env = {**os.environ, "NUMBA_NUM_THREADS": str(threads)}
-        out.append(subprocess.run([sys.executable, "-c", SCRIPT], env=env, check=True,
-                                  capture_output=True, text=True, timeout=600).stdout.strip())
+def test_bit_identical_on_one_and_two_threads(stdout_on_threads):
+    out = stdout_on_threads(SCRIPT)
     assert out[0] == out[1] and len(out[0]) == 64
 
 

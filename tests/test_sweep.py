@@ -5,7 +5,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -388,22 +387,6 @@ def test_progress_bar():
 
 
 # -- Dask -----------------------------------------------------------------------------------------
-@pytest.fixture
-def port_8787_taken():
-    """Hold 127.0.0.1:8787, Dask's default dashboard port (if nobody else does already): the
-    Dask tests must pass, without a "port in use" warning (an error here), while it is taken."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(("127.0.0.1", 8787))
-        s.listen(1)
-    except OSError:
-        pass  # already taken by another process: just as good
-    try:
-        yield
-    finally:
-        s.close()
-
-
 @pytest.mark.slow
 def test_dask_local_cluster_equals_in_process(tmp_path, sim_full, port_8787_taken):
     """--workers 2: a local cluster of two worker processes gives the in-process result."""

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import pickle
-import socket
 import subprocess
 import sys
 import time
@@ -499,21 +498,6 @@ def test_repeated_quantiles_refused():
 
 
 # -- item 10: Dask without port 8787 -------------------------------------------------------------
-@pytest.fixture
-def port_8787_taken():
-    """Hold 127.0.0.1:8787 (if nobody else does already) for the duration of the test."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(("127.0.0.1", 8787))
-        s.listen(1)
-    except OSError:
-        pass  # already taken by another process: just as good
-    try:
-        yield
-    finally:
-        s.close()
-
-
 @pytest.mark.slow
 def test_local_cluster_with_port_8787_taken(tmp_path, port_8787_taken, clean_run, capsys):
     """--workers 2 while 8787 is in use: no warning (warnings are errors here), same numbers."""
