@@ -13,65 +13,65 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from ._validate import McrouteError
-from ._version import __version__
+from mcroute._base.validate import McrouteError
+from mcroute._version import __version__
 
-#: Public name -> private module (relative to this package) that defines it.
+#: Public name -> module that defines it.
 _LAZY = {
-    "Placement": "_placement",
-    "balanced_placement": "_placement",
-    "HardwareSpec": "_cards",
-    "LayerSpec": "_cards",
-    "ModelSpec": "_cards",
-    "dtype_bytes": "_cards",
-    "list_hardware": "_cards",
-    "list_models": "_cards",
-    "load_hardware": "_cards",
-    "load_model": "_cards",
-    "Deployment": "_cost",
-    "roofline_time": "_cost",
-    "dense_twin": "_qs",
-    "min_gpus": "_qs",
-    "qs_analysis": "_qs",
-    "EstimateQ": "_quality",
-    "QSpec": "_quality",
-    "as_q": "_quality",
-    "estimate_q": "_quality",
-    "parse_q": "_quality",
-    "save_dataset": "_results",
-    "Correlated": "_routing",
-    "GroupLimited": "_routing",
-    "LogNormal": "_routing",
-    "Popularity": "_routing",
-    "Routing": "_routing",
-    "Uniform": "_routing",
-    "Zipf": "_routing",
-    "active_experts_variance": "_sampling",
-    "device_map": "_sampling",
-    "expected_active_experts": "_sampling",
-    "expert_load_distribution": "_sampling",
-    "load_histogram": "_sampling",
-    "microbatch_stats": "_sampling",
-    "sample_assignments": "_sampling",
-    "sample_counts": "_sampling",
-    "simulate": "_simulate",
-    "load_sweep_spec": "_sweep",
-    "sweep": "_sweep",
-    "decode_throughput": "_throughput",
-    "Overdispersed": "_traces",
-    "PopularityTrace": "_traces",
-    "Trace": "_traces",
-    "fit_correlated": "_traces_fit",
-    "fit_routing": "_traces_fit",
-    "fitted_routing": "_traces_fit",
-    "inspect_trace": "_traces_fit",
-    "real_batch_check": "_traces_fit",
-    "load_trace": "_traces_io",
-    "save_trace": "_traces_io",
+    "Placement": "mcroute._routing.placement",
+    "balanced_placement": "mcroute._routing.placement",
+    "HardwareSpec": "mcroute._cards.cards",
+    "LayerSpec": "mcroute._cards.cards",
+    "ModelSpec": "mcroute._cards.cards",
+    "dtype_bytes": "mcroute._cards.cards",
+    "list_hardware": "mcroute._cards.cards",
+    "list_models": "mcroute._cards.cards",
+    "load_hardware": "mcroute._cards.cards",
+    "load_model": "mcroute._cards.cards",
+    "Deployment": "mcroute._cost.deployment",
+    "roofline_time": "mcroute._cost.deployment",
+    "dense_twin": "mcroute._labeled.qs",
+    "min_gpus": "mcroute._labeled.qs",
+    "qs_analysis": "mcroute._labeled.qs",
+    "EstimateQ": "mcroute._quality.quality",
+    "QSpec": "mcroute._quality.quality",
+    "as_q": "mcroute._quality.quality",
+    "estimate_q": "mcroute._quality.quality",
+    "parse_q": "mcroute._quality.quality",
+    "save_dataset": "mcroute._labeled.results",
+    "Correlated": "mcroute._routing.distributions",
+    "GroupLimited": "mcroute._routing.distributions",
+    "LogNormal": "mcroute._routing.distributions",
+    "Popularity": "mcroute._routing.distributions",
+    "Routing": "mcroute._routing.distributions",
+    "Uniform": "mcroute._routing.distributions",
+    "Zipf": "mcroute._routing.distributions",
+    "active_experts_variance": "mcroute._routing.sampling",
+    "device_map": "mcroute._routing.sampling",
+    "expected_active_experts": "mcroute._routing.sampling",
+    "expert_load_distribution": "mcroute._routing.sampling",
+    "load_histogram": "mcroute._routing.sampling",
+    "microbatch_stats": "mcroute._routing.sampling",
+    "sample_assignments": "mcroute._routing.sampling",
+    "sample_counts": "mcroute._routing.sampling",
+    "simulate": "mcroute._labeled.simulate",
+    "load_sweep_spec": "mcroute.sweeps.core",
+    "sweep": "mcroute.sweeps.core",
+    "decode_throughput": "mcroute._labeled.throughput",
+    "Overdispersed": "mcroute._traces.trace",
+    "PopularityTrace": "mcroute._traces.trace",
+    "Trace": "mcroute._traces.trace",
+    "fit_correlated": "mcroute._labeled.trace_fit",
+    "fit_routing": "mcroute._labeled.trace_fit",
+    "fitted_routing": "mcroute._labeled.trace_fit",
+    "inspect_trace": "mcroute._labeled.trace_fit",
+    "real_batch_check": "mcroute._labeled.trace_fit",
+    "load_trace": "mcroute._traces.io",
+    "save_trace": "mcroute._traces.io",
 }
 
 if TYPE_CHECKING:  # static type checkers and IDEs see ordinary imports
-    from ._cards import (
+    from mcroute._cards.cards import (
         HardwareSpec,
         LayerSpec,
         ModelSpec,
@@ -81,12 +81,20 @@ if TYPE_CHECKING:  # static type checkers and IDEs see ordinary imports
         load_hardware,
         load_model,
     )
-    from ._cost import Deployment, roofline_time
-    from ._placement import Placement, balanced_placement
-    from ._qs import dense_twin, min_gpus, qs_analysis
-    from ._quality import EstimateQ, QSpec, as_q, estimate_q, parse_q
-    from ._results import save_dataset
-    from ._routing import (
+    from mcroute._cost.deployment import Deployment, roofline_time
+    from mcroute._labeled.qs import dense_twin, min_gpus, qs_analysis
+    from mcroute._labeled.results import save_dataset
+    from mcroute._labeled.simulate import simulate
+    from mcroute._labeled.throughput import decode_throughput
+    from mcroute._labeled.trace_fit import (
+        fit_correlated,
+        fit_routing,
+        fitted_routing,
+        inspect_trace,
+        real_batch_check,
+    )
+    from mcroute._quality.quality import EstimateQ, QSpec, as_q, estimate_q, parse_q
+    from mcroute._routing.distributions import (
         Correlated,
         GroupLimited,
         LogNormal,
@@ -95,7 +103,8 @@ if TYPE_CHECKING:  # static type checkers and IDEs see ordinary imports
         Uniform,
         Zipf,
     )
-    from ._sampling import (
+    from mcroute._routing.placement import Placement, balanced_placement
+    from mcroute._routing.sampling import (
         active_experts_variance,
         device_map,
         expected_active_experts,
@@ -105,18 +114,9 @@ if TYPE_CHECKING:  # static type checkers and IDEs see ordinary imports
         sample_assignments,
         sample_counts,
     )
-    from ._simulate import simulate
-    from ._sweep import load_sweep_spec, sweep
-    from ._throughput import decode_throughput
-    from ._traces import Overdispersed, PopularityTrace, Trace
-    from ._traces_fit import (
-        fit_correlated,
-        fit_routing,
-        fitted_routing,
-        inspect_trace,
-        real_batch_check,
-    )
-    from ._traces_io import load_trace, save_trace
+    from mcroute._traces.io import load_trace, save_trace
+    from mcroute._traces.trace import Overdispersed, PopularityTrace, Trace
+    from mcroute.sweeps.core import load_sweep_spec, sweep
 
 __all__ = [
     "Correlated",
@@ -178,7 +178,7 @@ def __getattr__(name: str):
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'mcroute' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # later look-ups skip this function
     return value
 

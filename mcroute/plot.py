@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from ._atomic import atomic_path
-from ._results import summarize
-from ._validate import McrouteError
+from mcroute._base.atomic import atomic_path
+from mcroute._base.validate import McrouteError
+from mcroute._labeled.results import summarize
 
 __all__ = ["caption_text", "plot_band", "plot_dataset", "save_figure"]
 

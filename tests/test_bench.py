@@ -15,7 +15,7 @@ def test_calibrated_figure_runs_same_work_on_both_paths():
     import math
 
     import mcroute as mr
-    from mcroute._bench import CALIBRATED_CASE, CALIBRATED_CONTEXTS, calibrated_vs_roofline
+    from mcroute.bench.core import CALIBRATED_CASE, CALIBRATED_CONTEXTS, calibrated_vs_roofline
 
     r, t_cal, t_roof, r_own, batches = calibrated_vs_roofline(reps=1, n_trials=4)
     model, hw, n, dtype = CALIBRATED_CASE

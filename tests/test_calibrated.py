@@ -1,4 +1,4 @@
-"""Tests of the calibrated decode cost model (issue 13, mcroute/_calibrated.py and its use in
+"""Tests of the calibrated decode cost model (issue 13, mcroute/_cost/calibrated.py and its use in
 Deployment, decode_throughput and qs_analysis): the bound property, MTP, replication, redundant
 experts, placement, batch policies, calibration draws."""
 
@@ -10,8 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import mcroute as mr
-from mcroute import _calibration as C
-from mcroute._calibrated import (
+from mcroute._base.validate import McrouteError
+from mcroute._cards.cards import HardwareSpec, ModelSpec
+from mcroute._cost import calibration as C
+from mcroute._cost.calibrated import (
     accepted_tokens,
     balanced_placement,
     expert_layout,
@@ -20,8 +22,6 @@ from mcroute._calibrated import (
     slot_loads,
     split_two,
 )
-from mcroute._cards import HardwareSpec, ModelSpec
-from mcroute._validate import McrouteError
 
 # ---------------------------------------------------------------------------------------------
 # Expert slots, placement, splits (exact, small cases)
@@ -365,7 +365,7 @@ def test_batch_per_gpu_is_batch_times_gpus():
 
 
 def test_tpot_picks_largest_batch_meeting_the_target():
-    from mcroute._throughput import TPOT_SEARCH_TRIALS
+    from mcroute._labeled.throughput import TPOT_SEARCH_TRIALS
 
     dep = mr.Deployment("mixtral-8x7b", "h100-sxm", 8, calibration_uncertainty=False)
     target = 0.02

@@ -8,15 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mcroute as mr
-from mcroute import _calibration as C
-from mcroute import _fit_kernels as FK
-from mcroute._cards import load_hardware
-from mcroute._validate import McrouteError
+from mcroute._base.validate import McrouteError
+from mcroute._cards.cards import load_hardware
+from mcroute._cost import calibration as C
+from mcroute._cost import fit_kernels as FK
 
 
 def _kernel_data_or_skip():
     try:
-        d = mr._resources.shared_data_dir() / "kernels"
+        d = mr._base.resources.shared_data_dir() / "kernels"
     except McrouteError as exc:
         pytest.skip(f"shared data folder absent ({exc}); the fit cannot be re-run")
     if not d.is_dir():
@@ -309,7 +309,7 @@ def test_fit_command_check_and_report(capsys):
 def test_card_hardware_names_are_hardware_cards():
     # Every listed name is a bundled hardware card, except h20 (no hardware card yet; listed so
     # that a future h20 card maps to the Hopper kernels).
-    known = set(mr._cards.list_hardware())
+    known = set(mr.list_hardware())
     for name in C.list_kernel_cards():
         for hw in C.load_kernel_card(name).hardware:
             assert hw in known or hw == "h20", (name, hw)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 import mcroute
-from mcroute import McrouteError, ModelSpec, _resources, dtype_bytes, load_hardware, load_model
+from mcroute import McrouteError, ModelSpec, dtype_bytes, load_hardware, load_model
+from mcroute._base import resources as _resources
 from mcroute.cli import main
 
 ALL_MODELS = [
@@ -388,7 +389,7 @@ def _arch(m):
 
 def test_hf_families_covered():
     types = {cfg["model_type"] for cfg in HF_CONFIGS.values()}
-    assert types == set(mcroute._cards.HF_MODEL_TYPES)
+    assert types == set(mcroute._cards.cards.HF_MODEL_TYPES)
     # grok-1 (JAX release) and switch-c-2048 (T5X gin) have no HF config family here
     assert set(HF_CONFIGS) == set(ALL_MODELS) - {"grok-1", "switch-c-2048"}
 

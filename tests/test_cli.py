@@ -78,7 +78,7 @@ def traces(tmp_path_factory):
 
     import numpy as np
 
-    from mcroute._traces_io import save_trace
+    from mcroute._traces.io import save_trace
 
     d = tmp_path_factory.mktemp("traces")
     rng = np.random.default_rng(11)
@@ -194,7 +194,7 @@ def test_q_estimate_known_benchmark_still_runs(capsys):
 def test_internal_error_is_one_line_exit_1(monkeypatch, capsys):
     """A bug (an exception no input check raises) is still one line, exit 1, and names itself
     as an internal error; MCROUTE_DEBUG=1 shows the traceback."""
-    import mcroute._cli_simulate as sim
+    import mcroute.cli.simulate as sim
 
     def boom(*a, **k):
         raise TypeError("unexpected\nsecond line")
@@ -220,7 +220,7 @@ def test_internal_error_is_one_line_exit_1(monkeypatch, capsys):
     (AttributeError("x"), 1, "internal error"),
 ])
 def test_error_message_classes(exc, status, needle):
-    from mcroute.cli import _error_message
+    from mcroute.cli.app import _error_message
 
     got, line = _error_message("simulate", exc)
     assert got == status and needle in line and "\n" not in line
@@ -240,7 +240,7 @@ def _dead_pid() -> int:
 
 
 def _tmp_name(target, host, pid, rand="abcd1234"):
-    from mcroute._atomic import TMP_TAG
+    from mcroute._base.atomic import TMP_TAG
 
     return f".{target}{TMP_TAG}{host}.{pid}.{rand}.nc"
 
@@ -249,7 +249,7 @@ def test_stale_temporaries_removed_on_next_write(tmp_path, capsys):
     """The first write into a folder removes the stale temporaries there (docs/cli.md)."""
     import os
 
-    from mcroute._atomic import STALE_SECONDS, _host
+    from mcroute._base.atomic import STALE_SECONDS, _host
 
     host = _host()
     old = time.time() - STALE_SECONDS - 60
@@ -276,7 +276,7 @@ def test_stale_temporaries_removed_on_next_write(tmp_path, capsys):
         assert (name in left) == (key not in gone), key
     assert out.is_file()
     # The explicit per-target clean-up (used by sweeps) keeps other targets' files.
-    from mcroute._atomic import remove_stale_temporaries
+    from mcroute._base.atomic import remove_stale_temporaries
 
     again = tmp_path / _tmp_name("res.nc", host, _dead_pid(), "dead0002")
     other = tmp_path / _tmp_name("other.nc", host, _dead_pid(), "dead0003")
@@ -291,10 +291,10 @@ def test_killed_write_debris_is_cleaned(tmp_path):
     import os
     import signal
 
-    from mcroute._atomic import TMP_TAG, atomic_path
+    from mcroute._base.atomic import TMP_TAG, atomic_path
 
     out = tmp_path / "big.nc"
-    code = ("import sys, time\nfrom mcroute._atomic import atomic_path\n"
+    code = ("import sys, time\nfrom mcroute._base.atomic import atomic_path\n"
             "with atomic_path(sys.argv[1]) as t:\n"
             "    t.write_bytes(b'y' * 10**6)\n    print('writing', flush=True)\n"
             "    time.sleep(300)\n")
@@ -316,7 +316,7 @@ def test_overwrite_keeps_permission_bits_and_new_file_follows_umask(tmp_path):
     import os
     import stat
 
-    from mcroute._atomic import _umask, atomic_path
+    from mcroute._base.atomic import _umask, atomic_path
 
     out = tmp_path / "r.csv"
     out.write_text("old")
@@ -358,7 +358,7 @@ def test_overwrite_through_symlink_keeps_the_link(tmp_path, capsys):
 
 
 def test_failed_write_keeps_old_output_and_leaves_nothing(tmp_path):
-    from mcroute._atomic import atomic_path
+    from mcroute._base.atomic import atomic_path
 
     out = tmp_path / "r.json"
     out.write_text("old")
@@ -400,8 +400,8 @@ def test_stale_scan_at_most_once_a_minute_per_folder(tmp_path, monkeypatch):
     a sweep's thousands of part writes do not each list the parts folder."""
     import os
 
-    from mcroute import _atomic
-    from mcroute._atomic import _host, atomic_path
+    from mcroute._base import atomic as _atomic
+    from mcroute._base.atomic import _host, atomic_path
 
     out = tmp_path / "p.nc"
     with atomic_path(out) as t:
@@ -495,7 +495,7 @@ def test_throughput_prints_estimate_and_bound_from_the_result(tmp_path, capsys):
     ds = _open(out)
     assert f"calibrated kernels (card {ds.attrs['kernel_card']})" in text
     assert "intervals carry: routing, calibration" in text
-    from mcroute._cli_throughput import _g
+    from mcroute.cli.throughput import _g
 
     rows = _table_rows(text, "context")
     assert len(rows) == 2
@@ -636,7 +636,7 @@ def test_new_flags_bad_values_one_line_exit_2(argv, needle, traces, capsys):
 
 QWEN_DIR = None
 try:
-    from mcroute._resources import shared_data_dir as _sdd
+    from mcroute._base.resources import shared_data_dir as _sdd
 
     _q = _sdd() / "traces" / "qwen15moe_gsm8k_batched_decode"
     QWEN_DIR = _q if _q.is_dir() else None
@@ -670,7 +670,7 @@ def test_trace_check_gap_closed_nan_prints_na(traces, monkeypatch, capsys):
     """gap_closed is NaN when token-mode resampling has no error to remove: 'n/a', not 'nan%'."""
     import numpy as np
 
-    import mcroute._cli_trace as ct
+    import mcroute.cli.trace as ct
 
     real = ct.real_batch_check
 

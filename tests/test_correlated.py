@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import mcroute as mr
-from mcroute._routing import _pl_inclusion_row
-from mcroute._traces_fit import fit_correlated
+from mcroute._labeled.trace_fit import fit_correlated
+from mcroute._routing.distributions import _pl_inclusion_row
 
 try:
-    from mcroute._resources import shared_data_dir
+    from mcroute._base.resources import shared_data_dir
 
     _T = shared_data_dir() / "traces" / "qwen15moe_gsm8k_batched_decode"
     QWEN = _T if _T.is_dir() else None

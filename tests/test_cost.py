@@ -1,5 +1,5 @@
-"""Tests of the roofline cost model (mcroute/_cost.py): hand-computed configurations, closed
-forms, capacity, and validation."""
+"""Tests of the roofline cost model (mcroute/_cost/deployment.py): hand-computed configurations,
+closed forms, capacity, and validation."""
 
 import dataclasses
 
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import mcroute as mr
-from mcroute._cards import HardwareSpec, LayerSpec, ModelSpec
-from mcroute._cost import (
+from mcroute._cards.cards import HardwareSpec, LayerSpec, ModelSpec
+from mcroute._cost.deployment import (
     Deployment,
     attended_positions,
     kv_bytes_per_sequence,

@@ -5,7 +5,7 @@ and corrupts up to three of them with adversarial values: huge and negative inte
 'nan', 'inf', '1e308', unicode, lone surrogates, /dev/zero, missing files, folders, crafted card
 files. What must hold:
 
-* CLI (in process, ``mcroute.cli.main(argv)``): exit 0, or exit 2 with exactly one line on
+* CLI (in process, ``mcroute.cli.app(argv)``): exit 0, or exit 2 with exactly one line on
   stderr and no traceback, and not from a MemoryError (a request too large must be refused
   before it allocates);
 * API: the call returns, or raises :class:`mcroute.McrouteError`;
@@ -36,8 +36,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import mcroute as mr
-from mcroute import cli
-from mcroute._validate import McrouteError
+import mcroute.cli.app as cli
+from mcroute._base.validate import McrouteError
 
 #: CPU-time limit of one example [s] (all threads of the process; CPU time, not wall time, so
 #: that other jobs on a busy CI machine cannot fail it). Legitimate examples take < 3 s;
@@ -66,7 +66,7 @@ SCALE = int(os.environ.get("MCROUTE_FUZZ_SCALE", "1"))
 
 def _write_fixtures(d):
     """Files the adversarial values point at."""
-    from mcroute._traces_io import save_trace
+    from mcroute._traces.io import save_trace
 
     rng = np.random.default_rng(11)
     n = 48

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import mcroute as mr
-from mcroute._validate import McrouteError
+from mcroute._base.validate import McrouteError
 
 
 def test_cards_expose_group_limited_routing():

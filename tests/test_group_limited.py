@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import mcroute as mr
-from mcroute._routing import _mc_inclusion, _pl_inclusion_row
+from mcroute._routing.distributions import _mc_inclusion, _pl_inclusion_row
 
 
 def _definition(lw, n_groups, topk_groups, k, n, seed):

@@ -31,7 +31,7 @@ def test_wheel_ships_cards_and_data_and_finds_them(tmp_path):
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
                     str(site), str(whl)], check=True, capture_output=True, timeout=600)
-    code = ("import mcroute, mcroute._resources as r; m = mcroute.load_model('deepseek-v3'); "
+    code = ("import mcroute, mcroute._base.resources as r; m = mcroute.load_model('deepseek-v3'); "
             "print(mcroute.__file__); print(r.cards_dir()); print(r.project_data_dir()); "
             "print(len(mcroute.list_hardware()), m.n_experts)")
     env = {**os.environ, "PYTHONPATH": str(site)}

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import mcroute as mr
-from mcroute._calibrated import balanced_placement as contiguous_groups
-from mcroute._calibrated import expert_layout
+from mcroute._cost.calibrated import balanced_placement as contiguous_groups
+from mcroute._cost.calibrated import expert_layout
 
 
 def test_same_layout_as_the_cost_model():

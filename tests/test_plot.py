@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import mcroute as mr  # noqa: E402
 from mcroute import McrouteError  # noqa: E402
-from mcroute._results import provenance, summarize  # noqa: E402
+from mcroute._labeled.results import provenance, summarize  # noqa: E402
 from mcroute.cli import main  # noqa: E402
 from mcroute.plot import caption_text, plot_band, plot_dataset, save_figure  # noqa: E402
 

@@ -5,7 +5,7 @@ import pytest
 from scipy import stats
 
 import mcroute as mr
-from mcroute._qs import crossover_context
+from mcroute._labeled.qs import crossover_context
 
 QWEN = "qwen3-235b-a22b"
 

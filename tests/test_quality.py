@@ -12,7 +12,7 @@ import xarray as xr
 from scipy import stats
 
 import mcroute as mr
-from mcroute import _quality as Q
+from mcroute._quality import quality as Q
 from mcroute.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ from scipy import stats
 
 import mcroute as mr
 from mcroute import _kernels as K
-from mcroute._rng import chunk_seeds
+from mcroute._base.rng import chunk_seeds
 
 
 def _chi2_pvalue(observed, expected, min_expected=5.0):
@@ -197,7 +197,7 @@ def test_kernel_agrees_with_numpy_reference_and_exact_inclusion(routing):
 
 
 def test_subset_table_only_when_small():
-    from mcroute._routing import uniform_subset_table
+    from mcroute._routing.distributions import uniform_subset_table
     t = uniform_subset_table(8, 2, 256)
     assert [tuple(r) for r in t] == list(itertools.combinations(range(8), 2))
     assert uniform_subset_table(8, 2, 27).shape == (0, 2)  # more subsets (28) than tokens
@@ -388,7 +388,7 @@ def test_per_layer_popularity_samples_each_layer():
 def test_inclusion_cache_by_value_matches_direct_quadrature():
     # The value cache computes each distinct sorted popularity row once; the permuted result
     # must equal the quadrature on the row as given (to round-off), and callers get copies.
-    from mcroute._routing import _pl_inclusion_row
+    from mcroute._routing.distributions import _pl_inclusion_row
 
     z = mr.Zipf(300, 6, 0.9, layer_seed=3)
     pi = z.inclusion_probabilities(5)

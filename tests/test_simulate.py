@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mcroute as mr
-from mcroute._simulate import STAT_META
+from mcroute._labeled.simulate import STAT_META
 
 
 def test_dataset_conventions():
@@ -61,7 +61,7 @@ def test_ci_shrinks_but_quantile_band_does_not():
 
 
 def test_blocks_equal_one_draw(monkeypatch):
-    import mcroute._simulate as sim
+    import mcroute._labeled.simulate as sim
 
     r = mr.Uniform(32, 4)
     whole = mr.simulate(r, 16, 100, rng=9)

@@ -16,8 +16,8 @@ import pytest
 import xarray as xr
 
 import mcroute as mr
-from mcroute import _sweep as S
 from mcroute.cli import main
+from mcroute.sweeps import core as S
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("sweep_*.toml"))
@@ -253,7 +253,7 @@ def test_register_a_kind_is_one_function():
         x = np.random.default_rng(rng).normal(p["mu"], size=n_trials)
         ds = xr.Dataset({"x": ("trial", x, {"units": "1"})},
                         coords={"trial": ("trial", np.arange(n_trials), {"units": "1"})})
-        return mr._results.summarize(ds, ["x"], ci_prob=ci_prob, quantiles=quantiles)
+        return mr._labeled.results.summarize(ds, ["x"], ci_prob=ci_prob, quantiles=quantiles)
 
     S.register_cell_kind(S.CellKind("normal", (S.Param("mu", "float", S._REQUIRED),), run))
     try:
@@ -421,7 +421,7 @@ def _save(ds, path):
 def test_bench_sweep_runs(monkeypatch, capsys, port_8787_taken):
     """`mcroute bench --sweep` end to end on a tiny grid (the code path, not the speed)."""
     pytest.importorskip("distributed", reason="the 'distributed' extra is not installed")
-    from mcroute import _sweep_bench
+    from mcroute.bench import sweep_bench as _sweep_bench
 
     tiny = mr.load_sweep_spec({**SIM, "n_trials": 16})
     monkeypatch.setattr(_sweep_bench, "bench_spec", lambda quick=False: tiny)
@@ -455,7 +455,7 @@ def test_routing_strings_build_the_routing_classes():
     c = S.routing_from_string("uniform+correlated:0.1", 16, 2)
     assert isinstance(c, mr.Correlated) and c.base == mr.Uniform(16, 2)
     # the CLI's --routing is the same parser
-    from mcroute._cli_common import parse_routing
+    from mcroute.cli.common import parse_routing
 
     assert repr(parse_routing("zipf:1.2+correlated:0.3+group:8,4", 64, 4)) == repr(r)
 

@@ -20,9 +20,9 @@ import pytest
 import xarray as xr
 
 import mcroute as mr
-from mcroute import _atomic
-from mcroute import _sweep as S
+from mcroute._base import atomic as _atomic
 from mcroute.cli import main
+from mcroute.sweeps import core as S
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""Tests of decode_throughput (mcroute/_throughput.py) and the ``mcroute throughput`` CLI."""
+"""Tests of decode_throughput (mcroute/_labeled/throughput.py) and ``mcroute throughput``."""
 
 import dataclasses
 
@@ -7,7 +7,7 @@ import pytest
 import xarray as xr
 
 import mcroute as mr
-from mcroute._throughput import parse_tokens
+from mcroute._labeled.throughput import parse_tokens
 from mcroute.cli import main
 
 

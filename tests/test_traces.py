@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import mcroute as mr
-from mcroute._traces import calibrate_pl_weights
-from mcroute._traces_fit import overdispersion
+from mcroute._labeled.trace_fit import overdispersion
+from mcroute._traces.trace import calibrate_pl_weights
 
 
 def _synthetic_trace(seed, n_tok=400, n_lay=2, e=16, k=3, **kw):

@@ -11,7 +11,7 @@ from mcroute.cli import main
 
 def _shared_traces():
     try:
-        from mcroute._resources import shared_data_dir
+        from mcroute._base.resources import shared_data_dir
         d = shared_data_dir() / "traces"
     except (ImportError, mr.McrouteError):
         return None

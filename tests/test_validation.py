@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import mcroute as mr
-from mcroute import _validate as V
+from mcroute._base import validate as V
 
 
 @pytest.mark.parametrize(
@@ -559,7 +559,7 @@ def test_save_dataset_json_is_strict(tmp_path):
 
 
 def test_strict_json_helper():
-    from mcroute._results import strict_json
+    from mcroute._labeled.results import strict_json
 
     text = strict_json({"a": [1.0, float("nan"), np.float64("inf")], "b": np.array([np.nan, 2])})
     assert _strict_loads(text) == {"a": [1.0, None, None], "b": [None, 2.0]}

@@ -1,0 +1,254 @@
+"""Labeled results: Monte Carlo summaries, provenance and export.
+
+May import: numpy, scipy, xarray, and the array layer (``_validate``, ``_rng``, ``_version``).
+
+Conventions (DESIGN.md §4, docs/schema.md): a per-trial variable ``x`` (dim ``trial``) gets
+
+* ``x_mean`` — the Monte Carlo mean over trials;
+* ``x_se`` — its standard error, ``std(ddof=1) / sqrt(n)``;
+* ``x_ci`` — a confidence interval *of the mean* on dim ``ci_bound = ["lower", "upper"]``,
+  Student-t with ``n - 1`` degrees of freedom at level ``ci_prob``; it shrinks like 1/sqrt(n);
+* ``x_q`` — quantiles of *single draws* (single microbatches or steps) on dim ``quantile``;
+  this band describes the spread of one step and does not shrink with more trials.
+
+NaN trials (e.g. infeasible points) are skipped; a cell with no valid trial gives NaN.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+from scipy import stats
+
+from mcroute._base.atomic import atomic_path
+from mcroute._base.validate import McrouteError, check_path, check_prob, check_unique
+from mcroute._version import __version__
+
+#: Default quantile levels of the single-draw band ``<name>_q``.
+DEFAULT_QUANTILES = (0.05, 0.5, 0.95)
+
+__all__ = ["DEFAULT_QUANTILES", "summarize", "provenance", "save_dataset", "strict_json",
+           "json_safe"]
+
+
+def _summary_arrays(x: np.ndarray, ci_prob: float, quantiles: np.ndarray):
+    """Summaries over the last axis of ``x``, NaN-aware and warning-free."""
+    valid = ~np.isnan(x)
+    n = valid.sum(axis=-1)
+    xs = np.where(valid, x, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = xs.sum(axis=-1) / n
+        dev = np.where(valid, x - mean[..., None], 0.0)
+        var = (dev**2).sum(axis=-1) / (n - 1)
+        se = np.sqrt(var / n)
+    mean = np.where(n > 0, mean, np.nan)
+    se = np.where(n > 1, se, np.nan)
+    tq = np.where(n > 1, stats.t.ppf(0.5 + ci_prob / 2, np.maximum(n - 1, 1)), np.nan)
+    half = tq * se
+    # A constant sample has se = 0 and an interval of zero width, which is exact.
+    ci = np.stack([mean - half, mean + half], axis=-1)
+    if valid.all():
+        qs = np.moveaxis(np.quantile(x, quantiles, axis=-1), 0, -1)
+        return mean, se, ci, qs
+    srt = np.sort(np.where(valid, x, np.inf), axis=-1)
+    qs = np.full(x.shape[:-1] + (quantiles.size,), np.nan)
+    flat_n = n.reshape(-1)
+    flat_srt = srt.reshape(-1, x.shape[-1])
+    flat_q = qs.reshape(-1, quantiles.size)
+    for i, m in enumerate(flat_n):
+        if m > 0:
+            flat_q[i] = np.quantile(flat_srt[i, :m], quantiles)
+    return mean, se, ci, flat_q.reshape(qs.shape)
+
+
+def summarize(
+    ds: xr.Dataset,
+    names,
+    *,
+    ci_prob: float = 0.95,
+    quantiles=DEFAULT_QUANTILES,
+    dim: str = "trial",
+) -> xr.Dataset:
+    """Add ``_mean``, ``_se``, ``_ci`` and ``_q`` summaries of per-trial variables.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Holds the per-trial variables, each with dim ``dim``.
+    names : iterable of str
+        Variables to summarise.
+    ci_prob : float
+        Level of the confidence interval of the mean, in (0, 1).
+    quantiles : sequence of float
+        Levels of the single-draw quantile band, each in [0, 1].
+    dim : str
+        The Monte Carlo dimension.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``ds`` with the summary variables added (coords ``ci_bound`` and ``quantile``).
+    """
+    ci_prob = check_prob("ci_prob", ci_prob)
+    try:
+        q = np.asarray(quantiles, dtype=float)
+    except (TypeError, ValueError, OverflowError):
+        q = np.asarray([np.nan])
+    if q.ndim != 1 or q.size == 0 or np.any(~np.isfinite(q)) or np.any((q < 0) | (q > 1)):
+        shown = repr(quantiles)
+        raise McrouteError("quantiles must be a non-empty list of levels in [0, 1], got "
+                           f"{shown if len(shown) <= 80 else shown[:77] + '...'}")
+    check_unique("quantiles", q.tolist())
+    # Summaries are computed in NumPy and added in one assignment: adding them one variable at
+    # a time made xarray merge and align the whole Dataset four times per variable.
+    added = {}
+    for name in names:
+        da = ds[name]
+        dims = tuple(d for d in da.dims if d != dim)
+        x = np.asarray(da.transpose(*dims, dim).values, dtype=float)
+        mean, se, ci, qq = _summary_arrays(x, ci_prob, q)
+        units = da.attrs.get("units", "1")
+        desc = da.attrs.get("long_name", name)
+        added[f"{name}_mean"] = xr.Variable(dims, mean, {
+            "units": units, "long_name": f"Monte Carlo mean of {desc}"})
+        added[f"{name}_se"] = xr.Variable(dims, se, {
+            "units": units, "long_name": f"standard error of the mean of {desc}"})
+        added[f"{name}_ci"] = xr.Variable((*dims, "ci_bound"), ci, {
+            "units": units,
+            "long_name": f"{ci_prob:.0%} confidence interval of the mean of {desc}",
+            "ci_kind": "student-t", "ci_prob": ci_prob})
+        added[f"{name}_q"] = xr.Variable((*dims, "quantile"), qq, {
+            "units": units,
+            "long_name": f"quantiles of single draws of {desc} (spread, not uncertainty)"})
+    out = ds.assign_coords(ci_bound=["lower", "upper"], quantile=q).assign(added)
+    out["ci_bound"].attrs.update(units="1", long_name="bound of a confidence interval of a mean")
+    out["quantile"].attrs.update(units="1", long_name="quantile level over single draws")
+    return out
+
+
+def _attr_value(v):
+    """Make an attribute value netCDF/JSON friendly (no bools, no None, no dicts)."""
+    if isinstance(v, (bool, np.bool_)):
+        return int(v)
+    if v is None:
+        return ""
+    if isinstance(v, (dict, list, tuple)):
+        return strict_json(v, sort_keys=True)
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def provenance(*, seed: int, n_trials: int, ci_prob: float, **specs) -> dict:
+    """Dataset attrs: version, creation time (UTC, ISO 8601), trials, ci level, seed and specs.
+
+    ``specs`` values that are dicts or lists are stored as JSON strings.
+    """
+    attrs = {
+        "mcroute_version": __version__,
+        "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "n_trials": int(n_trials),
+        "ci_prob": float(ci_prob),
+        "seed": int(seed),
+    }
+    for k, v in specs.items():
+        attrs[k] = _attr_value(v)
+    return attrs
+
+
+def json_safe(o):
+    """Return ``o`` with every NaN or infinite float replaced by None (JSON ``null``).
+
+    Recurses into dicts, lists and tuples and converts numpy scalars and arrays, so that the
+    result can be written with ``allow_nan=False``: strict JSON, which JavaScript's
+    ``JSON.parse`` and other strict parsers accept (bare ``NaN`` / ``Infinity`` are not JSON).
+    """
+    if isinstance(o, dict):
+        return {k if isinstance(k, str) else str(k): json_safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [json_safe(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return json_safe(o.tolist())
+    if isinstance(o, np.generic):
+        o = o.item()
+    if isinstance(o, float) and not np.isfinite(o):
+        return None
+    return o
+
+
+def strict_json(obj, **kwargs) -> str:
+    """``json.dumps`` of ``obj`` as strict JSON: NaN and infinities written as ``null``."""
+    return json.dumps(json_safe(obj), default=_json_default, allow_nan=False, **kwargs)
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (_dt.datetime, _dt.date)):
+        return o.isoformat()
+    return str(o)
+
+
+def _to_tidy_frame(ds: xr.Dataset):
+    """One row per (variable, coordinate cell): columns variable, <dims...>, value, units."""
+    import pandas as pd
+
+    frames = []
+    for name, da in ds.data_vars.items():
+        if da.dims:
+            df = da.to_dataframe(name=name).reset_index()[[*da.dims, name]]
+        else:
+            df = pd.DataFrame({name: [da.values.item()]})
+        df = df.rename(columns={name: "value"})
+        df.insert(0, "variable", name)
+        df["units"] = da.attrs.get("units", "")
+        frames.append(df)
+    tidy = pd.concat(frames, ignore_index=True, sort=False)
+    for dim in ds.dims:
+        if dim in tidy and dim in ds.coords and np.issubdtype(ds[dim].dtype, np.integer):
+            tidy[dim] = tidy[dim].astype("Int64")
+    return tidy
+
+
+def _to_json_dict(ds: xr.Dataset) -> dict:
+    d = ds.to_dict(data="list", encoding=False)
+    d["attrs"] = {k: _attr_value(v) for k, v in ds.attrs.items()}
+    return d
+
+
+def save_dataset(ds: xr.Dataset, path) -> Path:
+    """Write ``ds`` to ``.nc`` (NetCDF4 via h5netcdf), ``.csv`` (tidy) or ``.json``.
+
+    JSON is strict: NaN (e.g. the trials of an infeasible point) and infinities are written as
+    ``null``, which every JSON parser accepts.
+
+    The file is written to a temporary file in the same folder and renamed into place, so an
+    existing file is never left half-written.
+    """
+    if not isinstance(ds, xr.Dataset):
+        raise McrouteError(f"ds must be an xarray.Dataset, got {type(ds).__name__}")
+    path = check_path("path", path)
+    ext = path.suffix.lower()
+    ds = ds.copy()
+    ds.attrs = {k: _attr_value(v) for k, v in ds.attrs.items()}
+    for v in ds.variables.values():
+        v.attrs = {k: _attr_value(a) for k, a in v.attrs.items()}
+    with atomic_path(path, allowed=(".nc", ".csv", ".json")) as tmp:
+        if ext == ".nc":
+            ds.to_netcdf(tmp, engine="h5netcdf")
+        elif ext == ".csv":
+            frame = _to_tidy_frame(ds)
+            with open(tmp, "w", encoding="utf-8") as fh:
+                for k, v in ds.attrs.items():
+                    fh.write(f"# {k}: {v}\n")
+                frame.to_csv(fh, index=False)
+        else:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(strict_json(_to_json_dict(ds)))
+    return path

@@ -1,0 +1,571 @@
+"""Labeled decode throughput: :func:`decode_throughput` returns an ``xarray.Dataset``.
+
+May import: numpy, xarray, ``_kernels`` (``count_stats``) and the array layer (``_cost``,
+``_calibrated``, ``_sampling``, ``_routing``, ``_results``, ``_rng``, ``_validate``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+import xarray as xr
+
+from mcroute._base.rng import CHUNK_TRIALS, generator, resolve_seed
+from mcroute._base.validate import (
+    MAX_BATCH_SIZE,
+    MAX_CONTEXT,
+    McrouteError,
+    check_bytes,
+    check_int,
+    check_prob,
+    check_unique,
+    check_work,
+)
+from mcroute._cost.calibrated import MTP_STREAM, accepted_tokens, draw_acceptance
+from mcroute._cost.deployment import OPERATORS, Deployment
+from mcroute._labeled.results import DEFAULT_QUANTILES, provenance, summarize
+from mcroute._routing.distributions import GroupLimited, Uniform
+from mcroute._routing.sampling import (
+    check_routing,
+    check_sampling_request,
+    draw_counts,
+    expected_active_experts,
+    sampling_draws,
+)
+
+__all__ = ["decode_throughput", "parse_tokens", "parse_tpot", "THROUGHPUT_VARIABLES"]
+
+#: Cap on the count array held at once (elements); trials are processed in blocks below it.
+_BLOCK_ELEMENTS = 4_000_000
+#: The same cap under calibrated kernels, whose per-expert pricing holds several arrays of the
+#: size of the counts at once.
+_CAL_BLOCK_ELEMENTS = 1_000_000
+#: Trials per evaluation of the bisection of ``tpot=`` (the mean step time of a candidate batch).
+TPOT_SEARCH_TRIALS = 32
+#: Per-operator times reported by ``operator_time_mean`` (the calibrated extras last).
+REPORTED_OPERATORS = (*OPERATORS, "all_reduce", "overhead")
+
+#: Per-trial variables of ``decode_throughput`` (each summarised): units and meaning.
+THROUGHPUT_VARIABLES = {
+    "step_time": ("s", "decode step time under the chosen kernels (1 + mtp_depth tokens for "
+                       "each sequence of the batch)"),
+    "throughput": ("tokens/s", "decode throughput of the deployment under the chosen kernels, "
+                               "batch_size x accepted_tokens / step_time"),
+    "throughput_per_gpu": ("tokens/s/GPU", "decode throughput per GPU (chosen kernels)"),
+    "weight_bytes_per_step": ("B", "weight bytes read from HBM in one step, all GPUs"),
+    "step_time_bound": ("s", "roofline step time from the same sampled counts (the bound)"),
+    "throughput_bound": ("tokens/s", "roofline throughput from the same sampled counts (the "
+                                     "bound: never below throughput)"),
+    "accepted_tokens": ("tokens", "accepted tokens per sequence per step, 1 + sum_i a^i "
+                                  "(1 without MTP)"),
+}
+
+_SUFFIX = {"": 1, "k": 1024, "m": 1024**2}
+
+
+#: Upper limit of each token parameter parsed by :func:`parse_tokens` (``context``,
+#: ``batch_size``); see mcroute._base.validate.
+_TOKEN_MAX = {"context": MAX_CONTEXT, "batch_size": MAX_BATCH_SIZE}
+
+
+def parse_tokens(name: str, value, maximum: int | None = None) -> int:
+    """Parse a token count: an int or a string like ``"4096"``, ``"4k"``, ``"128K"`` (k = 1024).
+
+    ``maximum`` defaults to the limit of the parameter (``MAX_CONTEXT`` for ``context``,
+    ``MAX_BATCH_SIZE`` for ``batch_size``, see mcroute._base.validate).
+
+    Examples
+    --------
+    >>> parse_tokens("context", "128k"), parse_tokens("context", 4096)
+    (131072, 4096)
+    """
+    if maximum is None:
+        maximum = _TOKEN_MAX.get(name.split("[")[0])
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d{1,30})\s*([kKmM]?)\s*", value)
+        if not m:
+            raise McrouteError(
+                f"{name} must be a positive integer like 4096 or 128k"
+                f"{'' if maximum is None else f' (at most {maximum})'}, got {value[:40]!r}")
+        value = int(m.group(1)) * _SUFFIX[m.group(2).lower()]
+    return check_int(name, value, minimum=1, maximum=maximum)
+
+
+def _token_list(name: str, value) -> tuple[list[int], bool]:
+    if isinstance(value, str) or np.ndim(value) == 0:
+        return [parse_tokens(name, value)], True
+    try:
+        values = list(np.asarray(value, dtype=object).ravel())
+    except (ValueError, TypeError):
+        raise McrouteError(f"{name} must be a token count or a list of them") from None
+    if not values:
+        raise McrouteError(f"{name} must not be empty")
+    out = [parse_tokens(f"{name}[{i}]", v) for i, v in enumerate(values)]
+    check_unique(name, out)
+    return out, False
+
+
+def _resolve_routing(dep: Deployment, routing):
+    if dep.n_moe_layers == 0:
+        return None
+    if routing is None:
+        # the card's routing: group-limited (DeepSeek-V2/V3) when it says so, else uniform
+        ng, tg = getattr(dep.model, "n_groups", 0), getattr(dep.model, "topk_groups", 0)
+        base = Uniform(dep.n_experts, dep.top_k)
+        return GroupLimited(base, ng, tg) if ng else base
+    check_routing(routing)
+    if routing.n_experts != dep.n_experts or routing.top_k != dep.top_k:
+        raise McrouteError(
+            f"routing has n_experts={routing.n_experts}, top_k={routing.top_k} but model "
+            f"{dep.model.name!r} has n_experts={dep.n_experts}, top_k={dep.top_k}"
+        )
+    return routing
+
+
+def _spec_dict(spec):
+    for method in ("describe", "to_dict"):
+        f = getattr(spec, method, None)
+        if callable(f):
+            return f()
+    if dataclasses.is_dataclass(spec):
+        return dataclasses.asdict(spec)
+    return {"name": getattr(spec, "name", str(spec))}
+
+
+#: Arrays of n_trials values per (context, batch size) point held by decode_throughput: six
+#: per-trial terms and the seven summarised variables built from them.
+_PER_TRIAL_ARRAYS = 13
+
+
+def parse_tpot(value) -> float:
+    """Parse a time-per-output-token target [s]: a number of seconds or ``"50ms"`` / ``"0.05s"``.
+
+    Examples
+    --------
+    >>> parse_tpot("50ms"), parse_tpot(0.02)
+    (0.05, 0.02)
+    """
+    v = value
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s)?\s*", value)
+        if not m:
+            raise McrouteError(f"tpot must be a time like 0.05, '50ms' or '0.05s', got "
+                               f"{value[:40]!r}")
+        v = float(m.group(1)) * (1e-3 if m.group(2) == "ms" else 1.0)
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise McrouteError(f"tpot must be a time in seconds (> 0), got {value!r}")
+    v = float(v)
+    if not (0 < v < 3600 and np.isfinite(v)):
+        raise McrouteError(f"tpot must be in (0, 3600) seconds, got {value!r}")
+    return v
+
+
+def _run_context(dep, routing, n_trials, entropy):
+    """Per-run draws shared by every point: kernel parameters, MTP acceptance, expert layout."""
+    acc = draw_acceptance(dep._acceptance, n_trials, generator(entropy, MTP_STREAM))
+    return {"params": dep.kernel_params(n_trials, entropy),
+            "accepted": np.asarray(accepted_tokens(acc, dep.mtp_depth), dtype=float)
+            * np.ones(n_trials),
+            "layout": dep.expert_layout(routing)}
+
+
+def _slice_params(params, t0, nt):
+    if params is None:
+        return None
+    return {k: (v[t0:t0 + nt] if np.ndim(v) else v) for k, v in params.items()}
+
+
+def _uncertainty_sources(dep, routing) -> list:
+    out = []
+    if routing is not None:
+        out.append("routing")
+    if dep._calibrated and dep.calibration_uncertainty:
+        out.append("calibration")
+    if dep.mtp_depth and isinstance(dep._acceptance, tuple):
+        out.append("mtp_acceptance")
+    return out
+
+
+def _check_request(dep, routing, contexts, batches, b_max_mode, n_trials, method):
+    """Refuse, before any draw, a request whose results or sampling work exceed the limits."""
+    npts = len(contexts) * len(batches)
+    check_bytes(f"the per-trial results ({npts} points x {n_trials} trials x "
+                f"{_PER_TRIAL_ARRAYS} arrays, float64)", npts * n_trials * _PER_TRIAL_ARRAYS * 8,
+                "n_trials, or the number of contexts and batch sizes")
+    if routing is None:
+        return
+    check_sampling_request(routing, [1], n_trials, dep.n_moe_layers, method,
+                           params="n_trials or batch_size")
+    draws = 0
+    for L in contexts:
+        bmax = dep.max_batch_size(L)
+        for b in batches:
+            B = bmax if b_max_mode else b
+            if 1 <= B <= bmax:
+                draws += sampling_draws(routing, B * dep.tokens_per_seq, n_trials,
+                                        dep.n_moe_layers, method)
+    check_work("the routing Monte Carlo over all (context, batch size) points", draws,
+               "n_trials, batch_size or the number of contexts")
+
+
+_TERMS = ("step_time", "step_time_bound", "weight_bytes_per_step", "memory_time", "compute_time",
+          "all_to_all_time")
+
+
+def _point(dep, routing, L, B, n_trials, entropy, method, tick, run):
+    """Per-trial terms at one (L, B) and the mean time of each operator.
+
+    Returns a dict of (trial,) arrays (step times under the chosen kernels and the bound,
+    weight bytes, memory/compute/all-to-all times) and the operators' mean times.
+    """
+    params = run["params"]
+    ops = np.zeros(len(REPORTED_OPERATORS))
+    if routing is None:
+        ev = dep._evaluate(L, B, None, _slice_params(params, 0, n_trials), None, n_trials)
+        wbytes = dep.weight_bytes_per_step(B)
+        tick(n_trials)
+        out = {"step_time": ev["step_time"], "step_time_bound": ev["step_time_bound"],
+               "weight_bytes_per_step": np.full(n_trials, wbytes),
+               "memory_time": ev["memory_time"], "compute_time": ev["compute_time"],
+               "all_to_all_time": ev["all_to_all"]}
+        for i, op in enumerate(REPORTED_OPERATORS):
+            if ("op", op) in ev:
+                ops[i] = np.mean(ev[("op", op)])
+        return {k: np.array(v, dtype=float) for k, v in out.items()}, ops
+    m, e = dep.n_moe_layers, dep.n_experts
+    cap = _CAL_BLOCK_ELEMENTS if dep._calibrated else _BLOCK_ELEMENTS
+    per_block = max(CHUNK_TRIALS, (cap // (m * e)) // CHUNK_TRIALS * CHUNK_TRIALS)
+    out = {name: np.empty(n_trials) for name in _TERMS}
+    tokens = B * dep.tokens_per_seq
+    for t0 in range(0, n_trials, per_block):
+        nt = min(per_block, n_trials - t0)
+        counts = draw_counts(routing, tokens, nt, m, entropy, (L, B), method, first_trial=t0)
+        ev = dep._evaluate(L, B, counts, _slice_params(params, t0, nt), run["layout"], nt)
+        sl = slice(t0, t0 + nt)
+        out["step_time"][sl] = ev["step_time"]
+        out["step_time_bound"][sl] = ev["step_time_bound"]
+        out["weight_bytes_per_step"][sl] = dep.weight_bytes_per_step(B, ev["active"])
+        out["memory_time"][sl] = ev["memory_time"]
+        out["compute_time"][sl] = ev["compute_time"]
+        out["all_to_all_time"][sl] = ev["all_to_all"]
+        for i, op in enumerate(REPORTED_OPERATORS):
+            if ("op", op) in ev:
+                ops[i] += float(np.sum(ev[("op", op)]))
+        tick(nt)
+    return out, ops / n_trials
+
+
+def _tpot_batch(dep, routing, L, b_max, tpot, entropy, method, run):
+    """Largest B in [1, b_max] whose mean time per output token meets ``tpot`` (0 if none).
+
+    Time per output token of a trial = step time / accepted tokens per sequence; its mean over
+    the first :data:`TPOT_SEARCH_TRIALS` trials of the point's own streams is taken as a
+    non-decreasing function of B, and the largest B meeting the target is found by bisection
+    over the integers (about log2(b_max) evaluations).
+    """
+    n = min(TPOT_SEARCH_TRIALS, len(run["accepted"]))
+    acc = run["accepted"][:n]
+    sub = {"params": _slice_params(run["params"], 0, n), "layout": run["layout"]}
+
+    def ok(b):
+        terms, _ = _point(dep, routing, L, b, n, entropy, method, lambda _: None, sub)
+        return float(np.mean(terms["step_time"] / acc)) <= tpot
+
+    if b_max < 1 or not ok(1):
+        return 0
+    if ok(b_max):
+        return b_max
+    lo, hi = 1, b_max
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def decode_throughput(
+    deployment,
+    context,
+    batch_size="max",
+    routing=None,
+    n_trials=1000,
+    *,
+    rng=None,
+    ci_prob=0.95,
+    quantiles=DEFAULT_QUANTILES,
+    method="auto",
+    progress=None,
+    batch_per_gpu=None,
+    tpot=None,
+):
+    """Decode throughput of a deployment, by Monte Carlo over routing, with intervals.
+
+    For each context L (and batch size B) the step time is the sum over decode layers and
+    operators of the time of each operator on the busiest GPU (see :class:`mcroute.Deployment`
+    and docs/assumptions.md). Under ``kernels="calibrated"`` (the default) every operator is
+    priced with kernel efficiencies fitted on measured kernels, each routed expert from its own
+    sampled load, with communication charged and engine memory layout
+    (``mcroute._cost.calibrated``); the roofline ``max(FLOPs / F, bytes / BW)`` of the same sampled
+    counts is reported beside it as the bound. Under the roofline the routed experts of each MoE
+    layer take the time of the slowest expert-parallel group,
+    ``max(tokens · 2 · P_expert / F, distinct experts · P_expert · b / BW)``.
+
+    Parameters
+    ----------
+    deployment : Deployment
+        Model, hardware, GPU count and every modelling assumption.
+    context : int, str or sequence
+        Context length(s) L [tokens]; strings like ``"128k"`` (k = 1024) are accepted. A
+        sequence becomes the ``context`` dim.
+    batch_size : "max", int or sequence of int
+        Sequences per model replica. ``"max"`` (default): the admissible batch at each context
+        (as many sequences as the KV cache allows), reported as the variable ``batch_size``
+        over ``context``. Integers become the ``batch_size`` dim; a batch above the admissible
+        one is reported infeasible.
+    routing : Routing, optional
+        Routing distribution of the MoE layers. Default: the model card's routing,
+        ``GroupLimited(Uniform(E, k), n_groups, topk_groups)`` for a card with group-limited
+        routing (DeepSeek-V2/V3, ``ModelSpec.n_groups``), else ``Uniform(E, k)``; the one used
+        is in ``attrs["routing"]``. Its E and k must match the model. Ignored for a dense model.
+    n_trials : int
+        Monte Carlo steps per point, >= 2 (intervals need two). Requests whose per-trial
+        results or random draws exceed the limits of mcroute._base.validate (``MAX_RESULT_BYTES``,
+        ``MAX_DRAWS``) are refused before anything is computed.
+    rng : None, int, SeedSequence or Generator
+        Seed; stored as ``attrs["seed"]``. Each (context, batch size) draws its routing from the
+        stream keyed by their values, so any subset of the grid reproduces the same numbers;
+        the kernel parameters and MTP acceptances of trial i come from streams keyed by the seed
+        only (the same at every point).
+    ci_prob : float
+        Level of the confidence intervals of the means, in (0, 1).
+    quantiles : sequence of float
+        Levels of the single-step quantile bands.
+    method : {"auto", "assignment", "counts"}
+        Sampling method, see :func:`mcroute.sample_counts`.
+    progress : callable, optional
+        Called as ``progress(fraction_done)`` after each block of trials (the CLI uses it to
+        show progress on a terminal).
+    batch_per_gpu : int or sequence of int, optional
+        Batch per GPU instead of per replica: ``batch_size = batch_per_gpu · n_gpus`` (the
+        ``batch_size`` dim holds the per-replica values). Excludes ``batch_size`` and ``tpot``.
+    tpot : float or str, optional
+        Time-per-output-token target [s] (``0.05``, ``"50ms"``): at each context the largest
+        batch (up to the admissible one) whose mean step time per accepted token meets it,
+        found by bisection on :data:`TPOT_SEARCH_TRIALS` trials (the step time is taken as
+        non-decreasing in B); reported like ``"max"``. A context where even B = 1 misses the
+        target is infeasible. Excludes ``batch_size`` and ``batch_per_gpu``.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dims ``context``, ``trial`` (``batch_size`` for integer batch sizes), ``ci_bound``,
+        ``quantile``, ``operator``. Per-trial ``step_time`` [s], ``throughput`` [tokens/s],
+        ``throughput_per_gpu`` [tokens/s/GPU], ``weight_bytes_per_step`` [B], the roofline
+        ``step_time_bound`` and ``throughput_bound`` from the same sampled counts, and
+        ``accepted_tokens`` [tokens per sequence per step], each with ``_mean``, ``_se``,
+        ``_ci`` (interval of the mean) and ``_q`` (spread of single steps);
+        ``weight_bytes_per_step_exact`` [B] (its exact expectation for independent-token
+        routing); ``batch_size``, ``max_batch_size`` [sequences]; ``kv_bytes_per_step`` and
+        ``kv_bytes_per_sequence`` [B]; ``memory_time_mean``, ``compute_time_mean`` (roofline
+        terms) and ``all_to_all_time_mean`` [s]; ``operator_time_mean`` [s] per operator;
+        ``feasible``, ``reason`` (why not, else ""), ``exceeds_max_context`` and ``bound``
+        ("memory" or "compute": the larger of the summed roofline byte and FLOP terms of the
+        mean step; "" if infeasible). Infeasible points have NaN trials. Attrs: seed, trials,
+        ``kernels``, ``kernel_card``, ``uncertainty_sources`` (which of routing, calibration,
+        mtp_acceptance the intervals carry), and the deployment (with
+        ``weight_bytes_per_gpu`` and ``usable_bytes_per_gpu``), model, hardware and routing
+        specs.
+
+    Examples
+    --------
+    >>> import mcroute as mr
+    >>> dep = mr.Deployment("deepseek-v3", "h200", 8, weight_dtype="fp8")
+    >>> ds = mr.decode_throughput(dep, ["4k", "128k"], n_trials=64, rng=0)
+    >>> ds["feasible"].values.tolist(), ds["bound"].values.tolist()
+    ([True, True], ['memory', 'memory'])
+    >>> bool(ds["batch_size"].sel(context=4096) > ds["batch_size"].sel(context=131072))
+    True
+    >>> bool((ds["throughput"] <= ds["throughput_bound"]).all())
+    True
+    """
+    if not isinstance(deployment, Deployment):
+        raise McrouteError(
+            f"deployment must be a mcroute.Deployment, got {type(deployment).__name__}"
+        )
+    dep = deployment
+    contexts, ctx_scalar = _token_list("context", context)
+    given_batch = not (isinstance(batch_size, str) and batch_size.strip().lower() == "max")
+    if sum([given_batch, batch_per_gpu is not None, tpot is not None]) > 1:
+        raise McrouteError("give one of batch_size (other than 'max'), batch_per_gpu and tpot")
+    tpot_s = None if tpot is None else parse_tpot(tpot)
+    mode = "max"
+    if batch_per_gpu is not None:
+        per_gpu, b_scalar = _token_list("batch_per_gpu", batch_per_gpu)
+        batches = [b * dep.n_gpus for b in per_gpu]
+        for b in batches:
+            check_int("batch_per_gpu x n_gpus", b, minimum=1, maximum=MAX_BATCH_SIZE)
+        b_max_mode, mode = False, "per_gpu"
+    elif isinstance(batch_size, str):
+        if batch_size.strip().lower() != "max":
+            raise McrouteError(f"batch_size must be 'max', an integer or a list of integers, "
+                               f"got {batch_size!r}")
+        batches, b_scalar, b_max_mode = [None], True, True
+        if tpot_s is not None:
+            mode = "tpot"
+    else:
+        batches, b_scalar = _token_list("batch_size", batch_size)
+        b_max_mode, mode = False, "given"
+    n_trials = check_int("n_trials", n_trials, minimum=2)
+    ci_prob = check_prob("ci_prob", ci_prob)
+    routing = _resolve_routing(dep, routing)
+    entropy = resolve_seed(rng)
+    if progress is not None and not callable(progress):
+        raise McrouteError(f"progress must be a callable or None, got {progress!r}")
+    _check_request(dep, routing, contexts, batches, b_max_mode, n_trials, method)
+    total = len(contexts) * len(batches) * n_trials
+    done = [0]
+
+    def tick(n):
+        done[0] += n
+        if progress is not None:
+            progress(done[0] / total)
+
+    run = _run_context(dep, routing, n_trials, entropy)
+    nc, nb = len(contexts), len(batches)
+    per_trial = {name: np.full((nc, nb, n_trials), np.nan) for name in _TERMS}
+    op_mean = np.full((nc, nb, len(REPORTED_OPERATORS)), np.nan)
+    bs = np.zeros((nc, nb), dtype=np.int64)
+    bmax = np.zeros(nc, dtype=np.int64)
+    kv_seq = np.zeros(nc)
+    exceeds = np.zeros(nc, dtype=bool)
+    feasible = np.zeros((nc, nb), dtype=bool)
+    reason = np.full((nc, nb), "", dtype=object)
+    bound = np.full((nc, nb), "", dtype=object)
+    w_exact = np.full((nc, nb), np.nan)
+    kv_step = np.full((nc, nb), np.nan)
+    for i, L in enumerate(contexts):
+        kv_seq[i] = dep.kv_bytes_per_sequence(L)
+        exceeds[i] = dep.exceeds_max_context(L)
+        bmax[i] = dep.max_batch_size(L)
+        for j, b in enumerate(batches):
+            B = int(bmax[i]) if b_max_mode else b
+            why = dep.infeasibility(L, None if b_max_mode else B)
+            if not why and mode == "tpot":
+                B = _tpot_batch(dep, routing, L, B, tpot_s, entropy, method, run)
+                if B < 1:
+                    why = (f"no batch meets tpot={tpot_s:g} s at context {L} (B = 1 takes "
+                           "longer per output token)")
+            bs[i, j] = B
+            if why:
+                reason[i, j] = why
+                tick(n_trials)
+                continue
+            feasible[i, j] = True
+            vals, ops = _point(dep, routing, L, B, n_trials, entropy, method, tick, run)
+            for name in _TERMS:
+                per_trial[name][i, j] = vals[name]
+            op_mean[i, j] = ops
+            mem = per_trial["memory_time"][i, j].mean()
+            comp = per_trial["compute_time"][i, j].mean()
+            bound[i, j] = "memory" if mem >= comp else "compute"
+            if routing is None:
+                w_exact[i, j] = dep.weight_bytes_per_step(B)
+            elif dep.redundant_experts:
+                w_exact[i, j] = np.nan  # replicas: no closed form for the touched slots
+            else:
+                act = np.atleast_1d(expected_active_experts(routing, B * dep.tokens_per_seq,
+                                                            dep.n_moe_layers))
+                w_exact[i, j] = dep.weight_bytes_per_step(B, act)
+            kv_step[i, j] = B * kv_seq[i]
+
+    step = per_trial["step_time"]
+    acc = run["accepted"]
+    ok = feasible[..., None]
+    thr = bs[..., None] * acc / step
+    thr_bound = bs[..., None] * acc / per_trial["step_time_bound"]
+    dims = ("context", "batch_size", "trial")
+    coords = {
+        "context": ("context", np.asarray(contexts, dtype=np.int64),
+                    {"units": "tokens",
+                     "long_name": "context length L (cached tokens per sequence)"}),
+        "trial": ("trial", np.arange(n_trials), {"units": "1", "long_name": "Monte Carlo step"}),
+        "operator": ("operator", np.array(REPORTED_OPERATORS),
+                     {"units": "1", "long_name": "operator of the decode step"}),
+    }
+    if b_max_mode:
+        coords["batch_size"] = ("batch_size", np.array([0]), {"units": "sequences"})
+    else:
+        coords["batch_size"] = ("batch_size", np.asarray(batches, dtype=np.int64),
+                                {"units": "sequences",
+                                 "long_name": "sequences in the decode batch (B)"})
+    values = {
+        "step_time": step,
+        "throughput": thr,
+        "throughput_per_gpu": thr / dep.n_gpus,
+        "weight_bytes_per_step": per_trial["weight_bytes_per_step"],
+        "step_time_bound": per_trial["step_time_bound"],
+        "throughput_bound": thr_bound,
+        "accepted_tokens": np.where(ok, np.broadcast_to(acc, step.shape), np.nan),
+    }
+    data = {name: (dims, values[name], {"units": u, "long_name": d})
+            for name, (u, d) in THROUGHPUT_VARIABLES.items()}
+    d2 = ("context", "batch_size")
+    for name, arr, units, desc in (
+        ("memory_time_mean", per_trial["memory_time"], "s",
+         "Monte Carlo mean of the summed roofline byte terms bytes / BW of all operators"),
+        ("compute_time_mean", per_trial["compute_time"], "s",
+         "Monte Carlo mean of the summed roofline FLOP terms FLOPs / F of all operators"),
+        ("all_to_all_time_mean", per_trial["all_to_all_time"], "s",
+         "Monte Carlo mean of the expert all-to-all time (dispatch + combine before overlap; "
+         "0 unless charged)"),
+    ):
+        data[name] = (d2, arr.mean(axis=-1), {"units": units, "long_name": desc})
+    data["operator_time_mean"] = (
+        (*d2, "operator"), op_mean,
+        {"units": "s", "long_name": "Monte Carlo mean time of each operator in one step under "
+                                    "the chosen kernels, summed over layers (and micro-batches)"})
+    data["weight_bytes_per_step_exact"] = (
+        d2, w_exact,
+        {"units": "B", "long_name": "exact expected weight bytes per step (independent tokens)"})
+    data["kv_bytes_per_step"] = (d2, kv_step,
+                                 {"units": "B", "long_name": "KV cache bytes read in one step"})
+    data["feasible"] = (d2, feasible, {"units": "1", "long_name": "whether the point can run"})
+    data["reason"] = (d2, reason.astype(str),
+                      {"units": "1", "long_name": "why the point cannot run (empty if it can)"})
+    data["bound"] = (d2, bound.astype(str),
+                     {"units": "1", "long_name": "what limits the mean roofline step: memory or "
+                                                 "compute (larger of the summed byte and FLOP "
+                                                 "terms)"})
+    data["batch_size_used"] = (d2, bs, {"units": "sequences",
+                                        "long_name": "sequences in the decode batch (B)"})
+    data["max_batch_size"] = ("context", bmax, {
+        "units": "sequences", "long_name": "admissible batch: sequences whose KV cache fits"})
+    data["kv_bytes_per_sequence"] = ("context", kv_seq, {
+        "units": "B", "long_name": "KV cache of one sequence at this context"})
+    data["exceeds_max_context"] = ("context", exceeds, {
+        "units": "1", "long_name": "context above the model card's max_context"})
+    ds = xr.Dataset(data, coords=coords)
+    ds = summarize(ds, list(THROUGHPUT_VARIABLES), ci_prob=ci_prob, quantiles=quantiles)
+    if b_max_mode:
+        ds = ds.squeeze("batch_size", drop=True).rename({"batch_size_used": "batch_size"})
+    else:
+        ds = ds.drop_vars("batch_size_used")
+    if ctx_scalar:
+        ds = ds.squeeze("context", drop=False)
+    if b_scalar and not b_max_mode:
+        ds = ds.squeeze("batch_size", drop=False)
+    ds.attrs = provenance(
+        seed=entropy, n_trials=n_trials, ci_prob=ci_prob,
+        deployment=dep.describe(), model=_spec_dict(dep.model),
+        hardware=_spec_dict(dep.hardware),
+        routing=routing.describe() if routing is not None else "none (dense model)",
+        batch_size_mode=mode, method=method, kernels=dep.kernels,
+        kernel_card=dep.kernel_card_name or "none (roofline)",
+        uncertainty_sources=_uncertainty_sources(dep, routing),
+        **({"tpot": tpot_s} if tpot_s is not None else {}),
+    )
+    return ds

@@ -1,0 +1,256 @@
+"""``mcroute qs``: the MoE's decode penalty against its quality-matched dense twin.
+
+With no model: the paper's four models (DeepSeek-V3, Qwen3-235B-A22B, Grok-1, Switch-C) on the
+documented default deployment (``_qs.PAPER_CASES``), contexts 4k → 128k. This is the README's
+main job.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import xarray as xr
+
+from mcroute._base.validate import MAX_CONTEXT, MAX_GPUS, MAX_Q, McrouteError, check_prob
+from mcroute.cli.common import (
+    ROUTING_HELP,
+    add_deployment_flags,
+    check_input_path,
+    check_output_path,
+    deployment_flags,
+    format_table,
+    kernels_line,
+    parse_int,
+    parse_real,
+    parse_routing,
+    parse_size_list,
+    placement_error,
+    write_output,
+)
+
+
+def register(sub) -> None:
+    """Add the ``qs`` subcommand."""
+    p = sub.add_parser(
+        "qs",
+        help="MoE vs quality-matched dense twin: decode penalty with intervals",
+        description="Decode throughput of a Mixture-of-Experts model against a dense model of "
+        "q x its active parameters, with confidence intervals from the routing Monte Carlo, "
+        "the kernel calibration and the uncertainty of q; the penalty under the roofline "
+        "bound is printed beside it. Without MODEL: the paper's four models on 8 x H200.",
+    )
+    p.add_argument("model", nargs="?", help="MoE model card (default: the paper's four models)")
+    p.add_argument("--hardware", default=None, help="hardware card (default h200)")
+    p.add_argument("--gpus", default=None, help="GPUs serving the model (default 8)")
+    p.add_argument("--dense-gpus", default=None, help="GPUs of the dense twin (default --gpus)")
+    p.add_argument("--q", default=None,
+                   help="quality factor: a number, lognormal:MEDIAN,SIGMA, uniform:LO,HI, "
+                   "estimate (default: benchmark estimate, else scaling law)")
+    p.add_argument("--context", default="4k,8k,16k,32k,64k,128k",
+                   help="comma-separated contexts (k = 1024), default 4k..128k")
+    p.add_argument("--routing", default=None,
+                   help=ROUTING_HELP + "; default: the model card's routing (uniform, "
+                   "group-limited for DeepSeek-V2/V3)")
+    p.add_argument("--weight-dtype", default=None, help="weight dtype (default per model)")
+    p.add_argument("--kv-dtype", default="bf16", help="KV cache dtype (default bf16)")
+    p.add_argument("--hbm-fraction", default=None,
+                   help="usable share of HBM, in (0, 1] (default 0.9)")
+    p.add_argument("--dense-style", default="widen", choices=["widen", "llama"],
+                   help="how the dense twin is built (default widen: same attention and KV)")
+    p.add_argument("--dense-model", default=None,
+                   help="compare against this dense card instead of a built twin")
+    add_deployment_flags(p, batch_policy=False)
+    p.add_argument("--trials", default="400", help="Monte Carlo steps per context (default 400)")
+    p.add_argument("--q-samples", default="256", help="draws of an uncertain q (default 256)")
+    p.add_argument("--ci-prob", default=0.95, type=float, help="confidence level (default 0.95)")
+    p.add_argument("--seed", default="0", help="seed (default 0)")
+    p.add_argument("--output", default=None, help="write results to FILE.nc, .csv or .json")
+    p.set_defaults(func=run)
+
+
+def _fmt_ci(ds, name):
+    """``mean [lo, hi]`` of a summarised variable, or a dash."""
+    m = float(ds[f"{name}_mean"])
+    if np.isnan(m):
+        return "—"
+    lo, hi = (float(x) for x in ds[f"{name}_ci"].values)
+    return f"{m:.3g} [{lo:.3g}, {hi:.3g}]"
+
+
+def _fmt_q(ds, name):
+    """``p5-p95`` of single steps, or a dash."""
+    q = ds[f"{name}_q"].values
+    return "—" if np.isnan(q).all() else f"{q[0]:.3g}-{q[-1]:.3g}"
+
+
+def _fmt_mean(ds, name):
+    m = float(ds[f"{name}_mean"])
+    return "—" if np.isnan(m) else f"{m:.3g}"
+
+
+def _print_case(ds, name, q_note, dep_note, ci_prob=0.95) -> None:
+    s = float(ds["s"])
+    qs = float(ds["qs_mean"]) if "qs_mean" in ds else float(ds["qs"])
+    qv = float(ds["q_mean"]) if "q_mean" in ds else float(ds["q"])
+    moe_min = int(ds["moe_min_gpus"])
+    print(f"\n== {name}: s = {s:.4f}, q = {qv:.3g}, q·s = {qs:.3g} "
+          f"({'< 1: MoE structurally disadvantaged' if qs < 1 else '>= 1'})")
+    print(f"   q: {q_note}")
+    print(f"   {dep_note}")
+    print(f"   MoE needs >= {moe_min if moe_min > 0 else 'none of 1..4096'} GPUs at the longest "
+          "context")
+    print(f"   {kernels_line(ds, ci_prob)}")
+    rows, notes = [], {}
+    for L in np.atleast_1d(ds["context"].values):
+        c = ds.sel(context=L) if ds["context"].ndim else ds
+        moe_ok = bool(c["moe_feasible"])
+        dense_ok = bool(np.all(c["dense_feasible"].values))
+        label = f"{int(L) // 1024}k" if int(L) % 1024 == 0 else int(L)
+        if not moe_ok:
+            notes.setdefault("MoE infeasible" + ("" if not dense_ok else "; dense twin fits"),
+                             []).append(str(label))
+        elif not dense_ok:
+            notes.setdefault("dense twin infeasible", []).append(str(label))
+        db = c["dense_batch_size"].values
+        rows.append([
+            label,
+            int(c["moe_batch_size"]) if moe_ok else "—",
+            int(np.median(db)) if dense_ok else "—",
+            f"{float(c['moe_throughput_mean']):,.0f}" if moe_ok else "—",
+            f"{float(c['dense_throughput_mean']):,.0f}" if dense_ok else "—",
+            _fmt_ci(c, "penalty"), _fmt_q(c, "penalty"), _fmt_mean(c, "penalty_bound"),
+            _fmt_mean(c, "reuse_penalty"),
+            f"{float(np.nanmean(c['capacity_penalty'].values)):.3g}" if moe_ok and dense_ok
+            else "—",
+        ])
+    print(format_table(["context", "MoE B", "dense B", "MoE tok/s", "dense tok/s",
+                        f"penalty [{ci_prob:.0%} CI]", "p5-p95", "bound", "reuse", "B ratio"],
+                       rows))
+    for note, where in notes.items():
+        print(f"   {note} (context {', '.join(where)})")
+    print(f"   crossover: {str(ds['crossover_note'].values)}"
+          + ("" if np.isnan(float(ds["crossover_context"])) else
+             f" at {float(ds['crossover_context']):,.0f} tokens"))
+
+
+def _parse_q(text: str, as_q, parse_q):
+    """``--q`` as a QSpec, refused when its upper end exceeds :data:`MAX_Q`."""
+    kind, sep, arg = text.strip().partition(":")
+    if kind.strip().lower() == "samples" and sep:
+        check_input_path("--q samples", arg.strip())
+    q = as_q(parse_q(text, "--q"))
+    with np.errstate(over="ignore", invalid="ignore"):  # a huge sigma: the quantile is inf
+        hi = q.median() if q.is_point else q.interval(1 - 1e-6)[1]
+    if not hi <= MAX_Q:
+        raise McrouteError(f"--q must stay <= {MAX_Q:g} (MAX_Q: its value, or "
+                           f"the 1 - 1e-6 quantile of its distribution), got {text.strip()!r} "
+                           f"reaching {hi:.3g}")
+    return q
+
+
+def run(args) -> int:
+    """Run ``mcroute qs``."""
+    from mcroute._cards.cards import load_model
+    from mcroute._labeled.qs import (
+        PAPER_CASES,
+        PAPER_CONTEXTS,
+        PAPER_GPUS,
+        PAPER_HARDWARE,
+        default_q,
+        qs_analysis,
+    )
+    from mcroute._quality.quality import as_q, parse_q
+
+    check_output_path(args.output)
+    contexts = parse_size_list("--context", args.context, maximum=MAX_CONTEXT)
+    trials = parse_int(args.trials, "--trials", minimum=2)
+    q_samples = parse_int(args.q_samples, "--q-samples", minimum=1)
+    seed = parse_int(args.seed, "--seed", minimum=0)
+    ci_prob = check_prob("--ci-prob", args.ci_prob)
+    hardware = PAPER_HARDWARE if args.hardware is None else args.hardware
+    check_input_path("--hardware", hardware)
+    gpus = PAPER_GPUS if args.gpus is None else parse_int(args.gpus, "--gpus", 1, MAX_GPUS)
+    dense_gpus = (None if args.dense_gpus is None
+                  else parse_int(args.dense_gpus, "--dense-gpus", 1, MAX_GPUS))
+    hbm_fraction = (None if args.hbm_fraction is None else parse_real(
+        args.hbm_fraction, "--hbm-fraction", minimum=0.0, maximum=1.0, open_min=True))
+    for flag, value in (("MODEL", args.model), ("--dense-model", args.dense_model)):
+        if value is not None:
+            check_input_path(flag, value)
+    q_given = None  # --q parsed once, before any work, unless it depends on the model
+    if args.q is not None:
+        if args.dense_model is not None:
+            q_given = parse_real(args.q, "--q", minimum=0.0, maximum=MAX_Q, open_min=True)
+        elif args.q.strip().lower() != "estimate":
+            q_given = _parse_q(args.q, as_q, parse_q)
+    if args.model:
+        # a paper model named alone keeps its documented defaults (fp8 weights and
+        # data-parallel attention for DeepSeek-V3); flags override them
+        paper = dict(PAPER_CASES)
+        cases = [(args.model, dict(paper.get(args.model, {})))]
+    else:
+        cases = list(PAPER_CASES)
+        if args.context == "4k,8k,16k,32k,64k,128k":
+            contexts = list(PAPER_CONTEXTS)
+    results = []
+    options = deployment_flags(args)
+    routings = {}  # every case's model and routing checked before anything is printed
+    for name, _ in cases:
+        moe = load_model(name)
+        if not moe.is_moe:
+            raise McrouteError(f"model {moe.name!r} is dense; the qs analysis needs a "
+                               "Mixture-of-Experts model (its dense twin is built from it)")
+        routings[name] = (None if args.routing is None else
+                          parse_routing(args.routing, moe.n_experts, moe.top_k))
+    print(f"mcroute qs: {len(cases)} model(s) on {gpus} x {hardware}, {trials} trials, "
+          f"seed {seed}", flush=True)
+    print("penalty = dense / MoE throughput, each at its admissible batch: mean [CI of the "
+          "mean],\np5-p95 of single steps; bound: the penalty under the roofline bound of both "
+          "models;\nreuse: both at the smaller batch; B ratio: dense / MoE admissible batch",
+          flush=True)
+    for name, defaults in cases:
+        moe = load_model(name)
+        opts = dict(defaults)
+        if args.weight_dtype is not None:
+            opts["weight_dtype"] = args.weight_dtype
+        opts["kv_dtype"] = args.kv_dtype
+        if hbm_fraction is not None:
+            opts["hbm_fraction"] = hbm_fraction
+        opts.update(options)
+        if args.dense_model is not None:
+            q = q_given
+            q_note = f"dense model {args.dense_model}"
+        elif args.q is None:
+            q, q_note = default_q(moe)
+        else:
+            q = q_given if q_given is not None else _parse_q(f"estimate:{moe.name}", as_q,
+                                                             parse_q)
+            q_note = args.q
+        routing = routings[name]
+        try:
+            ds = qs_analysis(moe, hardware, gpus, q, contexts, routing, n_trials=trials,
+                             rng=seed, ci_prob=ci_prob, dense_style=args.dense_style,
+                             dense_n_gpus=dense_gpus, n_q_samples=q_samples,
+                             dense_model=args.dense_model, **opts)
+        except McrouteError as exc:
+            raise placement_error(exc, args) from None
+        attention = json.loads(ds.attrs.get("deployment", "{}")).get("attention_parallel",
+                                                                     "tensor")
+        dep_note = (f"{gpus} x {hardware}, weights {opts.get('weight_dtype', 'bf16')}, "
+                    f"KV {opts['kv_dtype']}, {attention}-parallel attention, dense twin: "
+                    f"{args.dense_model or args.dense_style}")
+        _print_case(ds, moe.name, q_note, dep_note, ci_prob)
+        sys.stdout.flush()
+        results.append(ds.expand_dims(model=[moe.name]))
+    if args.output:
+        if len(results) == 1:
+            out = results[0]
+        else:
+            keep = [r.drop_vars([v for v in r.data_vars if "q_draw" in r[v].dims or v in
+                                 ("q_samples",)], errors="ignore") for r in results]
+            out = xr.concat(keep, dim="model", coords="minimal", compat="override",
+                            combine_attrs="drop_conflicts")
+        write_output(out, args.output)
+    return 0

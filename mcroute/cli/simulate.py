@@ -1,0 +1,100 @@
+"""``mcroute simulate``: routing fragmentation statistics over batch sizes.
+
+May import: the labeled and array layers, ``_cli_common``.
+"""
+
+from __future__ import annotations
+
+from mcroute._base.validate import (
+    MAX_BATCH_SIZE,
+    MAX_CAPACITY_FACTOR,
+    MAX_EXPERTS,
+    MAX_LAYERS,
+    check_int,
+    check_prob,
+)
+from mcroute._labeled.simulate import simulate
+from mcroute.cli.common import (
+    check_output_path,
+    format_table,
+    parse_int,
+    parse_int_list,
+    parse_real,
+    parse_routing,
+    write_output,
+)
+
+#: Columns of the printed table: (variable, header).
+_SHOWN = [
+    ("active_experts", "active experts"),
+    ("tokens_per_active_expert", "tokens/expert"),
+    ("max_device_load", "max dev load"),
+    ("device_imbalance", "dev imbalance"),
+]
+
+
+def register(sub) -> None:
+    """Add the ``simulate`` subcommand."""
+    p = sub.add_parser(
+        "simulate",
+        help="Monte Carlo of expert routing in decode microbatches",
+        description="Draw token-to-expert routing for decode microbatches and report distinct "
+        "experts touched, weight reuse and per-device load, with confidence intervals of the "
+        "mean and 5-95%% bands of single microbatches.",
+    )
+    p.add_argument("--experts", required=True, help="routed experts per layer, E")
+    p.add_argument("--top-k", required=True, help="experts per token, k")
+    p.add_argument("--batch", default="1,8,64,512,4096",
+                   help="comma-separated batch sizes (tokens per microbatch), e.g. 1,8,64,4k")
+    p.add_argument("--routing", default="uniform", help="uniform | zipf:ALPHA | lognormal:SIGMA")
+    p.add_argument("--trials", default="2000", help="microbatches per batch size (default 2000)")
+    p.add_argument("--layers", default="1", help="MoE layers per microbatch (default 1)")
+    p.add_argument("--devices", default="1", help="devices for expert parallelism (default 1)")
+    p.add_argument("--capacity-factor", default="1.0",
+                   help="expert capacity factor for the overflow fraction, in (0, "
+                   f"{MAX_CAPACITY_FACTOR:g}] (default 1.0)")
+    p.add_argument("--method", default="auto", choices=["auto", "assignment", "counts"],
+                   help="sampling method (default auto)")
+    p.add_argument("--ci-prob", default=0.95, type=float, help="confidence level (default 0.95)")
+    p.add_argument("--seed", default=None, help="seed (default: fresh entropy, printed)")
+    p.add_argument("--output", default=None, help="write results to FILE.nc, .csv or .json")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """Run ``mcroute simulate``."""
+    check_output_path(args.output)
+    e = parse_int(args.experts, "--experts", minimum=1, maximum=MAX_EXPERTS)
+    k = check_int("--top-k", parse_int(args.top_k, "--top-k"), minimum=1, maximum=e)
+    routing = parse_routing(args.routing, e, k)
+    batches = parse_int_list("--batch", args.batch, maximum=MAX_BATCH_SIZE)
+    trials = parse_int(args.trials, "--trials", minimum=2)
+    layers = parse_int(args.layers, "--layers", minimum=1, maximum=MAX_LAYERS)
+    devices = parse_int(args.devices, "--devices", minimum=1, maximum=MAX_EXPERTS)
+    ci_prob = check_prob("--ci-prob", args.ci_prob)
+    cf = parse_real(args.capacity_factor, "--capacity-factor", minimum=0.0,
+                    maximum=MAX_CAPACITY_FACTOR, open_min=True)
+    seed = None if args.seed is None else parse_int(args.seed, "--seed", minimum=0)
+    ds = simulate(routing, batches, trials, layers, devices, rng=seed, ci_prob=ci_prob,
+                  capacity_factor=cf, method=args.method)
+    print(f"{routing!r}, {trials} trials, {layers} layer(s), {devices} device(s), "
+          f"seed {ds.attrs['seed']}")
+    print(f"mean [{ci_prob:.0%} CI of the mean] (p5-p95 of single microbatches)")
+    header = ["batch"] + [h for _, h in _SHOWN]
+    rows = []
+    for b in ds["batch_size"].values:
+        row = [int(b)]
+        for name, _ in _SHOWN:
+            sel = ds.sel(batch_size=b).mean("layer")
+            m = float(sel[f"{name}_mean"])
+            lo, hi = (float(x) for x in sel[f"{name}_ci"].values)
+            q = sel[f"{name}_q"]
+            p5, p95 = float(q.isel(quantile=0)), float(q.isel(quantile=-1))
+            row.append(f"{m:.4g} [{lo:.4g}, {hi:.4g}] ({p5:.4g}-{p95:.4g})")
+        rows.append(row)
+    print(format_table(header, rows))
+    if args.output:
+        write_output(ds, args.output)
+    return 0
+
+

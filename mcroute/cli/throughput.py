@@ -1,0 +1,203 @@
+"""``mcroute throughput``: decode throughput of a model on a GPU deployment, with intervals.
+
+May import: the labeled and array layers, ``_cli_common``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from mcroute._base.validate import MAX_CONTEXT, MAX_GPUS, McrouteError, check_prob, check_real
+from mcroute._cards.cards import load_hardware, load_model
+from mcroute._cost.deployment import Deployment
+from mcroute._labeled.throughput import decode_throughput
+from mcroute.cli.common import (
+    ROUTING_HELP,
+    add_deployment_flags,
+    batch_policy_flags,
+    check_input_path,
+    check_output_path,
+    deployment_flags,
+    format_table,
+    is_tty,
+    kernels_line,
+    parse_int,
+    parse_int_list,
+    parse_routing,
+    parse_size_list,
+    placement_error,
+    write_output,
+)
+
+
+def register(sub) -> None:
+    """Add the ``throughput`` subcommand."""
+    p = sub.add_parser(
+        "throughput",
+        help="decode throughput of a model on N GPUs (calibrated kernels + routing Monte "
+        "Carlo, with the roofline bound)",
+        description="Decode step time and throughput of MODEL served on --gpus GPUs of "
+        "--hardware, at each --context, with the batch the KV cache admits (or --batch, "
+        "--batch-per-gpu, --tpot), by Monte Carlo over expert routing. The estimate uses "
+        "kernel efficiencies fitted on measured kernels (--kernels calibrated, the default); "
+        "the roofline bound from the same sampled routing is printed beside it. Every "
+        "modelling assumption is an option; see docs/assumptions.md. Infeasible points are "
+        "reported with the reason.",
+    )
+    p.add_argument("model", help="model card name (e.g. deepseek-v3) or path to a .toml card")
+    p.add_argument("--hardware", required=True, help="hardware card name (e.g. h200) or path")
+    p.add_argument("--gpus", required=True, help="GPUs serving one replica")
+    p.add_argument("--context", default="4k,32k,128k",
+                   help="comma-separated context lengths, k = 1024 (default 4k,32k,128k)")
+    p.add_argument("--batch", default=None,
+                   help="'max' (the admissible batch at each context, default) or "
+                   "comma-separated batch sizes (sequences per replica)")
+    p.add_argument("--routing", default=None,
+                   help=ROUTING_HELP + "; default: the model card's routing (uniform, "
+                   "group-limited for DeepSeek-V2/V3)")
+    p.add_argument("--weight-dtype", default="bf16", help="weight storage dtype (default bf16)")
+    p.add_argument("--kv-dtype", default="bf16", help="KV cache dtype (default bf16)")
+    p.add_argument("--compute-dtype", default=None,
+                   help="dtype whose peak FLOP/s applies (default: weight dtype if the GPU "
+                   "lists it, else bf16)")
+    p.add_argument("--hbm-fraction", default=0.9, type=float,
+                   help="usable share of HBM for weights + KV (default 0.9)")
+    p.add_argument("--bandwidth-efficiency", default=1.0, type=float,
+                   help="achievable share of peak HBM bandwidth (default 1.0)")
+    p.add_argument("--flops-efficiency", default=1.0, type=float,
+                   help="achievable share of peak FLOP/s (default 1.0)")
+    p.add_argument("--attention", default="tensor", choices=["tensor", "data"],
+                   help="attention parallelism over the GPUs (default tensor)")
+    p.add_argument("--expert-parallel", default=None,
+                   help="expert-parallel degree (default: all GPUs)")
+    p.add_argument("--max-batch", default=None, help="cap on the batch size (default none)")
+    p.add_argument("--enforce-max-context", action="store_true",
+                   help="treat contexts above the model's max context as infeasible")
+    add_deployment_flags(p, batch_policy=True)
+    p.add_argument("--trials", default="1000", help="Monte Carlo steps per point (default 1000)")
+    p.add_argument("--ci-prob", default=0.95, type=float, help="confidence level (default 0.95)")
+    p.add_argument("--seed", default=None, help="seed (default: fresh entropy, printed)")
+    p.add_argument("--output", default=None, help="write results to FILE.nc, .csv or .json")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """Run ``mcroute throughput``."""
+    check_output_path(args.output)
+    check_input_path("MODEL", args.model)
+    check_input_path("--hardware", args.hardware)
+    model = load_model(args.model)
+    hardware = load_hardware(args.hardware)
+    gpus = parse_int(args.gpus, "--gpus", 1, MAX_GPUS)
+    contexts = parse_size_list("--context", args.context, maximum=MAX_CONTEXT)
+    batch_given = args.batch is not None and str(args.batch).strip().lower() != "max"
+    batch = parse_int_list("--batch", args.batch) if batch_given else "max"
+    policy = batch_policy_flags(args, batch_given)
+    options = deployment_flags(args)
+    trials = parse_int(args.trials, "--trials", minimum=2)
+    ci_prob = check_prob("--ci-prob", args.ci_prob)
+    seed = None if args.seed is None else parse_int(args.seed, "--seed", minimum=0)
+    for name in ("hbm_fraction", "bandwidth_efficiency", "flops_efficiency"):
+        check_real("--" + name.replace("_", "-"), getattr(args, name), minimum=0.0, maximum=1.0,
+                   open_min=True)
+    try:
+        dep = _deployment(args, model, hardware, gpus, options)
+    except McrouteError as exc:
+        raise placement_error(exc, args) from None
+    routing = None
+    if model.is_moe:
+        routing = (model.default_routing() if args.routing is None
+                   else parse_routing(args.routing, model.n_experts, model.top_k))
+    elif args.routing is not None and str(args.routing).strip().lower() != "uniform":
+        raise McrouteError(f"--routing: model {model.name!r} is dense (no routed experts)")
+    show = is_tty()
+
+    def progress(frac):
+        print(f"\r  {frac:6.1%} of trials", end="", file=sys.stderr, flush=True)
+
+    ds = decode_throughput(dep, contexts, batch, routing, trials, rng=seed, ci_prob=ci_prob,
+                           progress=progress if show else None, **policy)
+    if show:
+        print("\r" + " " * 20 + "\r", end="", file=sys.stderr, flush=True)
+    _print(ds, dep, routing, trials, ci_prob, batch == "max" and "batch_per_gpu" not in policy)
+    if args.output:
+        write_output(ds, args.output)
+    return 0
+
+
+def _deployment(args, model, hardware, gpus, options):
+    return Deployment(
+        model, hardware, gpus,
+        weight_dtype=args.weight_dtype, kv_dtype=args.kv_dtype, compute_dtype=args.compute_dtype,
+        hbm_fraction=args.hbm_fraction, bandwidth_efficiency=args.bandwidth_efficiency,
+        flops_efficiency=args.flops_efficiency, attention_parallel=args.attention,
+        expert_parallel=None if args.expert_parallel is None else parse_int(
+            args.expert_parallel, "--expert-parallel", minimum=1),
+        max_batch=None if args.max_batch is None else parse_int(args.max_batch, "--max-batch", 1),
+        enforce_max_context=bool(args.enforce_max_context), **options,
+    )
+
+
+def _g(x: float) -> str:
+    """4 significant digits, thousands separated above 1000."""
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.4g}"
+
+
+def _print(ds, dep, routing, trials, ci_prob, b_max_mode) -> None:
+    what = repr(routing) if routing is not None else "dense model (no routing)"
+    print(f"{dep.model.name} on {dep.n_gpus} x {dep.hardware.name}, weights "
+          f"{dep.weight_dtype}, KV {dep.kv_dtype}; {what}; {trials} trials, seed "
+          f"{ds.attrs['seed']}")
+    print(kernels_line(ds, ci_prob))
+    print(f"weights {dep.weight_bytes_per_gpu / 1e9:.4g} GB on the fullest GPU of "
+          f"{dep.usable_bytes_per_gpu / 1e9:.4g} GB usable"
+          + (f"; target TPOT {float(ds.attrs['tpot']) * 1e3:.4g} ms" if "tpot" in ds.attrs
+             else ""))
+    print("step: mean (p5-p95 of single steps); tok/s: mean [CI of the mean]; bound: roofline "
+          "tok/s\nof the same sampled steps (an upper bound); limit: the larger roofline term")
+    mtp = int(getattr(dep, "mtp_depth", 0) or 0)
+    header = ["context", "batch", "step [ms]", "tok/s [CI]", "bound", "tok/s/GPU",
+              "GB/step W+KV", "limit"]
+    if mtp:
+        header.insert(5, "acc/step")
+    flat = ds
+    for dim in ("context", "batch_size"):
+        if dim in flat.dims:
+            continue
+        if dim in flat.coords:
+            flat = flat.expand_dims(dim)
+    if b_max_mode:
+        points = [(c, None) for c in flat["context"].values]
+    else:
+        points = [(c, b) for c in flat["context"].values for b in flat["batch_size"].values]
+    rows, notes = [], []
+    for c, b in points:
+        sel = flat.sel(context=c) if b is None else flat.sel(context=c, batch_size=b)
+        batch = int(sel["batch_size"])
+        if not bool(sel["feasible"]):
+            rows.append([int(c), batch or "—", "infeasible"] + ["—"] * (len(header) - 3))
+            where = f"context {int(c)}" + (f", batch {batch}" if batch else "")
+            notes.append(f"{where}: {str(sel['reason'].values)}")
+            continue
+        step = sel["step_time_q"].values * 1e3
+        lo, hi = (float(x) for x in sel["throughput_ci"].values)
+        row = [
+            int(c), batch,
+            f"{_g(float(sel['step_time_mean']) * 1e3)} ({_g(step[0])}-{_g(step[-1])})",
+            f"{_g(float(sel['throughput_mean']))} [{_g(lo)}, {_g(hi)}]",
+            _g(float(sel["throughput_bound_mean"])),
+            _g(float(sel["throughput_per_gpu_mean"])),
+            f"{float(sel['weight_bytes_per_step_mean']) / 1e9:.4g}+"
+            f"{float(sel['kv_bytes_per_step']) / 1e9:.3g}",
+            str(sel["bound"].values),
+        ]
+        if mtp:
+            row.insert(5, f"{float(sel['accepted_tokens_mean']):.3g}")
+        rows.append(row)
+    print(format_table(header, rows))
+    for n in notes:
+        print(f"infeasible: {n}")
+    for c, flag in zip(flat["context"].values, flat["exceeds_max_context"].values, strict=True):
+        if flag:
+            print(f"note: context {int(c)} exceeds the model's max_context "
+                  f"{dep.model.max_context}")

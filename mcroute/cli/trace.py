@@ -1,0 +1,291 @@
+"""``mcroute trace {convert,inspect,fit,check}``: real router logs.
+
+May import: the labeled and array layers, ``_cli_common``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from mcroute._base.validate import MAX_EXPERTS, McrouteError, check_prob
+from mcroute._labeled.trace_fit import fit_routing, inspect_trace, real_batch_check
+from mcroute._traces.io import FORMATS, load_trace, save_trace
+from mcroute._traces.trace import PopularityTrace
+from mcroute.cli.common import (
+    check_input_path,
+    check_output_path,
+    format_table,
+    parse_int,
+    write_output,
+)
+
+
+def _load_args(p) -> None:
+    p.add_argument("path", nargs="+", help="trace file(s) or folder")
+    p.add_argument("--format", default=None, choices=list(FORMATS),
+                   help="input format (default: guessed from the content)")
+    p.add_argument("--experts", default=None, help="routed experts per layer E (checks ids)")
+    p.add_argument("--model", default=None, help="model name; selects a histogram in a CSV")
+    p.add_argument("--domain", default=None, help="histogram CSV: domain to read")
+    p.add_argument("--selection", default="topk", choices=["topk", "top1"],
+                   help="histogram CSV: selection (default topk)")
+    p.add_argument("--missing-layers", default="error", choices=["error", "drop"],
+                   help="tokens lacking some layers: fail (default) or drop them")
+    p.add_argument("--max-records", default=None, help="read at most this many records per file")
+
+
+def _is_zip(path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
+
+
+def _load(args):
+    check_output_path(args.output, (".npz",) if args.action == "convert" else
+                      (".nc", ".csv", ".json"))
+    e = None if args.experts is None else parse_int(args.experts, "--experts", 1, MAX_EXPERTS)
+    mr_ = None if args.max_records is None else parse_int(args.max_records, "--max-records", 1)
+    for p in args.path:
+        check_input_path("trace path", p)
+    fmt = args.format
+    if fmt == "array" and len(args.path) == 1 and _is_zip(args.path[0]):
+        # "array" covers a .npz holding one [tokens, layers, k] array, which the npz reader
+        # handles (it also recognises a canonical trace).
+        fmt = "npz"
+    path = args.path if len(args.path) > 1 else args.path[0]
+    try:
+        trace = load_trace(path, fmt, n_experts=e, model=args.model, domain=args.domain,
+                           selection=args.selection, missing_layers=args.missing_layers,
+                           max_records=mr_)
+    except OverflowError:
+        raise McrouteError(f"{', '.join(args.path)}: a number in the trace does not fit a 64-bit "
+                           "integer (expert ids, layers and positions must be below 2**63)"
+                           ) from None
+    if e is not None:
+        _check_experts(trace, e)
+    return trace
+
+
+def _print_notes(trace) -> None:
+    """The loader's notes, printed once the command has succeeded (a failure stays one line)."""
+    for note in trace.notes:
+        print(f"note: {note}", file=sys.stderr)
+
+
+def _check_experts(trace, e: int) -> None:
+    """Apply ``--experts`` to every format, including those that record E themselves."""
+    where = trace.source or "the trace"
+    if isinstance(trace, PopularityTrace):
+        if trace.n_experts != e:
+            raise McrouteError(f"{where}: --experts {e}, but the histogram has "
+                               f"{trace.n_experts} experts")
+        return
+    hi = int(trace.experts.max()) if trace.experts.size else -1
+    if hi >= e:
+        raise McrouteError(f"{where}: expert id {hi} outside 0..{e - 1} (--experts {e})")
+    if trace.n_experts != e:
+        raise McrouteError(f"{where}: --experts {e}, but the file records n_experts = "
+                           f"{trace.n_experts}")
+
+
+def register(sub) -> None:
+    """Add the ``trace`` subcommand with its actions."""
+    p = sub.add_parser("trace", help="read, convert, inspect and fit real router logs",
+                       description="Real router logs: convert them to the canonical .npz "
+                       "format, inspect their skew and correlation, fit Zipf / log-normal "
+                       "popularity and overdispersion, and check models against real batches.")
+    act = p.add_subparsers(dest="action", metavar="ACTION", parser_class=type(p))
+    c = act.add_parser("convert", help="write a trace in the canonical .npz format")
+    _load_args(c)
+    c.add_argument("--output", "-o", required=True, help="output FILE.npz")
+    c.set_defaults(func=run_convert)
+    i = act.add_parser("inspect", help="per-layer skew, entropy, Gini and correlations")
+    _load_args(i)
+    i.add_argument("--output", default=None, help="write the table to FILE.nc, .csv or .json")
+    i.set_defaults(func=run_inspect)
+    f = act.add_parser("fit", help="fit Zipf alpha, log-normal sigma and overdispersion")
+    _load_args(f)
+    f.add_argument("--boot", default="200", help="bootstrap replicates (default 200)")
+    f.add_argument("--ci-prob", default=0.95, type=float, help="interval level (default 0.95)")
+    f.add_argument("--decode-only", action="store_true", help="fit the decode tokens only")
+    f.add_argument("--seed", default=None, help="seed (default: fresh entropy, printed)")
+    f.add_argument("--output", default=None, help="write results to FILE.nc, .csv or .json")
+    f.set_defaults(func=run_fit)
+    k = act.add_parser("check", help="real decode batches against the routing models")
+    _load_args(k)
+    k.add_argument("--trials", default="400", help="simulated microbatches per size (400)")
+    k.add_argument("--ci-prob", default=0.95, type=float, help="interval level (default 0.95)")
+    k.add_argument("--seed", default=None, help="seed (default: fresh entropy, printed)")
+    k.add_argument("--holdout", default=None, choices=["second-half"],
+                   help="also fit on the first half of the decode steps and predict the second "
+                   "half (held-out errors with intervals)")
+    k.add_argument("--holdout-routing", default=None, choices=["correlated", "token"],
+                   help="with --holdout: the model whose held-out errors are reported "
+                   "(default correlated)")
+    k.add_argument("--output", default=None, help="write results to FILE.nc, .csv or .json")
+    k.set_defaults(func=run_check)
+    p.set_defaults(func=_no_action)
+
+
+def _no_action(args) -> int:
+    raise McrouteError("give an ACTION: convert, inspect, fit or check "
+                       "(mcroute trace --help describes them)")
+
+
+def run_convert(args) -> int:
+    """Run ``mcroute trace convert``."""
+    trace = _load(args)
+    if isinstance(trace, PopularityTrace):
+        raise McrouteError("histograms have no per-token data; only per-token traces convert "
+                           "to the canonical .npz")
+    out = save_trace(trace, args.output)
+    _print_notes(trace)
+    print(f"wrote {out}: {trace!r}", file=sys.stderr)
+    return 0
+
+
+def _f(x, fmt=".3g"):
+    return "—" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, fmt)
+
+
+def run_inspect(args) -> int:
+    """Run ``mcroute trace inspect``."""
+    trace = _load(args)
+    ds = inspect_trace(trace)
+    _print_notes(trace)
+    print(f"{trace!r}  (E={trace.n_experts}, k={trace.top_k}; "
+          f"uniform share {1 / trace.n_experts:.3g})")
+    header = ["layer", "tokens", "hottest share", "entropy [nat]", "eff. experts", "Gini",
+              "corr next layer", "step overlap", "(chance)"]
+    rows = []
+    for i, layer in enumerate(ds["layer"].values):
+        row = ds.isel(layer=i)
+        rows.append([int(layer), int(row["n_tokens"]), _f(float(row["hottest_share"])),
+                     _f(float(row["entropy"])), _f(float(row["effective_experts"])),
+                     _f(float(row["gini"])), _f(float(row["layer_correlation"])),
+                     _f(float(row["step_overlap"])), _f(float(row["step_overlap_chance"]))])
+    print(format_table(header, rows))
+    print("corr next layer: bias-corrected Cramér's V of the first choice with the next trace "
+          "layer; step overlap: share of k experts repeated from the same sequence's previous "
+          "step (chance: for independent tokens)")
+    if args.output:
+        write_output(ds, args.output)
+    return 0
+
+
+def run_fit(args) -> int:
+    """Run ``mcroute trace fit``."""
+    boot = parse_int(args.boot, "--boot", minimum=10)
+    ci_prob = check_prob("--ci-prob", args.ci_prob)
+    seed = None if args.seed is None else parse_int(args.seed, "--seed", minimum=0)
+    trace = _load(args)
+    if args.decode_only and not isinstance(trace, PopularityTrace):
+        trace = trace.decode_only()
+    ds = fit_routing(trace, n_boot=boot, ci_prob=ci_prob, rng=seed)
+    _print_notes(trace)
+    print(f"{trace!r}, {boot} bootstrap replicates, seed {ds.attrs['seed']}")
+    print(f"estimate [{ci_prob:.0%} interval]; gof = bootstrap p-value of the deviance")
+    header = ["layer", "tokens", "zipf alpha", "gof", "lognormal sigma", "gof", "better",
+              "dloglik"]
+    if "rho" in ds:
+        header.append("overdispersion rho")
+    rows = []
+    for i, layer in enumerate(ds["layer"].values):
+        r = ds.isel(layer=i)
+        a, (alo, ahi) = float(r["alpha"]), r["alpha_ci"].values
+        s, (slo, shi) = float(r["sigma"]), r["sigma_ci"].values
+        row = [int(layer), int(r["n_tokens"]), f"{a:.3f} [{alo:.3f}, {ahi:.3f}]",
+               _f(float(r["gof_pvalue"].sel(family="zipf")), ".3f"),
+               f"{s:.3f} [{slo:.3f}, {shi:.3f}]",
+               _f(float(r["gof_pvalue"].sel(family="lognormal")), ".3f"),
+               str(r["better_family"].values), _f(float(r["delta_loglik"]), ".1f")]
+        if "rho" in ds:
+            lo, hi = r["rho_ci"].values
+            row.append(f"{float(r['rho']):.4f} [{lo:.4f}, {hi:.4f}]")
+        rows.append(row)
+    print(format_table(header, rows))
+    if "rho_pooled" in ds:
+        lo, hi = ds["rho_pooled_ci"].values
+        print(f"overdispersion pooled over layers: rho = {float(ds['rho_pooled']):.4f} "
+              f"[{lo:.4f}, {hi:.4f}]  ({ds.attrs['overdispersion']})")
+    else:
+        print(ds.attrs["overdispersion"])
+    if args.output:
+        write_output(ds, args.output)
+    return 0
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None or np.isnan(float(x)) else f"{float(x):+.1%}"
+
+
+def _print_holdout(attrs, ci_prob) -> None:
+    """The held-out errors of :func:`real_batch_check` (its attrs), with intervals."""
+    routing = attrs.get("holdout_routing", "correlated")
+    warm = int(attrs.get("holdout_warmup_steps", 0))
+    sigma = float(attrs.get("holdout_sigma", np.nan))
+    s_lo = float(attrs.get("holdout_sigma_ci_lower", np.nan))
+    s_hi = float(attrs.get("holdout_sigma_ci_upper", np.nan))
+    print(f"held out ({attrs.get('holdout', 'second-half')}): fitted on the first "
+          f"{int(attrs.get('holdout_fit_steps', 0))} decode steps, predicting the "
+          f"{int(attrs.get('holdout_steps', 0))} steps after them; warm-up steps left out of "
+          f"the sigma fit: {warm}")
+    print(f"fitted sigma (correlated) = {_f(sigma, '.3f')} [{_f(s_lo, '.3f')}, "
+          f"{_f(s_hi, '.3f')}]; reported model: {routing}")
+    print(f"held-out error, predicted / observed - 1 [{ci_prob:.0%} interval] (Monte Carlo SE):")
+    for key, label in (("active_experts", "distinct experts"),
+                       ("max_expert_load", "busiest expert load")):
+        name = f"holdout_{key}_error"
+        se = attrs.get(f"{name}_mc_se", np.nan)
+        print(f"  {label:<20} {_pct(attrs.get(name, np.nan))} "
+              f"[{_pct(attrs.get(name + '_ci_lower', np.nan))}, "
+              f"{_pct(attrs.get(name + '_ci_upper', np.nan))}]  "
+              f"({'n/a' if np.isnan(float(se)) else f'{float(se):.1%}'})")
+
+
+def run_check(args) -> int:
+    """Run ``mcroute trace check``."""
+    trials = parse_int(args.trials, "--trials", minimum=2)
+    ci_prob = check_prob("--ci-prob", args.ci_prob)
+    seed = None if args.seed is None else parse_int(args.seed, "--seed", minimum=0)
+    if args.holdout_routing is not None and args.holdout is None:
+        raise McrouteError("--holdout-routing needs --holdout second-half")
+    holdout_kw = {}
+    if args.holdout is not None:
+        holdout_kw = {"holdout": args.holdout, "routing": args.holdout_routing or "correlated"}
+    trace = _load(args)
+    if isinstance(trace, PopularityTrace):
+        raise McrouteError("the real-batch check needs a per-token trace with microbatch ids")
+    ds = real_batch_check(trace, n_trials=trials, ci_prob=ci_prob, rng=seed, **holdout_kw)
+    _print_notes(trace)
+    sizes = ds["batch_size"].values
+    print(f"{trace!r}: {sizes.size} real decode steps of {sizes.min()}-{sizes.max()} tokens, "
+          f"{trials} simulated microbatches per size, seed {ds.attrs['seed']}")
+    print(f"observed (mean over steps and layers): distinct experts "
+          f"{float(ds['observed_active_experts_mean'].mean()):.2f}, busiest expert "
+          f"{float(ds['observed_max_expert_load_mean'].mean()):.2f} tokens")
+    print(f"predicted / observed - 1, pooled over layers [{ci_prob:.0%} interval]:")
+    rows = []
+    for r in ds["routing"].values:
+        row = [str(r)]
+        for s in ("active_experts", "max_expert_load"):
+            v = float(ds[f"{s}_rel_error_all"].sel(routing=r))
+            lo, hi = ds[f"{s}_rel_error_all_ci"].sel(routing=r).values
+            row.append(f"{v:+.1%} [{lo:+.1%}, {hi:+.1%}]")
+        rows.append(row)
+    print(format_table(["routing", "distinct experts", "busiest expert load"], rows))
+    lo, hi = ds["rho_matching_active_experts_ci"].values
+    gap = float(ds["gap_closed"])
+    print(f"overdispersed uses the fitted rho = {float(ds['rho']):.4f}; the rho that reproduces "
+          f"the observed distinct experts is {float(ds['rho_matching_active_experts']):.4f} "
+          f"[{lo:.4f}, {hi:.4f}]; share of the token-mode error removed: "
+          f"{'n/a (token mode has no error to remove)' if np.isnan(gap) else f'{gap:.0%}'}")
+    if args.holdout is not None:
+        _print_holdout(ds.attrs, ci_prob)
+    if args.output:
+        write_output(ds, args.output)
+    return 0
