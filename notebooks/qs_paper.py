@@ -27,7 +27,7 @@ import tempfile
 import numpy as np
 
 import mcroute as mr
-from mcroute._qs import PAPER_CASES, PAPER_CONTEXTS, PAPER_GPUS, PAPER_HARDWARE, default_q
+from mcroute._labeled.qs import PAPER_CASES, PAPER_CONTEXTS, PAPER_GPUS, PAPER_HARDWARE, default_q
 
 TRIALS = int(os.environ.get("MCROUTE_NB_TRIALS", "300"))
 Q_SAMPLES = int(os.environ.get("MCROUTE_NB_Q_SAMPLES", "32"))
@@ -47,7 +47,7 @@ print(f"{TRIALS} trials per point, {Q_SAMPLES} draws of q; "
 # %% [markdown]
 # ## 1. The four models on one 8 × H200 node
 #
-# Default deployment (documented in `mcroute._qs.PAPER_CASES` and docs/qs.md): 8 × H200, bf16
+# Default deployment (`mcroute._labeled.qs.PAPER_CASES`, docs/qs.md): 8 × H200, bf16
 # weights and KV cache, except DeepSeek-V3 in fp8 (its released weights); 90% of HBM usable;
 # roofline at peak bandwidth and FLOP/s; tensor-parallel attention, experts spread over all GPUs.
 # q is the benchmark-fit estimate where the shared tables allow one, else the scaling-law value

@@ -35,8 +35,8 @@ import tempfile
 import xarray as xr
 
 import mcroute as mr
-from mcroute._resources import shared_data_dir
-from mcroute._results import summarize
+from mcroute._base.resources import shared_data_dir
+from mcroute._labeled.results import summarize
 
 TRIALS = int(os.environ.get("MCROUTE_NB_TRIALS", "2000"))
 BOOT = max(20, min(200, TRIALS))
