@@ -527,3 +527,70 @@ def test_cli_hardware(capsys):
     assert "537.6" in capsys.readouterr().out
     assert main(["hardware", "tpu"]) == 2
     assert "h100-sxm" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# Release dtype: the dtype the authors released the weights in (sources in each card's comment)
+# ----------------------------------------------------------------------------------------------
+RELEASE_DTYPES = {"deepseek-v3": "fp8", "gpt-oss-120b": "fp4", "grok-1": "int8"}
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_release_dtype_of_cards(name):
+    m = load_model(name)
+    assert m.release_dtype == RELEASE_DTYPES.get(name, "bf16")
+    assert m.to_dict()["release_dtype"] == m.release_dtype
+    assert m.describe()["release_dtype"] == m.release_dtype
+
+
+def test_release_dtype_key(tmp_path):
+    assert load_model(_write(tmp_path, GOOD)).release_dtype == "bf16"        # default
+    m = load_model(_write(tmp_path, 'release_dtype = "fp8"\n' + GOOD, "fp8.toml"))
+    assert m.release_dtype == "fp8" and ModelSpec.from_dict(m.to_dict()) == m
+    p = _write(tmp_path, 'release_dtype = "fp6"\n' + GOOD, "bad.toml")
+    with pytest.raises(McrouteError) as e:
+        load_model(p)
+    msg = str(e.value)
+    assert str(p) in msg and "'release_dtype'" in msg and "fp6" in msg and "bf16" in msg
+
+
+@pytest.mark.parametrize("cfg, expected", [
+    ({}, "bf16"),                                                   # no dtype given: default
+    ({"torch_dtype": "bfloat16"}, "bf16"),
+    ({"torch_dtype": "float16"}, "fp16"),
+    ({"torch_dtype": "float32"}, "fp32"),
+    ({"dtype": "float32"}, "fp32"),                                 # newer transformers key
+    # DeepSeek-V3's config: bf16 compute dtype, weights stored block-quantized in FP8
+    ({"torch_dtype": "bfloat16", "quantization_config": {
+        "activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+        "weight_block_size": [128, 128]}}, "fp8"),
+    ({"torch_dtype": "bfloat16", "quantization_config": {"quant_method": "mxfp4"}}, "fp4"),
+])
+def test_release_dtype_from_hf_config(cfg, expected):
+    spec = ModelSpec.from_hf_config(dict(HF_CONFIGS["deepseek-v3"], **cfg), name="x")
+    assert spec.release_dtype == expected
+
+
+def test_release_dtype_hf_real_shapes():
+    cfg = dict(HF_CONFIGS["deepseek-v3"], torch_dtype="bfloat16",
+               quantization_config={"quant_method": "fp8", "fmt": "e4m3"})
+    spec = ModelSpec.from_hf_config(cfg, name="deepseek-v3")
+    assert spec.release_dtype == load_model("deepseek-v3").release_dtype == "fp8"
+    cfg = dict(HF_CONFIGS["gpt-oss-120b"], torch_dtype="bfloat16",
+               quantization_config={"quant_method": "mxfp4"})
+    assert ModelSpec.from_hf_config(cfg).release_dtype == load_model("gpt-oss-120b").release_dtype
+    cfg = dict(HF_CONFIGS["qwen3-30b-a3b"], torch_dtype="bfloat16")
+    assert ModelSpec.from_hf_config(cfg).release_dtype == "bf16"
+
+
+@pytest.mark.parametrize("cfg, field, value", [
+    ({"torch_dtype": "float64"}, "torch_dtype", "float64"),
+    ({"dtype": 3}, "dtype", "3"),
+    ({"quantization_config": {"quant_method": "awq"}}, "quantization_config.quant_method", "awq"),
+    ({"quantization_config": {}}, "quantization_config.quant_method", "None"),
+])
+def test_release_dtype_hf_bad_values(cfg, field, value):
+    with pytest.raises(McrouteError) as e:
+        ModelSpec.from_hf_config(dict(HF_CONFIGS["qwen3-30b-a3b"], **cfg))
+    msg = str(e.value)
+    assert f"'{field}'" in msg and value in msg and "must be one of" in msg

@@ -223,6 +223,10 @@ class ModelSpec:
         uses experts of at most ``topk_groups`` of them. 0 when the model does not route this
         way. :func:`mcroute.decode_throughput` then defaults to
         ``GroupLimited(Uniform(E, k), n_groups, topk_groups)`` (see :meth:`default_routing`).
+    release_dtype : str
+        The dtype the authors released the weights in (card key ``release_dtype``, default
+        ``"bf16"``; e.g. ``"fp8"`` for DeepSeek-V3). ``Deployment(weight_dtype=None)`` stores
+        the weights in this dtype.
     """
 
     name: str
@@ -241,6 +245,7 @@ class ModelSpec:
     fp8_kv_bytes_per_token: int | None = None
     n_groups: int = 0
     topk_groups: int = 0
+    release_dtype: str = "bf16"
 
     # -- derived ---------------------------------------------------------------------------
     @property
@@ -431,6 +436,7 @@ class ModelSpec:
             "kv_bytes_per_token_bf16": self.kv_bytes_per_token("bf16"),
             "max_context": self.max_context,
             "n_groups": self.n_groups, "topk_groups": self.topk_groups,
+            "release_dtype": self.release_dtype,
         }
 
     @classmethod
@@ -825,6 +831,7 @@ _MODEL_SCHEMA = {
     "vocab": _T("int", minimum=1),
     "tie_word_embeddings": _T("bool"),
     "max_context_tokens": _T("int", minimum=1, maximum=MAX_CONTEXT),
+    "release_dtype": _T("str", "bf16", choices=tuple(DTYPE_BYTES)),
     "extra_resident_params": _T("int", 0, minimum=0),
     "attention": _T("table", sub=_ATTN_SCHEMA),
     "ffn": _T("table", sub=_FFN_SCHEMA),
@@ -1138,6 +1145,7 @@ def _build_model(c, origin) -> ModelSpec:
         card=c, fp8_kv_bytes_per_token=fp8_kv,
         n_groups=int(c.get("moe", {}).get("n_groups", 0)),
         topk_groups=int(c.get("moe", {}).get("topk_groups", 0)),
+        release_dtype=c["release_dtype"],
     )
 
 
@@ -1160,6 +1168,11 @@ def _pos_int(name, v) -> int:
 HF_MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "qwen3_moe", "qwen3", "mixtral", "olmoe",
                   "gpt_oss", "llama")
 _MISSING = object()
+#: Hugging Face ``torch_dtype`` (newer configs: ``dtype``) values and the dtype each names.
+HF_TORCH_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+#: ``quantization_config.quant_method`` values whose stored weight dtype is known: DeepSeek-V3's
+#: config says ``"fp8"`` (block-scaled e4m3), gpt-oss's ``"mxfp4"`` (MoE weights in MXFP4).
+HF_QUANT_METHODS = {"fp8": "fp8", "mxfp4": "fp4"}
 
 
 def _read_hf(path_or_dict):
@@ -1339,10 +1352,29 @@ def _hf_to_card(cfg, origin, name):
                 card["attention"]["sliding_window_layers"] = _gpt_oss_sliding(hf, L)
             else:
                 card["attention"]["sliding_window_layers"] = "all"
+    card["release_dtype"] = _hf_release_dtype(hf)
     if "moe" in card and card["moe"]["top_k"] > card["moe"]["n_routed_experts"]:
         raise hf.err("num_experts_per_tok", f"({card['moe']['top_k']}) exceeds the number of "
                                             f"routed experts ({card['moe']['n_routed_experts']})")
     return card
+
+
+def _hf_release_dtype(hf):
+    """The released weight dtype: the quantization method if any, else ``torch_dtype``."""
+    q = hf.cfg.get("quantization_config")
+    if q is not None:
+        method = q.get("quant_method") if isinstance(q, dict) else q
+        if method not in HF_QUANT_METHODS:
+            raise hf.err("quantization_config.quant_method",
+                         f"must be one of {', '.join(HF_QUANT_METHODS)}, got {short_repr(method)}")
+        return HF_QUANT_METHODS[method]
+    key = "torch_dtype" if "torch_dtype" in hf.cfg else "dtype"
+    value = hf.cfg.get(key)
+    if value is None:
+        return "bf16"
+    if value not in HF_TORCH_DTYPES:
+        raise hf.err(key, f"must be one of {', '.join(HF_TORCH_DTYPES)}, got {short_repr(value)}")
+    return HF_TORCH_DTYPES[value]
 
 
 def _gpt_oss_sliding(hf, L):
