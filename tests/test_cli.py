@@ -19,8 +19,8 @@ def test_version_and_help(capsys):
 
 def test_simulate_table_and_output(tmp_path, capsys):
     out = tmp_path / "res.nc"
-    rc = main(["simulate", "--experts", "64", "--top-k", "4", "--batch", "1,8,64",
-               "--routing", "zipf:1.2", "--trials", "50", "--devices", "4", "--seed", "0",
+    rc = main(["simulate", "--n-experts", "64", "--top-k", "4", "--batch-size", "1,8,64",
+               "--routing", "zipf:1.2", "--n-trials", "50", "--n-devices", "4", "--seed", "0",
                "--output", str(out)])
     cap = capsys.readouterr()
     assert rc == 0
@@ -33,17 +33,17 @@ def test_simulate_table_and_output(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv,needle",
     [
-        (["simulate", "--experts", "8", "--top-k", "9"], "--top-k"),
-        (["simulate", "--experts", "x", "--top-k", "2"], "--experts"),
-        (["simulate", "--experts", "8", "--top-k", "2", "--routing", "zipf"], "--routing"),
-        (["simulate", "--experts", "8", "--top-k", "2", "--routing", "zipf:-1"], "alpha"),
-        (["simulate", "--experts", "8", "--top-k", "2", "--batch", "0"], "--batch"),
-        (["simulate", "--experts", "8", "--top-k", "2", "--devices", "3"], "n_devices"),
-        (["simulate", "--experts", "8", "--top-k", "2", "--output", "/nonexistent/x.nc",
-          "--trials", "4"], "does not exist"),
-        (["simulate", "--experts", "8", "--top-k", "2", "--output", "x.txt", "--trials", "4"],
+        (["simulate", "--n-experts", "8", "--top-k", "9"], "--top-k"),
+        (["simulate", "--n-experts", "x", "--top-k", "2"], "--n-experts"),
+        (["simulate", "--n-experts", "8", "--top-k", "2", "--routing", "zipf"], "--routing"),
+        (["simulate", "--n-experts", "8", "--top-k", "2", "--routing", "zipf:-1"], "alpha"),
+        (["simulate", "--n-experts", "8", "--top-k", "2", "--batch-size", "0"], "--batch-size"),
+        (["simulate", "--n-experts", "8", "--top-k", "2", "--n-devices", "3"], "n_devices"),
+        (["simulate", "--n-experts", "8", "--top-k", "2", "--output", "/nonexistent/x.nc",
+          "--n-trials", "4"], "does not exist"),
+        (["simulate", "--n-experts", "8", "--top-k", "2", "--output", "x.txt", "--n-trials", "4"],
          ".nc, .csv or .json"),
-        (["simulate", "--experts", "8", "--top-k", "2", "--bogus"], "unrecognized"),
+        (["simulate", "--n-experts", "8", "--top-k", "2", "--bogus"], "unrecognized"),
         (["simulate"], "required"),
         (["nonsense"], "invalid choice"),
     ],
@@ -65,9 +65,9 @@ def test_python_dash_m():
 # ---------------------------------------------------------------------------------------------
 
 BIG = str(2**63)  # one past the int64 range
-SIM = ["simulate", "--experts", "8", "--top-k", "2", "--trials", "4", "--batch", "4"]
-THR = ["throughput", "deepseek-v3", "--hardware", "h200", "--gpus", "8", "--trials", "4"]
-QS = ["qs", "deepseek-v3", "--trials", "4", "--context", "4k", "--q-samples", "4"]
+SIM = ["simulate", "--n-experts", "8", "--top-k", "2", "--n-trials", "4", "--batch-size", "4"]
+THR = ["throughput", "deepseek-v3", "--hardware", "h200", "--n-gpus", "8", "--n-trials", "4"]
+QS = ["qs", "deepseek-v3", "--n-trials", "4", "--context", "4k", "--n-q-samples", "4"]
 
 
 @pytest.fixture(scope="module")
@@ -100,41 +100,41 @@ def traces(tmp_path_factory):
 # (argv, text the single line must contain). Each was a traceback, a silent default or a
 # misleading exit 0 in the adversarial run of issue 11.
 CASES = [
-    (["simulate", "--experts", BIG, "--top-k", "2"], "--experts"),
-    (["simulate", "--experts", "8", "--top-k", BIG], "--top-k"),
+    (["simulate", "--n-experts", BIG, "--top-k", "2"], "--n-experts"),
+    (["simulate", "--n-experts", "8", "--top-k", BIG], "--top-k"),
     (SIM + ["--capacity-factor", "1e308"], "--capacity-factor"),
     (SIM + ["--capacity-factor", "nan"], "--capacity-factor"),
     (SIM + ["--capacity-factor", "0"], "--capacity-factor"),
     (SIM + ["--capacity-factor", ""], "--capacity-factor"),
-    (SIM + ["--layers", BIG], "--layers"),
-    (SIM + ["--trials", "9" * 5000], "--trials"),  # beyond Python's int-from-str digit limit
+    (SIM + ["--n-layers", BIG], "--n-layers"),
+    (SIM + ["--n-trials", "9" * 5000], "--n-trials"),  # beyond Python's int-from-str digit limit
     (SIM + ["--seed", "-1"], "--seed"),
-    (SIM + ["--batch", "4,4"], "--batch"),
-    (SIM + ["--batch", BIG], "--batch"),
-    (SIM + ["--batch", "99999999999999999999k"], "--batch"),
-    (SIM + ["--devices", ""], "--devices"),
+    (SIM + ["--batch-size", "4,4"], "--batch-size"),
+    (SIM + ["--batch-size", BIG], "--batch-size"),
+    (SIM + ["--batch-size", "99999999999999999999k"], "--batch-size"),
+    (SIM + ["--n-devices", ""], "--n-devices"),
     (SIM + ["--routing", ""], "--routing"),
     (SIM + ["--output", ""], "--output"),
     (SIM + ["--output", "res.nc/"], "names a folder"),
     (SIM + ["--ci-prob", "nan"], "--ci-prob"),
-    (SIM + ["--experts", "8\x00"], "--experts"),
-    (["simulate", "--experts", " ", "--top-k", "2"], "--experts"),
+    (SIM + ["--n-experts", "8\x00"], "--n-experts"),
+    (["simulate", "--n-experts", " ", "--top-k", "2"], "--n-experts"),
     (THR + ["--context", BIG], "--context"),
-    (THR + ["--gpus", ""], "--gpus"),
+    (THR + ["--n-gpus", ""], "--n-gpus"),
     (THR + ["--max-batch", "-3"], "--max-batch"),
-    (["throughput", "deepseek-v3", "--hardware", "/dev/zero", "--gpus", "8"], "/dev/zero"),
-    (["throughput", "/dev/zero", "--hardware", "h200", "--gpus", "8"], "/dev/zero"),
-    (["throughput", "deepseek-v3", "--hardware", "", "--gpus", "8"], "--hardware"),
+    (["throughput", "deepseek-v3", "--hardware", "/dev/zero", "--n-gpus", "8"], "/dev/zero"),
+    (["throughput", "/dev/zero", "--hardware", "h200", "--n-gpus", "8"], "/dev/zero"),
+    (["throughput", "deepseek-v3", "--hardware", "", "--n-gpus", "8"], "--hardware"),
     (QS + ["--q", "1e308"], "--q"),
     (QS + ["--q", "lognormal:4,40"], "--q"),
     (QS + ["--q", "samples:/dev/zero"], "/dev/zero"),
-    (QS + ["--gpus", ""], "--gpus"),
+    (QS + ["--n-gpus", ""], "--n-gpus"),
     (QS + ["--hardware", ""], "--hardware"),
     (QS + ["--hbm-fraction", "2"], "--hbm-fraction"),
     (QS + ["--dense-model", "llama-3.1-70b", "--q", "x"], "--q"),
-    (["qs", "", "--trials", "4"], "model"),
-    (["q-estimate", "deepseek-v3", "--benchmarks", "nope", "--boot", "10"], "MMLU"),
-    (["q-estimate", "deepseek-v3", "--benchmarks", ",", "--boot", "10"], "--benchmarks"),
+    (["qs", "", "--n-trials", "4"], "model"),
+    (["q-estimate", "deepseek-v3", "--benchmarks", "nope", "--n-boot", "10"], "MMLU"),
+    (["q-estimate", "deepseek-v3", "--benchmarks", ",", "--n-boot", "10"], "--benchmarks"),
     (["q-estimate", "deepseek-v3", "--table", "/dev/zero"], "/dev/zero"),
     (["models", "/dev/zero"], "/dev/zero"),
     (["hardware", ""], "name"),
@@ -144,19 +144,19 @@ CASES = [
     (["plot", "x.nc", "--output", "y.png", "--sel", " "], "--sel"),
     (QS + ["--q=--"], "--q"),
     (["q-estimate", "deepseek-v3", "--benchmarks=--"], "--benchmarks"),
-    (SIM + ["--experts", str(2**31)], "--experts"),
-    (SIM + ["--experts", str(2**63 - 1)], "--experts"),
+    (SIM + ["--n-experts", str(2**31)], "--n-experts"),
+    (SIM + ["--n-experts", str(2**63 - 1)], "--n-experts"),
     (QS + ["--q", "lognormal:4,1e308"], "--q"),
     (["trace"], "ACTION"),
     (["trace", "inspect", "/dev/zero"], "/dev/zero"),
     (["trace", "inspect", ""], "path"),
-    (["trace", "fit", "TRACES/x.npz", "--boot", BIG], "--boot"),
-    (["trace", "inspect", "TRACES/x.npz", "--experts", "4"], "expert id 7 outside 0..3"),
-    (["trace", "inspect", "TRACES/x.npz", "--experts", "16"], "n_experts = 8"),
-    (["trace", "inspect", "TRACES/a.npy", "--experts", "4"], "outside 0..3"),
+    (["trace", "fit", "TRACES/x.npz", "--n-boot", BIG], "--n-boot"),
+    (["trace", "inspect", "TRACES/x.npz", "--n-experts", "4"], "expert id 7 outside 0..3"),
+    (["trace", "inspect", "TRACES/x.npz", "--n-experts", "16"], "n_experts = 8"),
+    (["trace", "inspect", "TRACES/a.npy", "--n-experts", "4"], "outside 0..3"),
     (["trace", "inspect", "TRACES/big.jsonl"], "big.jsonl"),  # names the file
-    (["trace", "inspect", "TRACES/hist.csv", "--experts", "8"], "histogram has 4 experts"),
-    (["trace", "inspect", "TRACES/big.jsonl", "--experts", "8"], "outside 0..7"),
+    (["trace", "inspect", "TRACES/hist.csv", "--n-experts", "8"], "histogram has 4 experts"),
+    (["trace", "inspect", "TRACES/big.jsonl", "--n-experts", "8"], "outside 0..7"),
     ([], "COMMAND"),
 ]
 
@@ -177,15 +177,15 @@ def test_issue11_bad_input_is_one_line_exit_2(argv, needle, traces, capsys):
 def test_trace_format_array_accepts_npz(traces, capsys):
     """``--format array`` on a .npz (which holds the array) loads it instead of failing."""
     assert main(["trace", "inspect", str(traces / "x.npz"), "--format", "array"]) == 0
-    assert main(["trace", "inspect", str(traces / "x.npz"), "--experts", "8"]) == 0
+    assert main(["trace", "inspect", str(traces / "x.npz"), "--n-experts", "8"]) == 0
     assert "E=8" in capsys.readouterr().out
-    assert main(["trace", "inspect", str(traces / "hist.csv"), "--experts", "4"]) == 0
+    assert main(["trace", "inspect", str(traces / "hist.csv"), "--n-experts", "4"]) == 0
     assert "E=4" in capsys.readouterr().out
 
 
 def test_q_estimate_known_benchmark_still_runs(capsys):
     """The --benchmarks check accepts names as printed, in any case."""
-    rc = main(["q-estimate", "deepseek-v3", "--benchmarks", "mmlu", "--boot", "20", "--seed",
+    rc = main(["q-estimate", "deepseek-v3", "--benchmarks", "mmlu", "--n-boot", "20", "--seed",
                "1", "--summary"])
     assert rc == 0
     assert "deepseek" in capsys.readouterr().out.lower()
@@ -455,7 +455,7 @@ def test_qs_prints_estimate_interval_bound_card_and_sources(tmp_path, capsys):
     import json
 
     out = tmp_path / "qs.nc"
-    assert main(["qs", "deepseek-v3", "--weight-dtype", "fp8", "--trials", "8", "--q-samples",
+    assert main(["qs", "deepseek-v3", "--weight-dtype", "fp8", "--n-trials", "8", "--n-q-samples",
                  "4", "--context", "4k,128k", "--seed", "0", "--output", str(out)]) == 0
     text = capsys.readouterr().out
     ds = _open(out).isel(model=0)
@@ -477,8 +477,8 @@ def test_qs_prints_estimate_interval_bound_card_and_sources(tmp_path, capsys):
 
 
 def test_qs_roofline_kernels_bound_equals_estimate(capsys):
-    assert main(["qs", "mixtral-8x7b", "--hardware", "h100-sxm", "--gpus", "2", "--q", "2",
-                 "--trials", "8", "--context", "4k", "--kernels", "roofline"]) == 0
+    assert main(["qs", "mixtral-8x7b", "--hardware", "h100-sxm", "--n-gpus", "2", "--q", "2",
+                 "--n-trials", "8", "--context", "4k", "--kernels", "roofline"]) == 0
     text = capsys.readouterr().out
     assert "roofline kernels (no kernel card)" in text
     assert "intervals carry: routing\n" in text  # a point q: no q, no calibration
@@ -488,8 +488,8 @@ def test_qs_roofline_kernels_bound_equals_estimate(capsys):
 
 def test_throughput_prints_estimate_and_bound_from_the_result(tmp_path, capsys):
     out = tmp_path / "tp.nc"
-    assert main(["throughput", "deepseek-v3", "--hardware", "h200", "--gpus", "8",
-                 "--weight-dtype", "fp8", "--context", "4k,128k", "--trials", "16", "--seed",
+    assert main(["throughput", "deepseek-v3", "--hardware", "h200", "--n-gpus", "8",
+                 "--weight-dtype", "fp8", "--context", "4k,128k", "--n-trials", "16", "--seed",
                  "0", "--output", str(out)]) == 0
     text = capsys.readouterr().out
     ds = _open(out)
@@ -514,8 +514,8 @@ def test_throughput_new_flags_reach_the_deployment(tmp_path, capsys):
     import json
 
     out = tmp_path / "tp.nc"
-    assert main(["throughput", "deepseek-v3", "--hardware", "h200", "--gpus", "8",
-                 "--weight-dtype", "fp8", "--context", "4k", "--trials", "8", "--seed", "0",
+    assert main(["throughput", "deepseek-v3", "--hardware", "h200", "--n-gpus", "8",
+                 "--weight-dtype", "fp8", "--context", "4k", "--n-trials", "8", "--seed", "0",
                  "--kernel-card", "generic", "--all-to-all", "two-batch",
                  "--redundant-experts", "8", "--attention-compute-dtype", "fp8",
                  "--mtp-depth", "1", "--mtp-acceptance", "0.7", "--batch-per-gpu", "4",
@@ -535,8 +535,8 @@ def test_throughput_new_flags_reach_the_deployment(tmp_path, capsys):
 
 def test_throughput_tpot_picks_a_batch_meeting_the_target(tmp_path, capsys):
     out = tmp_path / "tp.nc"
-    assert main(["throughput", "llama-3.1-70b", "--hardware", "h100-sxm", "--gpus", "4",
-                 "--context", "8k", "--trials", "8", "--seed", "0", "--tpot", "30ms",
+    assert main(["throughput", "llama-3.1-70b", "--hardware", "h100-sxm", "--n-gpus", "4",
+                 "--context", "8k", "--n-trials", "8", "--seed", "0", "--tpot", "30ms",
                  "--output", str(out)]) == 0
     text = capsys.readouterr().out
     ds = _open(out)
@@ -550,8 +550,8 @@ def test_expert_placement_file_and_balanced(tmp_path, capsys):
     """A file with the default contiguous placement gives the default numbers exactly."""
     f = tmp_path / "place.txt"
     f.write_text("# group of each of the 8 experts\n0 0 1 1\n2,2,3,3\n")
-    base = ["throughput", "mixtral-8x7b", "--hardware", "h100-sxm", "--gpus", "4", "--context",
-            "4k", "--trials", "8", "--seed", "3"]
+    base = ["throughput", "mixtral-8x7b", "--hardware", "h100-sxm", "--n-gpus", "4", "--context",
+            "4k", "--n-trials", "8", "--seed", "3"]
     assert main(base) == 0
     plain = capsys.readouterr().out
     assert main(base + ["--expert-placement", str(f)]) == 0
@@ -565,16 +565,16 @@ def test_expert_placement_file_and_balanced(tmp_path, capsys):
 
 
 def test_routing_strings_on_the_command_line(capsys):
-    assert main(["simulate", "--experts", "64", "--top-k", "4", "--batch", "8", "--trials",
+    assert main(["simulate", "--n-experts", "64", "--top-k", "4", "--batch-size", "8", "--n-trials",
                  "8", "--seed", "0", "--routing", "zipf:1.2+correlated:0.2+group:8,2"]) == 0
     head = capsys.readouterr().out.splitlines()[0]
     assert "GroupLimited" in head and "Correlated" in head and "sigma=0.2" in head
 
 
-THR4 = ["throughput", "deepseek-v3", "--hardware", "h200", "--gpus", "8", "--trials", "4",
+THR4 = ["throughput", "deepseek-v3", "--hardware", "h200", "--n-gpus", "8", "--n-trials", "4",
         "--context", "4k", "--seed", "0"]
-QS4 = ["qs", "mixtral-8x7b", "--hardware", "h100-sxm", "--gpus", "2", "--q", "2", "--trials",
-       "4", "--context", "4k", "--q-samples", "4"]
+QS4 = ["qs", "mixtral-8x7b", "--hardware", "h100-sxm", "--n-gpus", "2", "--q", "2", "--n-trials",
+       "4", "--context", "4k", "--n-q-samples", "4"]
 
 NEW_FLAG_CASES = [
     (THR4 + ["--kernels", "exact"], "--kernels"),
@@ -597,7 +597,7 @@ NEW_FLAG_CASES = [
     (THR4 + ["--batch-per-gpu", "x"], "--batch-per-gpu"),
     (THR4 + ["--tpot", "soon"], "--tpot"),
     (THR4 + ["--tpot", "0"], "--tpot"),
-    (THR4 + ["--tpot", "50ms", "--batch", "8"], "--tpot"),
+    (THR4 + ["--tpot", "50ms", "--batch-size", "8"], "--tpot"),
     (THR4 + ["--batch-per-gpu", "2", "--tpot", "50ms"], "--batch-per-gpu"),
     (THR4 + ["--routing", "zipf:1.2+group:7,4"], "--routing"),
     (THR4 + ["--routing", "uniform+correlated:-1"], "--routing"),
@@ -613,9 +613,9 @@ NEW_FLAG_CASES = [
     (["trace", "check", "TRACES/x.npz", "--holdout-routing", "token"], "--holdout"),
     (["trace", "check", "TRACES/x.npz", "--holdout", "second-half", "--holdout-routing",
       "zipf"], "--holdout-routing"),
-    (["q-estimate", "deepseek-v3", "--boot", "1000000000000"], "--boot"),
-    (["q-estimate", "deepseek-v3", "--boot", "1"], "--boot"),
-    (["q-estimate", "deepseek-v3", "--boot", "268435456", "--summary"], "--boot"),
+    (["q-estimate", "deepseek-v3", "--n-boot", "1000000000000"], "--n-boot"),
+    (["q-estimate", "deepseek-v3", "--n-boot", "1"], "--n-boot"),
+    (["q-estimate", "deepseek-v3", "--n-boot", "268435456", "--summary"], "--n-boot"),
     (["sweep", "missing.toml", "--output", "y.nc", "--workers", "1025"], "--workers"),
     (["sweep", "missing.toml", "--output", "y.nc", "--workers", BIG], "--workers"),
 ]
@@ -648,7 +648,7 @@ except Exception:  # pragma: no cover - helper moved or data absent
 def test_trace_check_holdout_prints_the_attrs(tmp_path, capsys):
     """The held-out errors, intervals, sigma and warm-up printed are the result's attrs."""
     out = tmp_path / "check.nc"
-    assert main(["trace", "check", str(QWEN_DIR), "--holdout", "second-half", "--trials",
+    assert main(["trace", "check", str(QWEN_DIR), "--holdout", "second-half", "--n-trials",
                  "20", "--seed", "2", "--output", str(out)]) == 0
     text = capsys.readouterr().out
     a = _open(out).attrs
@@ -662,7 +662,7 @@ def test_trace_check_holdout_prints_the_attrs(tmp_path, capsys):
     assert f"warm-up steps left out of the sigma fit: {a['holdout_warmup_steps']}" in text
     assert "reported model: correlated" in text
     assert main(["trace", "check", str(QWEN_DIR), "--holdout", "second-half",
-                 "--holdout-routing", "token", "--trials", "20", "--seed", "2"]) == 0
+                 "--holdout-routing", "token", "--n-trials", "20", "--seed", "2"]) == 0
     assert "reported model: token" in capsys.readouterr().out
 
 
@@ -681,7 +681,7 @@ def test_trace_check_gap_closed_nan_prints_na(traces, monkeypatch, capsys):
 
     monkeypatch.setattr(ct, "real_batch_check", nan_gap)
     path = QWEN_DIR if QWEN_DIR is not None else traces / "x.npz"
-    rc = main(["trace", "check", str(path), "--trials", "4", "--seed", "0"])
+    rc = main(["trace", "check", str(path), "--n-trials", "4", "--seed", "0"])
     if rc != 0:  # the toy trace has no microbatch ids
         pytest.skip("no trace with microbatch ids available")
     text = capsys.readouterr().out

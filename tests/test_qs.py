@@ -177,15 +177,15 @@ def test_cli_main_job_and_one_case(tmp_path, capsys):
     from mcroute.cli import main
 
     out = tmp_path / "qs.nc"
-    assert main(["qs", "--trials", "8", "--q-samples", "4", "--context", "4k,128k",
+    assert main(["qs", "--n-trials", "8", "--n-q-samples", "4", "--context", "4k,128k",
                  "--output", str(out)]) == 0
     text = capsys.readouterr().out
     for name in ("deepseek-v3", "qwen3-235b-a22b", "grok-1", "switch-c-2048"):
         assert f"== {name}" in text
     assert "MoE infeasible; dense twin fits" in text
     assert out.exists()
-    assert main(["qs", QWEN, "--q", "lognormal:2,0.2", "--trials", "8", "--context", "8k"]) == 0
-    assert main(["qs", QWEN, "--q", "-1", "--trials", "8"]) == 2
+    assert main(["qs", QWEN, "--q", "lognormal:2,0.2", "--n-trials", "8", "--context", "8k"]) == 0
+    assert main(["qs", QWEN, "--q", "-1", "--n-trials", "8"]) == 2
     assert main(["qs", "llama-3.1-70b", "--q", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all("error" in e for e in err)

@@ -385,7 +385,7 @@ def test_shipped_q_estimates_are_reproducible():
 def test_cli_q_estimate(tmp_path, capsys):
     p = write_table(tmp_path / "t.csv", np.random.default_rng(10), sigma=0.5)
     out = tmp_path / "q.csv"
-    rc = main(["q-estimate", "fam-moe-a3b", "--table", str(p), "--boot", "200", "--seed", "4",
+    rc = main(["q-estimate", "fam-moe-a3b", "--table", str(p), "--n-boot", "200", "--seed", "4",
                "--output", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
@@ -395,7 +395,7 @@ def test_cli_q_estimate(tmp_path, capsys):
     rows = list(csv.DictReader(ln for ln in lines if not ln.startswith("#")))
     assert len(rows) == 1 and rows[0]["seed"] == "4" and int(rows[0]["n_benchmarks"]) == 12
     nc = tmp_path / "q.nc"
-    assert main(["q-estimate", "fam-moe-a3b", "--table", str(p), "--boot", "50", "--seed", "4",
+    assert main(["q-estimate", "fam-moe-a3b", "--table", str(p), "--n-boot", "50", "--seed", "4",
                  "--summary", "--output", str(nc)]) == 0
     spec = mr.parse_q(f"samples:{nc}")
     assert spec.kind == "samples" and spec.value.size == 50
@@ -405,7 +405,7 @@ def test_cli_q_estimate(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "argv",
-    [["q-estimate"], ["q-estimate", "no-such-moe"], ["q-estimate", "x", "--boot", "0"],
+    [["q-estimate"], ["q-estimate", "no-such-moe"], ["q-estimate", "x", "--n-boot", "0"],
      ["q-estimate", "x", "--output", "q.txt"]],
 )
 def test_cli_q_estimate_bad_input_exits_2(tmp_path, argv, capsys):

@@ -211,9 +211,9 @@ def test_all_to_all_charged_never_faster(dsv3):
 
 def test_cli_runs_and_writes(tmp_path, capsys):
     out = tmp_path / "tp.nc"
-    rc = main(["throughput", "deepseek-v3", "--hardware", "h200", "--gpus", "8", "--context",
-               "4k,128k", "--batch", "8,16", "--weight-dtype", "fp8", "--routing", "zipf:1.2",
-               "--trials", "16",
+    rc = main(["throughput", "deepseek-v3", "--hardware", "h200", "--n-gpus", "8", "--context",
+               "4k,128k", "--batch-size", "8,16", "--weight-dtype", "fp8", "--routing", "zipf:1.2",
+               "--n-trials", "16",
                "--seed", "0", "--output", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
@@ -224,34 +224,34 @@ def test_cli_runs_and_writes(tmp_path, capsys):
 
 
 def test_cli_infeasible_is_a_result(capsys):
-    rc = main(["throughput", "deepseek-v3", "--hardware", "h200", "--gpus", "1",
-               "--context", "4k", "--trials", "4", "--seed", "0"])
+    rc = main(["throughput", "deepseek-v3", "--hardware", "h200", "--n-gpus", "1",
+               "--context", "4k", "--n-trials", "4", "--seed", "0"])
     assert rc == 0
     assert "infeasible: context 4096" in capsys.readouterr().out
-    rc = main(["throughput", "llama-3.1-70b", "--hardware", "h100-sxm", "--gpus", "2",
-               "--context", "128k", "--batch", "1,2", "--trials", "4", "--seed", "0"])
+    rc = main(["throughput", "llama-3.1-70b", "--hardware", "h100-sxm", "--n-gpus", "2",
+               "--context", "128k", "--batch-size", "1,2", "--n-trials", "4", "--seed", "0"])
     assert rc == 0
     assert "KV cache at context 131072" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, match", [
-    (["no-such-model", "--hardware", "h200", "--gpus", "8"], "no-such-model"),
-    (["deepseek-v3", "--hardware", "no-such-gpu", "--gpus", "8"], "no-such-gpu"),
-    (["deepseek-v3", "--hardware", "h200", "--gpus", "-8"], "--gpus"),
-    (["deepseek-v3", "--hardware", "h200", "--gpus", "8", "--context", "12x"], "--context"),
-    (["deepseek-v3", "--hardware", "h200", "--gpus", "8", "--batch", "-3"], "--batch"),
-    (["deepseek-v3", "--hardware", "h200", "--gpus", "4", "--expert-parallel", "3"],
+    (["no-such-model", "--hardware", "h200", "--n-gpus", "8"], "no-such-model"),
+    (["deepseek-v3", "--hardware", "no-such-gpu", "--n-gpus", "8"], "no-such-gpu"),
+    (["deepseek-v3", "--hardware", "h200", "--n-gpus", "-8"], "--n-gpus"),
+    (["deepseek-v3", "--hardware", "h200", "--n-gpus", "8", "--context", "12x"], "--context"),
+    (["deepseek-v3", "--hardware", "h200", "--n-gpus", "8", "--batch-size", "-3"], "--batch-size"),
+    (["deepseek-v3", "--hardware", "h200", "--n-gpus", "4", "--expert-parallel", "3"],
      "expert_parallel must divide"),
-    (["deepseek-v3", "--hardware", "h200", "--gpus", "8", "--weight-dtype", "fp7"], "fp7"),
-    (["deepseek-v3", "--hardware", "h200", "--gpus", "8", "--routing", "zipf:x"], "routing"),
-    (["deepseek-v3", "--hardware", "h200", "--gpus", "8", "--hbm-fraction", "2"],
+    (["deepseek-v3", "--hardware", "h200", "--n-gpus", "8", "--weight-dtype", "fp7"], "fp7"),
+    (["deepseek-v3", "--hardware", "h200", "--n-gpus", "8", "--routing", "zipf:x"], "routing"),
+    (["deepseek-v3", "--hardware", "h200", "--n-gpus", "8", "--hbm-fraction", "2"],
      "hbm-fraction"),
-    (["llama-3.1-70b", "--hardware", "h200", "--gpus", "8", "--routing", "zipf:1.2"], "dense"),
-    (["deepseek-v3", "--hardware", "h200", "--gpus", "8", "--output", "/no/such/dir/x.nc"],
+    (["llama-3.1-70b", "--hardware", "h200", "--n-gpus", "8", "--routing", "zipf:1.2"], "dense"),
+    (["deepseek-v3", "--hardware", "h200", "--n-gpus", "8", "--output", "/no/such/dir/x.nc"],
      "does not exist"),
 ])
 def test_cli_errors_are_one_line(argv, match, capsys):
-    rc = main(["throughput", *argv, "--trials", "4", "--seed", "0"])
+    rc = main(["throughput", *argv, "--n-trials", "4", "--seed", "0"])
     assert rc == 2
     err = capsys.readouterr().err
     assert match in err and "Traceback" not in err
@@ -261,7 +261,7 @@ def test_cli_errors_are_one_line(argv, match, capsys):
 def test_cli_bad_card_file(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "bad"\nhidden = "wide"\n')
-    rc = main(["throughput", str(bad), "--hardware", "h200", "--gpus", "8", "--trials", "4"])
+    rc = main(["throughput", str(bad), "--hardware", "h200", "--n-gpus", "8", "--n-trials", "4"])
     assert rc == 2
     err = capsys.readouterr().err
     assert "bad.toml" in err and "Traceback" not in err

@@ -62,7 +62,7 @@ def test_round_trip_identical_arrays(tmp_path):
 def test_convert_cli_round_trip(tmp_path, capsys):
     src = _write_jsonl(tmp_path / "r.jsonl", _tok_records(5, layers=(0, 1, 2)))
     out = tmp_path / "c.npz"
-    assert main(["trace", "convert", str(src), "--experts", "8", "-o", str(out)]) == 0
+    assert main(["trace", "convert", str(src), "--n-experts", "8", "-o", str(out)]) == 0
     direct = mr.load_trace(src, n_experts=8)
     back = mr.load_trace(out)
     for name in ("experts", "gate_weights", "sequence", "step", "layer_ids"):
@@ -285,7 +285,7 @@ def test_cli_inspect_fit_check_on_real_data(capsys, tmp_path):
     assert main(["trace", "inspect", q]) == 0
     out = capsys.readouterr()
     assert "hottest share" in out.out and "format 'jsonl-forward-pass'" in out.err
-    assert main(["trace", "fit", q, "--decode-only", "--boot", "20", "--seed", "1",
+    assert main(["trace", "fit", q, "--decode-only", "--n-boot", "20", "--seed", "1",
                  "--output", str(tmp_path / "fit.nc")]) == 0
     out = capsys.readouterr().out
     assert "overdispersion pooled over layers" in out and "zipf alpha" in out

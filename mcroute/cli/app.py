@@ -1,6 +1,6 @@
 """Command-line interface: ``mcroute <command> ...`` and ``python -m mcroute``.
 
-May import: everything (front end). Each subcommand lives in a ``_cli_<name>.py`` module with a
+May import: everything (front end). Each subcommand lives in ``mcroute/cli/<name>.py`` with a
 ``register(subparsers)`` function that adds its parser and sets ``func`` (taking the parsed args
 and returning an exit status). Errors in user input print one line and exit with status 2.
 """
@@ -48,9 +48,14 @@ def _one_line(text: str) -> str:
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line and exit 2.
 
-    It also refuses empty option values: ``--gpus ''`` is an error naming the option, never a
-    silent fall-back to the default. Values holding a NUL character are refused too.
+    It also refuses empty option values: ``--n-gpus ''`` is an error naming the option, never
+    a silent fall-back to the default. Values holding a NUL character are refused too. Long
+    flags are never abbreviated (``--batch`` is not ``--batch-size``): a prefix is an error.
     """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def _get_values(self, action, arg_strings):
         if action.nargs not in (argparse.PARSER, argparse.REMAINDER):

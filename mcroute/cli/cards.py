@@ -1,6 +1,6 @@
 """``mcroute models`` and ``mcroute hardware``: list the model and hardware cards.
 
-May import: the array layer (``_cards``), ``_cli_common``.
+May import: every floor below (front end); ``mcroute.cli.common``.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ May import: the array and labeled layers.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -15,13 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from mcroute._base.validate import McrouteError, check_int, check_real
-from mcroute._labeled.results import save_dataset
+from mcroute._labeled.export import save_dataset
 
 __all__ = ["parse_int", "parse_int_list", "parse_size", "parse_size_list", "parse_real",
            "parse_routing", "add_deployment_flags", "deployment_flags", "batch_policy_flags",
            "placement_error", "kernels_line",
            "ROUTING_HELP", "check_input_path", "check_output_path", "write_output",
-           "format_table", "is_tty", "INT_MAX"]
+           "format_table", "is_tty", "INT_MAX", "RENAMED", "refuse_renamed"]
 
 _SUFFIX = {"": 1, "k": 1024, "m": 1024**2}
 
@@ -33,6 +34,41 @@ INT_MAX = 2**63 - 1
 #: Digits read from an integer option (more cannot fit below INT_MAX).
 _MAX_DIGITS = 40
 _SIZE_RE = re.compile(r"\s*([0-9]{1,40})\s*([kKmM]?)\s*")
+
+
+#: Flags renamed in issue 12 so that every long flag is spelled as its API keyword
+#: (``--n-trials`` <-> ``n_trials``): the old spelling -> the new flag. The old spellings are
+#: refused with a one-line hint naming the new flag (never silently accepted).
+RENAMED = {
+    "--batch": "--batch-size",
+    "--trials": "--n-trials",
+    "--experts": "--n-experts",
+    "--gpus": "--n-gpus",
+    "--dense-gpus": "--dense-n-gpus",
+    "--q-samples": "--n-q-samples",
+    "--attention": "--attention-parallel",
+    "--layers": "--n-layers",
+    "--devices": "--n-devices",
+    "--boot": "--n-boot",
+}
+
+
+class _Renamed(argparse.Action):
+    """An old flag spelling: refused, naming the new flag."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        new = RENAMED[option_string]
+        raise argparse.ArgumentError(None, f"{option_string} was renamed {new} (long flags are "
+                                     "spelled as the API keywords); use "
+                                     f"{new}{'' if values is None else ' ' + str(values)}")
+
+
+def refuse_renamed(p, *old: str) -> None:
+    """Add hidden ``old`` flags to parser ``p`` that refuse themselves with a hint (RENAMED)."""
+    for flag in old:
+        p.add_argument(flag, nargs="?", action=_Renamed, default=argparse.SUPPRESS,
+                       dest=f"renamed_{flag.lstrip('-').replace('-', '_')}",
+                       help=argparse.SUPPRESS)
 
 
 def _shown(text, limit: int = 40) -> str:
@@ -116,12 +152,13 @@ def check_input_path(name: str, text) -> None:
 def parse_routing(text: str, n_experts: int, top_k: int):
     """``--routing``: ``BASE[+correlated:SIGMA][+group:NG,TG]`` for E experts and top-k.
 
-    The same parser as sweep specs (:func:`mcroute.sweeps.core.routing_from_string`), e.g.
-    ``uniform``, ``zipf:1.2``, ``zipf:1.2+correlated:0.2``, ``uniform+group:8,4``.
+    The one parser of routing strings (:func:`mcroute._routing.spec.parse_routing`, also used
+    by sweep specs and the API), e.g. ``uniform``, ``zipf:1.2``, ``zipf:1.2+correlated:0.2``,
+    ``uniform+group:8,4``.
     """
-    from mcroute.sweeps.core import routing_from_string
+    from mcroute._routing import spec
 
-    return routing_from_string(text, n_experts, top_k, where="--routing")
+    return spec.parse_routing(text, n_experts, top_k, param="--routing")
 
 
 ROUTING_HELP = ("BASE[+correlated:SIGMA][+group:NG,TG], BASE = uniform | zipf:ALPHA | "
@@ -160,7 +197,7 @@ def add_deployment_flags(p, *, batch_policy: bool) -> None:
                    "(required with --mtp-depth > 0)")
     if batch_policy:
         p.add_argument("--batch-per-gpu", default=None, metavar="B[,B...]",
-                       help="sequences per GPU instead of --batch (batch = B x --gpus)")
+                       help="sequences per GPU instead of --batch-size (batch = B x --n-gpus)")
         p.add_argument("--tpot", default=None, metavar="SECONDS|50ms",
                        help="time-per-output-token target: the largest batch meeting it")
 
@@ -281,10 +318,10 @@ def placement_error(exc: McrouteError, args) -> McrouteError:
 
 def batch_policy_flags(args, batch_given: bool) -> dict:
     """``--batch-per-gpu`` / ``--tpot`` as decode_throughput keywords (one batch policy)."""
-    given = [f for f, v in (("--batch", batch_given), ("--batch-per-gpu", args.batch_per_gpu),
-                            ("--tpot", args.tpot)) if v]
+    given = [f for f, v in (("--batch-size", batch_given),
+                            ("--batch-per-gpu", args.batch_per_gpu), ("--tpot", args.tpot)) if v]
     if len(given) > 1:
-        raise McrouteError(f"give one of --batch, --batch-per-gpu and --tpot, got "
+        raise McrouteError(f"give one of --batch-size, --batch-per-gpu and --tpot, got "
                            f"{' and '.join(given)}")
     out = {}
     if args.batch_per_gpu is not None:

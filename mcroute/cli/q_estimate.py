@@ -1,6 +1,6 @@
 """``mcroute q-estimate``: estimate the quality-equivalence factor q from benchmark tables.
 
-May import: the labeled and array layers, ``_cli_common``.
+May import: every floor below (front end); ``mcroute.cli.common``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from mcroute.cli.common import (
     check_output_path,
     format_table,
     parse_int,
+    refuse_renamed,
     write_output,
 )
 
@@ -65,8 +66,9 @@ def register(sub) -> None:
     p.add_argument("--method", default="fit", choices=["fit", "scaling_law", "both"],
                    help="fit: invert dense fits (default); scaling_law: Clark et al. 2022 "
                    "effective parameter count; both")
-    p.add_argument("--boot", default="2000", help="bootstrap replicates (default 2000)")
-    p.add_argument("--seed", default=None, help="seed (default: fresh entropy, printed)")
+    p.add_argument("--n-boot", default="2000", metavar="N",
+                   help="bootstrap replicates (default 2000)")
+    p.add_argument("-s", "--seed", default=None, help="seed (default: fresh entropy, printed)")
     p.add_argument("--ci-prob", default=0.95, type=float, help="confidence level (default 0.95)")
     p.add_argument("--max-extrapolation", default=2.0, type=float,
                    help="largest factor beyond the dense size range accepted (default 2)")
@@ -81,9 +83,10 @@ def register(sub) -> None:
                    help="active parameters from the table as printed (default) or the card")
     p.add_argument("--summary", action="store_true",
                    help="print only the combined q per model, not the per-benchmark fits")
-    p.add_argument("--output", default=None,
+    p.add_argument("-o", "--output", default=None,
                    help="FILE.csv: one summary row per model and method, with provenance; "
                    "FILE.nc or .json: the full Dataset (one model, one method)")
+    refuse_renamed(p, "--boot")
     p.set_defaults(func=run)
 
 
@@ -106,7 +109,7 @@ def _command_line(args, seed) -> str:
         parts += ["--family", args.family]
     if args.method != "fit":
         parts += ["--method", args.method]
-    parts += ["--boot", str(args.boot), "--seed", str(seed)]
+    parts += ["--n-boot", str(args.n_boot), "--seed", str(seed)]
     if args.ci_prob != 0.95:
         parts += ["--ci-prob", f"{args.ci_prob:g}"]
     if args.max_extrapolation != 2.0:
@@ -230,7 +233,7 @@ def run(args) -> int:
         raise McrouteError("give MODEL names or --all, not both")
     if not args.all and not args.models:
         raise McrouteError("give at least one MODEL (or --all, or --list)")
-    n_boot = parse_int(args.boot, "--boot", minimum=2, maximum=MAX_BOOT_DRAWS)
+    n_boot = parse_int(args.n_boot, "--n-boot", minimum=2, maximum=MAX_BOOT_DRAWS)
     min_sizes = parse_int(args.min_sizes, "--min-sizes", minimum=2)
     ci_prob = check_prob("--ci-prob", args.ci_prob)
     max_ex = check_real("--max-extrapolation", args.max_extrapolation, minimum=1.0)
@@ -273,7 +276,7 @@ def run(args) -> int:
                                                      ci_prob=ci_prob)
             except McrouteError as exc:
                 if str(exc).startswith("n_boot"):  # name the flag, as every other error does
-                    raise McrouteError(f"--boot {n_boot}: {exc}") from None
+                    raise McrouteError(f"--n-boot {n_boot}: {exc}") from None
                 raise
             if method == "fit" and args.all and int(ds["n_benchmarks"]) == 0:
                 continue  # --all lists only the models that have an estimate

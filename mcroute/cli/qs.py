@@ -27,6 +27,7 @@ from mcroute.cli.common import (
     parse_routing,
     parse_size_list,
     placement_error,
+    refuse_renamed,
     write_output,
 )
 
@@ -42,31 +43,40 @@ def register(sub) -> None:
         "bound is printed beside it. Without MODEL: the paper's four models on 8 x H200.",
     )
     p.add_argument("model", nargs="?", help="MoE model card (default: the paper's four models)")
-    p.add_argument("--hardware", default=None, help="hardware card (default h200)")
-    p.add_argument("--gpus", default=None, help="GPUs serving the model (default 8)")
-    p.add_argument("--dense-gpus", default=None, help="GPUs of the dense twin (default --gpus)")
+    p.add_argument("-H", "--hardware", default=None, help="hardware card (default h200)")
+    p.add_argument("-g", "--n-gpus", default=None, metavar="N",
+                   help="GPUs serving the model (default 8)")
+    p.add_argument("--dense-n-gpus", default=None, metavar="N",
+                   help="GPUs of the dense twin (default --n-gpus)")
     p.add_argument("--q", default=None,
                    help="quality factor: a number, lognormal:MEDIAN,SIGMA, uniform:LO,HI, "
                    "estimate (default: benchmark estimate, else scaling law)")
-    p.add_argument("--context", default="4k,8k,16k,32k,64k,128k",
+    p.add_argument("-c", "--context", default="4k,8k,16k,32k,64k,128k", metavar="L[,L...]",
                    help="comma-separated contexts (k = 1024), default 4k..128k")
-    p.add_argument("--routing", default=None,
+    p.add_argument("-r", "--routing", default=None,
                    help=ROUTING_HELP + "; default: the model card's routing (uniform, "
                    "group-limited for DeepSeek-V2/V3)")
     p.add_argument("--weight-dtype", default=None, help="weight dtype (default per model)")
     p.add_argument("--kv-dtype", default="bf16", help="KV cache dtype (default bf16)")
     p.add_argument("--hbm-fraction", default=None,
                    help="usable share of HBM, in (0, 1] (default 0.9)")
+    p.add_argument("--attention-parallel", default=None, choices=["tensor", "data"],
+                   help="attention parallelism over the GPUs (default: per model; "
+                   "data for DeepSeek-V3 in the paper cases, else tensor)")
     p.add_argument("--dense-style", default="widen", choices=["widen", "llama"],
                    help="how the dense twin is built (default widen: same attention and KV)")
     p.add_argument("--dense-model", default=None,
                    help="compare against this dense card instead of a built twin")
     add_deployment_flags(p, batch_policy=False)
-    p.add_argument("--trials", default="400", help="Monte Carlo steps per context (default 400)")
-    p.add_argument("--q-samples", default="256", help="draws of an uncertain q (default 256)")
+    p.add_argument("-n", "--n-trials", default="400", metavar="N",
+                   help="Monte Carlo steps per context (default 400)")
+    p.add_argument("--n-q-samples", default="256", metavar="N",
+                   help="draws of an uncertain q (default 256)")
     p.add_argument("--ci-prob", default=0.95, type=float, help="confidence level (default 0.95)")
-    p.add_argument("--seed", default="0", help="seed (default 0)")
-    p.add_argument("--output", default=None, help="write results to FILE.nc, .csv or .json")
+    p.add_argument("-s", "--seed", default="0", help="seed (default 0)")
+    p.add_argument("-o", "--output", default=None,
+                   help="write results to FILE.nc, .csv or .json")
+    refuse_renamed(p, "--gpus", "--dense-gpus", "--trials", "--q-samples", "--attention")
     p.set_defaults(func=run)
 
 
@@ -165,15 +175,16 @@ def run(args) -> int:
 
     check_output_path(args.output)
     contexts = parse_size_list("--context", args.context, maximum=MAX_CONTEXT)
-    trials = parse_int(args.trials, "--trials", minimum=2)
-    q_samples = parse_int(args.q_samples, "--q-samples", minimum=1)
+    trials = parse_int(args.n_trials, "--n-trials", minimum=2)
+    q_samples = parse_int(args.n_q_samples, "--n-q-samples", minimum=1)
     seed = parse_int(args.seed, "--seed", minimum=0)
     ci_prob = check_prob("--ci-prob", args.ci_prob)
     hardware = PAPER_HARDWARE if args.hardware is None else args.hardware
     check_input_path("--hardware", hardware)
-    gpus = PAPER_GPUS if args.gpus is None else parse_int(args.gpus, "--gpus", 1, MAX_GPUS)
-    dense_gpus = (None if args.dense_gpus is None
-                  else parse_int(args.dense_gpus, "--dense-gpus", 1, MAX_GPUS))
+    gpus = PAPER_GPUS if args.n_gpus is None else parse_int(args.n_gpus, "--n-gpus", 1,
+                                                            MAX_GPUS)
+    dense_gpus = (None if args.dense_n_gpus is None
+                  else parse_int(args.dense_n_gpus, "--dense-n-gpus", 1, MAX_GPUS))
     hbm_fraction = (None if args.hbm_fraction is None else parse_real(
         args.hbm_fraction, "--hbm-fraction", minimum=0.0, maximum=1.0, open_min=True))
     for flag, value in (("MODEL", args.model), ("--dense-model", args.dense_model)):
@@ -218,6 +229,8 @@ def run(args) -> int:
         opts["kv_dtype"] = args.kv_dtype
         if hbm_fraction is not None:
             opts["hbm_fraction"] = hbm_fraction
+        if args.attention_parallel is not None:
+            opts["attention_parallel"] = args.attention_parallel
         opts.update(options)
         if args.dense_model is not None:
             q = q_given

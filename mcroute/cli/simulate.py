@@ -1,6 +1,6 @@
 """``mcroute simulate``: routing fragmentation statistics over batch sizes.
 
-May import: the labeled and array layers, ``_cli_common``.
+May import: every floor below (front end); ``mcroute.cli.common``.
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ from mcroute._base.validate import (
 )
 from mcroute._labeled.simulate import simulate
 from mcroute.cli.common import (
+    ROUTING_HELP,
     check_output_path,
     format_table,
     parse_int,
     parse_int_list,
     parse_real,
     parse_routing,
+    refuse_renamed,
     write_output,
 )
 
@@ -42,35 +44,43 @@ def register(sub) -> None:
         "experts touched, weight reuse and per-device load, with confidence intervals of the "
         "mean and 5-95%% bands of single microbatches.",
     )
-    p.add_argument("--experts", required=True, help="routed experts per layer, E")
-    p.add_argument("--top-k", required=True, help="experts per token, k")
-    p.add_argument("--batch", default="1,8,64,512,4096",
-                   help="comma-separated batch sizes (tokens per microbatch), e.g. 1,8,64,4k")
-    p.add_argument("--routing", default="uniform", help="uniform | zipf:ALPHA | lognormal:SIGMA")
-    p.add_argument("--trials", default="2000", help="microbatches per batch size (default 2000)")
-    p.add_argument("--layers", default="1", help="MoE layers per microbatch (default 1)")
-    p.add_argument("--devices", default="1", help="devices for expert parallelism (default 1)")
+    p.add_argument("-E", "--n-experts", required=True, metavar="E",
+                   help="routed experts per layer")
+    p.add_argument("-k", "--top-k", required=True, metavar="K", help="experts per token")
+    p.add_argument("-b", "--batch-size", default="1,8,64,512,4096", metavar="B[,B...]",
+                   help="comma-separated batch sizes (tokens per microbatch), e.g. 1,8,64,4k "
+                   "(default 1,8,64,512,4096)")
+    p.add_argument("-r", "--routing", default="uniform",
+                   help=ROUTING_HELP + " (default uniform)")
+    p.add_argument("-n", "--n-trials", default="2000", metavar="N",
+                   help="microbatches per batch size (default 2000)")
+    p.add_argument("--n-layers", default="1", metavar="L",
+                   help="MoE layers per microbatch (default 1)")
+    p.add_argument("--n-devices", default="1", metavar="D",
+                   help="devices for expert parallelism (default 1)")
     p.add_argument("--capacity-factor", default="1.0",
                    help="expert capacity factor for the overflow fraction, in (0, "
                    f"{MAX_CAPACITY_FACTOR:g}] (default 1.0)")
     p.add_argument("--method", default="auto", choices=["auto", "assignment", "counts"],
                    help="sampling method (default auto)")
     p.add_argument("--ci-prob", default=0.95, type=float, help="confidence level (default 0.95)")
-    p.add_argument("--seed", default=None, help="seed (default: fresh entropy, printed)")
-    p.add_argument("--output", default=None, help="write results to FILE.nc, .csv or .json")
+    p.add_argument("-s", "--seed", default=None, help="seed (default: fresh entropy, printed)")
+    p.add_argument("-o", "--output", default=None,
+                   help="write results to FILE.nc, .csv or .json")
+    refuse_renamed(p, "--experts", "--batch", "--trials", "--layers", "--devices")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     """Run ``mcroute simulate``."""
     check_output_path(args.output)
-    e = parse_int(args.experts, "--experts", minimum=1, maximum=MAX_EXPERTS)
+    e = parse_int(args.n_experts, "--n-experts", minimum=1, maximum=MAX_EXPERTS)
     k = check_int("--top-k", parse_int(args.top_k, "--top-k"), minimum=1, maximum=e)
     routing = parse_routing(args.routing, e, k)
-    batches = parse_int_list("--batch", args.batch, maximum=MAX_BATCH_SIZE)
-    trials = parse_int(args.trials, "--trials", minimum=2)
-    layers = parse_int(args.layers, "--layers", minimum=1, maximum=MAX_LAYERS)
-    devices = parse_int(args.devices, "--devices", minimum=1, maximum=MAX_EXPERTS)
+    batches = parse_int_list("--batch-size", args.batch_size, maximum=MAX_BATCH_SIZE)
+    trials = parse_int(args.n_trials, "--n-trials", minimum=2)
+    layers = parse_int(args.n_layers, "--n-layers", minimum=1, maximum=MAX_LAYERS)
+    devices = parse_int(args.n_devices, "--n-devices", minimum=1, maximum=MAX_EXPERTS)
     ci_prob = check_prob("--ci-prob", args.ci_prob)
     cf = parse_real(args.capacity_factor, "--capacity-factor", minimum=0.0,
                     maximum=MAX_CAPACITY_FACTOR, open_min=True)

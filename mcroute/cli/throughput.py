@@ -1,6 +1,6 @@
 """``mcroute throughput``: decode throughput of a model on a GPU deployment, with intervals.
 
-May import: the labeled and array layers, ``_cli_common``.
+May import: every floor below (front end); ``mcroute.cli.common``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from mcroute.cli.common import (
     parse_routing,
     parse_size_list,
     placement_error,
+    refuse_renamed,
     write_output,
 )
 
@@ -36,8 +37,8 @@ def register(sub) -> None:
         "throughput",
         help="decode throughput of a model on N GPUs (calibrated kernels + routing Monte "
         "Carlo, with the roofline bound)",
-        description="Decode step time and throughput of MODEL served on --gpus GPUs of "
-        "--hardware, at each --context, with the batch the KV cache admits (or --batch, "
+        description="Decode step time and throughput of MODEL served on --n-gpus GPUs of "
+        "--hardware, at each --context, with the batch the KV cache admits (or --batch-size, "
         "--batch-per-gpu, --tpot), by Monte Carlo over expert routing. The estimate uses "
         "kernel efficiencies fitted on measured kernels (--kernels calibrated, the default); "
         "the roofline bound from the same sampled routing is printed beside it. Every "
@@ -45,14 +46,16 @@ def register(sub) -> None:
         "reported with the reason.",
     )
     p.add_argument("model", help="model card name (e.g. deepseek-v3) or path to a .toml card")
-    p.add_argument("--hardware", required=True, help="hardware card name (e.g. h200) or path")
-    p.add_argument("--gpus", required=True, help="GPUs serving one replica")
-    p.add_argument("--context", default="4k,32k,128k",
+    p.add_argument("-H", "--hardware", required=True,
+                   help="hardware card name (e.g. h200) or path")
+    p.add_argument("-g", "--n-gpus", required=True, metavar="N",
+                   help="GPUs serving one replica")
+    p.add_argument("-c", "--context", default="4k,32k,128k", metavar="L[,L...]",
                    help="comma-separated context lengths, k = 1024 (default 4k,32k,128k)")
-    p.add_argument("--batch", default=None,
+    p.add_argument("-b", "--batch-size", default=None, metavar="max|B[,B...]",
                    help="'max' (the admissible batch at each context, default) or "
                    "comma-separated batch sizes (sequences per replica)")
-    p.add_argument("--routing", default=None,
+    p.add_argument("-r", "--routing", default=None,
                    help=ROUTING_HELP + "; default: the model card's routing (uniform, "
                    "group-limited for DeepSeek-V2/V3)")
     p.add_argument("--weight-dtype", default="bf16", help="weight storage dtype (default bf16)")
@@ -66,7 +69,7 @@ def register(sub) -> None:
                    help="achievable share of peak HBM bandwidth (default 1.0)")
     p.add_argument("--flops-efficiency", default=1.0, type=float,
                    help="achievable share of peak FLOP/s (default 1.0)")
-    p.add_argument("--attention", default="tensor", choices=["tensor", "data"],
+    p.add_argument("--attention-parallel", default="tensor", choices=["tensor", "data"],
                    help="attention parallelism over the GPUs (default tensor)")
     p.add_argument("--expert-parallel", default=None,
                    help="expert-parallel degree (default: all GPUs)")
@@ -74,10 +77,13 @@ def register(sub) -> None:
     p.add_argument("--enforce-max-context", action="store_true",
                    help="treat contexts above the model's max context as infeasible")
     add_deployment_flags(p, batch_policy=True)
-    p.add_argument("--trials", default="1000", help="Monte Carlo steps per point (default 1000)")
+    p.add_argument("-n", "--n-trials", default="1000", metavar="N",
+                   help="Monte Carlo steps per point (default 1000)")
     p.add_argument("--ci-prob", default=0.95, type=float, help="confidence level (default 0.95)")
-    p.add_argument("--seed", default=None, help="seed (default: fresh entropy, printed)")
-    p.add_argument("--output", default=None, help="write results to FILE.nc, .csv or .json")
+    p.add_argument("-s", "--seed", default=None, help="seed (default: fresh entropy, printed)")
+    p.add_argument("-o", "--output", default=None,
+                   help="write results to FILE.nc, .csv or .json")
+    refuse_renamed(p, "--gpus", "--batch", "--trials", "--attention")
     p.set_defaults(func=run)
 
 
@@ -88,13 +94,13 @@ def run(args) -> int:
     check_input_path("--hardware", args.hardware)
     model = load_model(args.model)
     hardware = load_hardware(args.hardware)
-    gpus = parse_int(args.gpus, "--gpus", 1, MAX_GPUS)
+    gpus = parse_int(args.n_gpus, "--n-gpus", 1, MAX_GPUS)
     contexts = parse_size_list("--context", args.context, maximum=MAX_CONTEXT)
-    batch_given = args.batch is not None and str(args.batch).strip().lower() != "max"
-    batch = parse_int_list("--batch", args.batch) if batch_given else "max"
+    batch_given = args.batch_size is not None and str(args.batch_size).strip().lower() != "max"
+    batch = parse_int_list("--batch-size", args.batch_size) if batch_given else "max"
     policy = batch_policy_flags(args, batch_given)
     options = deployment_flags(args)
-    trials = parse_int(args.trials, "--trials", minimum=2)
+    trials = parse_int(args.n_trials, "--n-trials", minimum=2)
     ci_prob = check_prob("--ci-prob", args.ci_prob)
     seed = None if args.seed is None else parse_int(args.seed, "--seed", minimum=0)
     for name in ("hbm_fraction", "bandwidth_efficiency", "flops_efficiency"):
@@ -130,7 +136,7 @@ def _deployment(args, model, hardware, gpus, options):
         model, hardware, gpus,
         weight_dtype=args.weight_dtype, kv_dtype=args.kv_dtype, compute_dtype=args.compute_dtype,
         hbm_fraction=args.hbm_fraction, bandwidth_efficiency=args.bandwidth_efficiency,
-        flops_efficiency=args.flops_efficiency, attention_parallel=args.attention,
+        flops_efficiency=args.flops_efficiency, attention_parallel=args.attention_parallel,
         expert_parallel=None if args.expert_parallel is None else parse_int(
             args.expert_parallel, "--expert-parallel", minimum=1),
         max_batch=None if args.max_batch is None else parse_int(args.max_batch, "--max-batch", 1),

@@ -1,6 +1,6 @@
 """``mcroute trace {convert,inspect,fit,check}``: real router logs.
 
-May import: the labeled and array layers, ``_cli_common``.
+May import: every floor below (front end); ``mcroute.cli.common``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from mcroute.cli.common import (
     check_output_path,
     format_table,
     parse_int,
+    refuse_renamed,
     write_output,
 )
 
@@ -26,7 +27,8 @@ def _load_args(p) -> None:
     p.add_argument("path", nargs="+", help="trace file(s) or folder")
     p.add_argument("--format", default=None, choices=list(FORMATS),
                    help="input format (default: guessed from the content)")
-    p.add_argument("--experts", default=None, help="routed experts per layer E (checks ids)")
+    p.add_argument("-E", "--n-experts", default=None, metavar="E",
+                   help="routed experts per layer (checks ids)")
     p.add_argument("--model", default=None, help="model name; selects a histogram in a CSV")
     p.add_argument("--domain", default=None, help="histogram CSV: domain to read")
     p.add_argument("--selection", default="topk", choices=["topk", "top1"],
@@ -34,6 +36,7 @@ def _load_args(p) -> None:
     p.add_argument("--missing-layers", default="error", choices=["error", "drop"],
                    help="tokens lacking some layers: fail (default) or drop them")
     p.add_argument("--max-records", default=None, help="read at most this many records per file")
+    refuse_renamed(p, "--experts")
 
 
 def _is_zip(path) -> bool:
@@ -47,7 +50,8 @@ def _is_zip(path) -> bool:
 def _load(args):
     check_output_path(args.output, (".npz",) if args.action == "convert" else
                       (".nc", ".csv", ".json"))
-    e = None if args.experts is None else parse_int(args.experts, "--experts", 1, MAX_EXPERTS)
+    e = None if args.n_experts is None else parse_int(args.n_experts, "--n-experts", 1,
+                                                       MAX_EXPERTS)
     mr_ = None if args.max_records is None else parse_int(args.max_records, "--max-records", 1)
     for p in args.path:
         check_input_path("trace path", p)
@@ -77,18 +81,18 @@ def _print_notes(trace) -> None:
 
 
 def _check_experts(trace, e: int) -> None:
-    """Apply ``--experts`` to every format, including those that record E themselves."""
+    """Apply ``--n-experts`` to every format, including those that record E themselves."""
     where = trace.source or "the trace"
     if isinstance(trace, PopularityTrace):
         if trace.n_experts != e:
-            raise McrouteError(f"{where}: --experts {e}, but the histogram has "
+            raise McrouteError(f"{where}: --n-experts {e}, but the histogram has "
                                f"{trace.n_experts} experts")
         return
     hi = int(trace.experts.max()) if trace.experts.size else -1
     if hi >= e:
-        raise McrouteError(f"{where}: expert id {hi} outside 0..{e - 1} (--experts {e})")
+        raise McrouteError(f"{where}: expert id {hi} outside 0..{e - 1} (--n-experts {e})")
     if trace.n_experts != e:
-        raise McrouteError(f"{where}: --experts {e}, but the file records n_experts = "
+        raise McrouteError(f"{where}: --n-experts {e}, but the file records n_experts = "
                            f"{trace.n_experts}")
 
 
@@ -105,28 +109,35 @@ def register(sub) -> None:
     c.set_defaults(func=run_convert)
     i = act.add_parser("inspect", help="per-layer skew, entropy, Gini and correlations")
     _load_args(i)
-    i.add_argument("--output", default=None, help="write the table to FILE.nc, .csv or .json")
+    i.add_argument("-o", "--output", default=None,
+                   help="write the table to FILE.nc, .csv or .json")
     i.set_defaults(func=run_inspect)
     f = act.add_parser("fit", help="fit Zipf alpha, log-normal sigma and overdispersion")
     _load_args(f)
-    f.add_argument("--boot", default="200", help="bootstrap replicates (default 200)")
+    f.add_argument("--n-boot", default="200", metavar="N",
+                   help="bootstrap replicates (default 200)")
     f.add_argument("--ci-prob", default=0.95, type=float, help="interval level (default 0.95)")
     f.add_argument("--decode-only", action="store_true", help="fit the decode tokens only")
-    f.add_argument("--seed", default=None, help="seed (default: fresh entropy, printed)")
-    f.add_argument("--output", default=None, help="write results to FILE.nc, .csv or .json")
+    f.add_argument("-s", "--seed", default=None, help="seed (default: fresh entropy, printed)")
+    f.add_argument("-o", "--output", default=None,
+                   help="write results to FILE.nc, .csv or .json")
+    refuse_renamed(f, "--boot")
     f.set_defaults(func=run_fit)
     k = act.add_parser("check", help="real decode batches against the routing models")
     _load_args(k)
-    k.add_argument("--trials", default="400", help="simulated microbatches per size (400)")
+    k.add_argument("-n", "--n-trials", default="400", metavar="N",
+                   help="simulated microbatches per size (default 400)")
     k.add_argument("--ci-prob", default=0.95, type=float, help="interval level (default 0.95)")
-    k.add_argument("--seed", default=None, help="seed (default: fresh entropy, printed)")
+    k.add_argument("-s", "--seed", default=None, help="seed (default: fresh entropy, printed)")
     k.add_argument("--holdout", default=None, choices=["second-half"],
                    help="also fit on the first half of the decode steps and predict the second "
                    "half (held-out errors with intervals)")
     k.add_argument("--holdout-routing", default=None, choices=["correlated", "token"],
                    help="with --holdout: the model whose held-out errors are reported "
                    "(default correlated)")
-    k.add_argument("--output", default=None, help="write results to FILE.nc, .csv or .json")
+    k.add_argument("-o", "--output", default=None,
+                   help="write results to FILE.nc, .csv or .json")
+    refuse_renamed(k, "--trials")
     k.set_defaults(func=run_check)
     p.set_defaults(func=_no_action)
 
@@ -179,7 +190,7 @@ def run_inspect(args) -> int:
 
 def run_fit(args) -> int:
     """Run ``mcroute trace fit``."""
-    boot = parse_int(args.boot, "--boot", minimum=10)
+    boot = parse_int(args.n_boot, "--n-boot", minimum=10)
     ci_prob = check_prob("--ci-prob", args.ci_prob)
     seed = None if args.seed is None else parse_int(args.seed, "--seed", minimum=0)
     trace = _load(args)
@@ -249,7 +260,7 @@ def _print_holdout(attrs, ci_prob) -> None:
 
 def run_check(args) -> int:
     """Run ``mcroute trace check``."""
-    trials = parse_int(args.trials, "--trials", minimum=2)
+    trials = parse_int(args.n_trials, "--n-trials", minimum=2)
     ci_prob = check_prob("--ci-prob", args.ci_prob)
     seed = None if args.seed is None else parse_int(args.seed, "--seed", minimum=0)
     if args.holdout_routing is not None and args.holdout is None:
