@@ -38,7 +38,7 @@ _LAZY = {
     "as_q": "mcroute._quality.quality",
     "estimate_q": "mcroute._quality.quality",
     "parse_q": "mcroute._quality.quality",
-    "save_dataset": "mcroute._labeled.results",
+    "save_dataset": "mcroute._labeled.export",
     "Correlated": "mcroute._routing.distributions",
     "GroupLimited": "mcroute._routing.distributions",
     "LogNormal": "mcroute._routing.distributions",
@@ -82,8 +82,8 @@ if TYPE_CHECKING:  # static type checkers and IDEs see ordinary imports
         load_model,
     )
     from mcroute._cost.deployment import Deployment, roofline_time
+    from mcroute._labeled.export import save_dataset
     from mcroute._labeled.qs import dense_twin, min_gpus, qs_analysis
-    from mcroute._labeled.results import save_dataset
     from mcroute._labeled.simulate import simulate
     from mcroute._labeled.throughput import decode_throughput
     from mcroute._labeled.trace_fit import (

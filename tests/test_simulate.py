@@ -117,7 +117,7 @@ def test_export_round_trip(tmp_path):
     assert back.attrs["seed"] == 0
     back.close()
     csv = mr.save_dataset(ds, tmp_path / "r.csv").read_text()
-    assert "# seed: 0" in csv and "variable,batch_size" in csv
+    assert "# seed: 0" in csv and "\"variable\",\"batch_size\"" in csv
     import json
 
     js = json.loads(mr.save_dataset(ds, tmp_path / "r.json").read_text())

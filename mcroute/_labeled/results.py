@@ -1,4 +1,4 @@
-"""Labeled results: Monte Carlo summaries, provenance and export.
+"""Labeled results: Monte Carlo summaries and provenance (export: ``export.py``).
 
 May import: numpy, scipy, xarray, and the array layer (``_validate``, ``_rng``, ``_version``).
 
@@ -18,21 +18,18 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from pathlib import Path
 
 import numpy as np
 import xarray as xr
 from scipy import stats
 
-from mcroute._base.atomic import atomic_path
-from mcroute._base.validate import McrouteError, check_path, check_prob, check_unique
+from mcroute._base.validate import McrouteError, check_prob, check_unique
 from mcroute._version import __version__
 
 #: Default quantile levels of the single-draw band ``<name>_q``.
 DEFAULT_QUANTILES = (0.05, 0.5, 0.95)
 
-__all__ = ["DEFAULT_QUANTILES", "summarize", "provenance", "save_dataset", "strict_json",
-           "json_safe"]
+__all__ = ["DEFAULT_QUANTILES", "summarize", "provenance", "strict_json", "json_safe"]
 
 
 def _summary_arrays(x: np.ndarray, ci_prob: float, quantiles: np.ndarray):
@@ -193,62 +190,3 @@ def _json_default(o):
     if isinstance(o, (_dt.datetime, _dt.date)):
         return o.isoformat()
     return str(o)
-
-
-def _to_tidy_frame(ds: xr.Dataset):
-    """One row per (variable, coordinate cell): columns variable, <dims...>, value, units."""
-    import pandas as pd
-
-    frames = []
-    for name, da in ds.data_vars.items():
-        if da.dims:
-            df = da.to_dataframe(name=name).reset_index()[[*da.dims, name]]
-        else:
-            df = pd.DataFrame({name: [da.values.item()]})
-        df = df.rename(columns={name: "value"})
-        df.insert(0, "variable", name)
-        df["units"] = da.attrs.get("units", "")
-        frames.append(df)
-    tidy = pd.concat(frames, ignore_index=True, sort=False)
-    for dim in ds.dims:
-        if dim in tidy and dim in ds.coords and np.issubdtype(ds[dim].dtype, np.integer):
-            tidy[dim] = tidy[dim].astype("Int64")
-    return tidy
-
-
-def _to_json_dict(ds: xr.Dataset) -> dict:
-    d = ds.to_dict(data="list", encoding=False)
-    d["attrs"] = {k: _attr_value(v) for k, v in ds.attrs.items()}
-    return d
-
-
-def save_dataset(ds: xr.Dataset, path) -> Path:
-    """Write ``ds`` to ``.nc`` (NetCDF4 via h5netcdf), ``.csv`` (tidy) or ``.json``.
-
-    JSON is strict: NaN (e.g. the trials of an infeasible point) and infinities are written as
-    ``null``, which every JSON parser accepts.
-
-    The file is written to a temporary file in the same folder and renamed into place, so an
-    existing file is never left half-written.
-    """
-    if not isinstance(ds, xr.Dataset):
-        raise McrouteError(f"ds must be an xarray.Dataset, got {type(ds).__name__}")
-    path = check_path("path", path)
-    ext = path.suffix.lower()
-    ds = ds.copy()
-    ds.attrs = {k: _attr_value(v) for k, v in ds.attrs.items()}
-    for v in ds.variables.values():
-        v.attrs = {k: _attr_value(a) for k, a in v.attrs.items()}
-    with atomic_path(path, allowed=(".nc", ".csv", ".json")) as tmp:
-        if ext == ".nc":
-            ds.to_netcdf(tmp, engine="h5netcdf")
-        elif ext == ".csv":
-            frame = _to_tidy_frame(ds)
-            with open(tmp, "w", encoding="utf-8") as fh:
-                for k, v in ds.attrs.items():
-                    fh.write(f"# {k}: {v}\n")
-                frame.to_csv(fh, index=False)
-        else:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                fh.write(strict_json(_to_json_dict(ds)))
-    return path

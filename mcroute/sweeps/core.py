@@ -47,7 +47,8 @@ import xarray as xr
 
 from mcroute._base.atomic import atomic_path, remove_stale_temporaries
 from mcroute._base.validate import McrouteError, check_prob
-from mcroute._labeled.results import DEFAULT_QUANTILES, _attr_value, provenance, save_dataset
+from mcroute._labeled.export import save_dataset
+from mcroute._labeled.results import DEFAULT_QUANTILES, _attr_value, provenance
 from mcroute._version import __version__
 
 __all__ = ["CELL_KINDS", "CellKind", "Param", "SweepSpec", "cell_seed", "load_sweep_spec",
