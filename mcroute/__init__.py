@@ -39,8 +39,8 @@ _LAZY = {
     "estimate_q": "mcroute._quality.quality",
     "parse_q": "mcroute._quality.quality",
     "save_dataset": "mcroute._labeled.export",
-    "Correlated": "mcroute._routing.distributions",
-    "GroupLimited": "mcroute._routing.distributions",
+    "Correlated": "mcroute._routing.composite",
+    "GroupLimited": "mcroute._routing.composite",
     "LogNormal": "mcroute._routing.distributions",
     "Popularity": "mcroute._routing.distributions",
     "Routing": "mcroute._routing.distributions",
@@ -54,6 +54,7 @@ _LAZY = {
     "microbatch_stats": "mcroute._routing.sampling",
     "sample_assignments": "mcroute._routing.sampling",
     "sample_counts": "mcroute._routing.sampling",
+    "iter_counts": "mcroute._routing.sampling",
     "simulate": "mcroute._labeled.simulate",
     "load_sweep_spec": "mcroute.sweeps.core",
     "sweep": "mcroute.sweeps.core",
@@ -94,9 +95,8 @@ if TYPE_CHECKING:  # static type checkers and IDEs see ordinary imports
         real_batch_check,
     )
     from mcroute._quality.quality import EstimateQ, QSpec, as_q, estimate_q, parse_q
+    from mcroute._routing.composite import Correlated, GroupLimited
     from mcroute._routing.distributions import (
-        Correlated,
-        GroupLimited,
         LogNormal,
         Popularity,
         Routing,
@@ -109,6 +109,7 @@ if TYPE_CHECKING:  # static type checkers and IDEs see ordinary imports
         device_map,
         expected_active_experts,
         expert_load_distribution,
+        iter_counts,
         load_histogram,
         microbatch_stats,
         sample_assignments,
@@ -152,6 +153,7 @@ __all__ = [
     "fit_routing",
     "fitted_routing",
     "inspect_trace",
+    "iter_counts",
     "list_hardware",
     "list_models",
     "load_hardware",

@@ -10,7 +10,7 @@ import pytest
 
 import mcroute as mr
 from mcroute._labeled.trace_fit import fit_correlated
-from mcroute._routing.distributions import _pl_inclusion_row
+from mcroute._routing.inclusion import pl_inclusion_row
 
 try:
     from mcroute._base.resources import shared_data_dir
@@ -75,7 +75,7 @@ def _rao_blackwell(lw, k, sigma, b, n_draws, seed):
     for i in range(n_draws):
         a = lw + sigma * rng.standard_normal(lw.size)
         w = np.exp(a - a.max())
-        pis[i] = _pl_inclusion_row(w / w.sum(), k, 0.5)
+        pis[i] = pl_inclusion_row(w / w.sum(), k, 0.5)
         act[i] = np.sum(1 - (1 - pis[i]) ** b)
     return act.mean(), act.std(ddof=1) / np.sqrt(n_draws), pis.mean(axis=0), \
         pis.std(axis=0, ddof=1) / np.sqrt(n_draws)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import mcroute as mr
-from mcroute._routing.distributions import _mc_inclusion, _pl_inclusion_row
+from mcroute._routing.inclusion import mc_inclusion, pl_inclusion_row
 
 
 def _definition(lw, n_groups, topk_groups, k, n, seed):
@@ -58,7 +58,7 @@ def test_sampler_expected_active_matches_exact(base, ng, tg):
 def test_no_group_limit_is_plackett_luce():
     base = mr.Zipf(12, 3, 1.2, permute=False)
     g = mr.GroupLimited(base, 4, 4)  # every group allowed: the base law
-    pl = _pl_inclusion_row(base.popularity(1)[0], 3, 0.5, base._log_weights(1)[0])
+    pl = pl_inclusion_row(base.popularity(1)[0], 3, 0.5, base._log_weights(1)[0])
     assert np.allclose(g.inclusion_probabilities(1)[0], pl, atol=1e-10)
 
 
@@ -99,7 +99,7 @@ def test_first_pick_is_the_base_popularity():
 def test_monte_carlo_inclusion_is_within_its_stated_error():
     g = mr.GroupLimited(mr.Zipf(12, 3, 1.2, permute=False), 4, 2)
     exact = g.inclusion_probabilities(1)
-    mc, err = _mc_inclusion(g, 1)
+    mc, err = mc_inclusion(g, 1)
     assert 0 < err < 0.01 and np.all(np.abs(mc - exact) <= err)
     big = mr.GroupLimited(mr.Zipf(256, 8, 1.2), 8, 4)  # E^k too many leaves: Monte Carlo
     pi, err = big.inclusion_probabilities(2, return_error=True)

@@ -37,6 +37,7 @@ PUBLIC = sorted(
         "fit_routing",
         "fitted_routing",
         "inspect_trace",
+        "iter_counts",
         "list_hardware",
         "list_models",
         "load_hardware",

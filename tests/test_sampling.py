@@ -388,13 +388,13 @@ def test_per_layer_popularity_samples_each_layer():
 def test_inclusion_cache_by_value_matches_direct_quadrature():
     # The value cache computes each distinct sorted popularity row once; the permuted result
     # must equal the quadrature on the row as given (to round-off), and callers get copies.
-    from mcroute._routing.distributions import _pl_inclusion_row
+    from mcroute._routing.inclusion import pl_inclusion_row
 
     z = mr.Zipf(300, 6, 0.9, layer_seed=3)
     pi = z.inclusion_probabilities(5)
     lw = z._log_weights(5)
     for layer in range(5):
-        direct = _pl_inclusion_row(None, 6, 0.5, lw[layer])
+        direct = pl_inclusion_row(None, 6, 0.5, lw[layer])
         np.testing.assert_allclose(pi[layer], direct, rtol=1e-13, atol=1e-15)
     pi[:] = -1.0  # mutating the result must not reach the cache
     again = mr.Zipf(300, 6, 0.9, layer_seed=3).inclusion_probabilities(5)

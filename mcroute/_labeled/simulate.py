@@ -23,6 +23,7 @@ from mcroute._base.validate import (
     check_unique,
 )
 from mcroute._labeled.results import DEFAULT_QUANTILES, provenance, summarize
+from mcroute._routing import as_routing
 from mcroute._routing.placement import Placement
 from mcroute._routing.sampling import (
     check_routing,
@@ -74,13 +75,18 @@ def simulate(
     method="auto",
     expert_load=False,
     histogram=False,
+    n_experts=None,
+    top_k=None,
 ):
     """Monte Carlo of decode microbatches: fragmentation and load statistics with intervals.
 
     Parameters
     ----------
-    routing : Routing
-        Routing distribution (``Uniform``, ``Zipf``, ``LogNormal``, ``Popularity``, ``Trace``).
+    routing : Routing or str
+        Routing distribution (``Uniform``, ``Zipf``, ``LogNormal``, ``Popularity``,
+        ``Correlated``, ``GroupLimited``, ``Trace``), or a routing string such as ``"zipf:1.2"``
+        or ``"uniform+group:8,4"`` (``mcroute._routing.spec.ROUTING_SYNTAX``; then
+        ``n_experts`` and ``top_k`` are required).
     batch_size : int or sequence of int
         Tokens per microbatch B; a sequence becomes the ``batch_size`` dim.
     n_trials : int
@@ -114,6 +120,8 @@ def simulate(
     histogram : bool
         Also return ``load_histogram`` (batch_size, layer, load): mean number of experts with
         each load per microbatch.
+    n_experts, top_k : int, optional
+        E and k of a routing string (with a routing object: None, or equal to its own).
 
     Returns
     -------
@@ -133,7 +141,7 @@ def simulate(
     >>> float(ds["active_experts_exact"].sel(batch_size=64).round(2).item())
     222.44
     """
-    check_routing(routing)
+    routing = check_routing(as_routing(routing, n_experts, top_k))
     batches, scalar = check_int_list("batch_size", batch_size, minimum=1,
                                      maximum=MAX_BATCH_SIZE)
     check_unique("batch_size", batches)

@@ -26,7 +26,8 @@ from mcroute._base.validate import (
 from mcroute._cost.calibrated import MTP_STREAM, accepted_tokens, draw_acceptance
 from mcroute._cost.deployment import OPERATORS, Deployment
 from mcroute._labeled.results import DEFAULT_QUANTILES, provenance, summarize
-from mcroute._routing.distributions import GroupLimited, Uniform
+from mcroute._routing.composite import GroupLimited
+from mcroute._routing.distributions import Uniform
 from mcroute._routing.sampling import (
     check_routing,
     check_sampling_request,

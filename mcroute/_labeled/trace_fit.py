@@ -29,7 +29,8 @@ from mcroute._base.validate import (
     check_prob,
 )
 from mcroute._labeled.results import provenance
-from mcroute._routing.distributions import Correlated, LogNormal, Uniform, Zipf
+from mcroute._routing.composite import Correlated
+from mcroute._routing.distributions import LogNormal, Uniform, Zipf
 from mcroute._routing.sampling import microbatch_stats, sample_counts
 from mcroute._traces.trace import LayeredPopularity, Overdispersed, PopularityTrace, Trace
 

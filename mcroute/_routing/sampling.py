@@ -1,11 +1,15 @@
 """Samplers and per-microbatch statistics (array layer).
 
-May import: numpy, scipy, ``_kernels``, ``_routing``, ``_rng``, ``_validate``.
+May import: numpy, scipy, ``mcroute._kernels``, ``mcroute._base``, the modules of
+``mcroute._routing``.
 
 ``sample_counts`` draws, for each Monte Carlo trial and MoE layer, how many of the B tokens of a
 decode microbatch are routed to each expert. ``microbatch_stats`` turns counts into the
 quantities the cost model needs; ``expected_active_experts`` and friends are exact results used
-for fast answers and to check the sampler.
+for fast answers and to check the sampler. ``iter_counts`` yields the same counts in blocks of
+trials, and ``sample_counts(..., out=)`` writes them into a given array, so that raw counts at
+scale never need two copies of trials × layers × experts (docs/sampling.md, "Raw counts at
+scale").
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import numpy as np
 from scipy import stats
 
 from mcroute import _kernels as K
-from mcroute._base.rng import CHUNK_TRIALS, chunk_seeds, resolve_seed
+from mcroute._base.rng import CHUNK_TRIALS, chunk_seeds, n_chunks, resolve_seed
 from mcroute._base.validate import (
     MAX_BATCH_SIZE,
     MAX_CAPACITY_FACTOR,
@@ -26,6 +30,7 @@ from mcroute._base.validate import (
     check_real,
     check_work,
 )
+from mcroute._routing.spec import as_routing, is_routing
 
 #: ``method="auto"`` switches to count-space sampling (where exact) once the microbatch has at
 #: least this many tokens per expert (B / E). Count-space costs O(E·k) binomial draws per
@@ -40,6 +45,7 @@ COUNTSPACE_MIN_TOKENS_PER_EXPERT = {"uniform": 64.0, "weighted": 64.0}
 
 __all__ = [
     "sample_counts",
+    "iter_counts",
     "sample_assignments",
     "device_map",
     "microbatch_stats",
@@ -52,16 +58,19 @@ __all__ = [
 
 def check_routing(routing):
     """Raise unless ``routing`` behaves like a routing distribution."""
-    for attr in ("n_experts", "top_k", "_draw_counts", "inclusion_probabilities"):
-        if not hasattr(routing, attr):
-            raise McrouteError(
-                "routing must be a routing distribution (Uniform, Zipf, LogNormal, Popularity or "
-                f"Trace), got {type(routing).__name__}"
-            )
+    if not is_routing(routing):
+        raise McrouteError(
+            "routing must be a routing distribution (Uniform, Zipf, LogNormal, Popularity or "
+            f"Trace), got {type(routing).__name__}"
+        )
     return routing
 
 
-def _resolve_method(routing, batch_size, method):
+def resolve_method(routing, batch_size, method):
+    """The sampling method used for ``method`` ("auto", "assignment" or "counts") at B tokens.
+
+    Refuses ``"counts"`` where count-space sampling is not exact.
+    """
     if not isinstance(method, str) or method not in ("auto", "assignment", "counts"):
         raise McrouteError(f"method must be 'auto', 'assignment' or 'counts', got {method!r}")
     exact = getattr(routing, "_countspace_exact", lambda: False)()
@@ -84,7 +93,7 @@ def sampling_draws(routing, batch_size, n_trials, n_layers, method="auto") -> in
     sampling E·k binomials. Used to refuse requests above :data:`~mcroute._base.validate.MAX_DRAWS`
     before starting them.
     """
-    m = _resolve_method(routing, batch_size, method)
+    m = resolve_method(routing, batch_size, method)
     per = batch_size * routing.top_k if m == "assignment" else routing.n_experts * routing.top_k
     return n_trials * n_layers * per
 
@@ -118,18 +127,74 @@ def draw_counts(routing, batch_size, n_trials, n_layers, entropy, key=(), method
     """
     if first_trial % CHUNK_TRIALS:
         raise McrouteError(f"first_trial must be a multiple of {CHUNK_TRIALS}")
-    m = _resolve_method(routing, batch_size, method)
+    m = resolve_method(routing, batch_size, method)
     seeds = chunk_seeds(entropy, first_trial + n_trials, key)[first_trial // CHUNK_TRIALS:]
     return routing._draw_counts(batch_size, n_trials, n_layers, seeds, m)
 
 
-def sample_counts(routing, batch_size, n_trials, n_layers=1, *, rng=None, method="auto"):
+#: Default ``chunk_trials`` of :func:`iter_counts` and of ``sample_counts(..., out=)``: blocks
+#: of about this many count elements (32 MB of int64), rounded down to whole trial chunks.
+COUNT_BLOCK_ELEMENTS = 4_000_000
+
+
+def _check_request(routing, batch_size, n_trials, n_layers, n_experts, top_k):
+    """Validated (routing, batch_size, n_trials, n_layers) of a counts request."""
+    routing = check_routing(as_routing(routing, n_experts, top_k))
+    batch_size = check_int("batch_size", batch_size, minimum=1, maximum=MAX_BATCH_SIZE)
+    n_trials = check_int("n_trials", n_trials, minimum=1)
+    n_layers = check_int("n_layers", n_layers, minimum=1, maximum=MAX_LAYERS)
+    return routing, batch_size, n_trials, n_layers
+
+
+def _check_chunk_trials(chunk_trials, n_layers, n_experts) -> int:
+    if chunk_trials is None:
+        per = max(COUNT_BLOCK_ELEMENTS // (n_layers * n_experts), 1)
+        return max(per // CHUNK_TRIALS, 1) * CHUNK_TRIALS
+    c = check_int("chunk_trials", chunk_trials, minimum=CHUNK_TRIALS)
+    if c % CHUNK_TRIALS:
+        raise McrouteError(f"chunk_trials must be a multiple of {CHUNK_TRIALS} (the trials of "
+                           "one random stream), so that the blocks equal one large draw; got "
+                           f"{c}")
+    return c
+
+
+def _check_out(out, shape):
+    if not isinstance(out, np.ndarray):
+        raise McrouteError(f"out must be a numpy array of int64 with shape {shape} (trial, layer, "
+                           f"expert), got {type(out).__name__}")
+    if out.dtype != np.int64:
+        raise McrouteError(f"out must have dtype int64, got {out.dtype}")
+    if out.shape != shape:
+        raise McrouteError(f"out must have shape {shape} (trial, layer, expert), got {out.shape}")
+    if not out.flags.c_contiguous:
+        raise McrouteError("out must be C-contiguous (e.g. from numpy.empty or a writable "
+                           "numpy.memmap)")
+    if not out.flags.writeable:
+        raise McrouteError("out must be writable")
+    return out
+
+
+def _blocks(routing, batch_size, n_trials, n_layers, entropy, method, chunk_trials):
+    """Yield (first trial, counts) blocks of one stream; together they equal one draw."""
+    m = resolve_method(routing, batch_size, method)
+    seeds = chunk_seeds(entropy, n_trials, ())
+    for t0 in range(0, n_trials, chunk_trials):
+        nt = min(chunk_trials, n_trials - t0)
+        c0 = t0 // CHUNK_TRIALS
+        yield t0, routing._draw_counts(batch_size, nt, n_layers,
+                                       seeds[c0:c0 + n_chunks(nt)], m)
+
+
+def sample_counts(routing, batch_size, n_trials, n_layers=1, *, rng=None, method="auto",
+                  out=None, n_experts=None, top_k=None):
     """Tokens routed to each expert in random decode microbatches.
 
     Parameters
     ----------
-    routing : Routing
-        The routing distribution (``Uniform``, ``Zipf``, ``LogNormal``, ``Popularity``, ``Trace``).
+    routing : Routing or str
+        The routing distribution (``Uniform``, ``Zipf``, ``LogNormal``, ``Popularity``,
+        ``Correlated``, ``GroupLimited``, ``Trace``), or a routing string such as ``"zipf:1.2"``
+        or ``"uniform+group:8,4"`` (then ``n_experts`` and ``top_k`` are required).
     batch_size : int
         Tokens per microbatch B (one per sequence at decode), >= 1.
     n_trials : int
@@ -145,11 +210,21 @@ def sample_counts(routing, batch_size, n_trials, n_layers=1, *, rng=None, method
         top_k = 1; cost independent of B); ``"auto"`` takes counts where exact and the batch
         has at least :data:`COUNTSPACE_MIN_TOKENS_PER_EXPERT` tokens per expert (64, for uniform
         routing and for weighted top-1), where it is measured to be faster.
+    out : numpy.ndarray, optional
+        int64, C-contiguous, shape (n_trials, n_layers, n_experts) (e.g. a ``numpy.memmap``):
+        the counts are written into it, block by block, and it is returned. Only one block of
+        trials is held besides it. The numbers are those of a call without ``out``.
+    n_experts, top_k : int, optional
+        E and k of a routing string (with a routing object: None, or equal to its own).
 
     Returns
     -------
     numpy.ndarray
         int64 (trial, layer, expert); each (trial, layer) row sums to B·k.
+
+    See Also
+    --------
+    iter_counts : the same counts in blocks of trials.
 
     Examples
     --------
@@ -157,21 +232,72 @@ def sample_counts(routing, batch_size, n_trials, n_layers=1, *, rng=None, method
     >>> c = mr.sample_counts(mr.Uniform(8, 2), batch_size=4, n_trials=3, rng=0)
     >>> c.shape, c.sum(axis=-1).ravel().tolist()
     ((3, 1, 8), [8, 8, 8])
+    >>> bool((mr.sample_counts("uniform", 4, 3, rng=0, n_experts=8, top_k=2) == c).all())
+    True
     """
-    check_routing(routing)
-    batch_size = check_int("batch_size", batch_size, minimum=1, maximum=MAX_BATCH_SIZE)
-    n_trials = check_int("n_trials", n_trials, minimum=1)
-    n_layers = check_int("n_layers", n_layers, minimum=1, maximum=MAX_LAYERS)
+    routing, batch_size, n_trials, n_layers = _check_request(
+        routing, batch_size, n_trials, n_layers, n_experts, top_k)
+    shape = (n_trials, n_layers, routing.n_experts)
+    if out is not None:
+        _check_out(out, shape)
     entropy = resolve_seed(rng)
-    check_bytes(f"the counts ({n_trials} trials x {n_layers} layers x {routing.n_experts} "
-                "experts, int64)", n_trials * n_layers * routing.n_experts * 8,
-                "n_trials or n_layers")
+    if out is None:
+        check_bytes(f"the counts ({n_trials} trials x {n_layers} layers x {routing.n_experts} "
+                    "experts, int64)", n_trials * n_layers * routing.n_experts * 8,
+                    "n_trials or n_layers")
     check_sampling_request(routing, [batch_size], n_trials, n_layers, method,
                            params="n_trials, n_layers or batch_size")
-    return draw_counts(routing, batch_size, n_trials, n_layers, entropy, (), method)
+    if out is None:
+        return draw_counts(routing, batch_size, n_trials, n_layers, entropy, (), method)
+    chunk = _check_chunk_trials(None, n_layers, routing.n_experts)
+    for t0, block in _blocks(routing, batch_size, n_trials, n_layers, entropy, method, chunk):
+        out[t0:t0 + block.shape[0]] = block
+    return out
 
 
-def sample_assignments(routing, batch_size, n_trials, n_layers=1, *, rng=None):
+def iter_counts(routing, batch_size, n_trials, n_layers=1, *, rng=None, method="auto",
+                chunk_trials=None, n_experts=None, top_k=None):
+    """Counts of :func:`sample_counts` in blocks of trials, for raw counts at scale.
+
+    Yields ``(trial_offset, counts)`` with ``counts`` int64 (trials of the block, layer,
+    expert), trial ``trial_offset`` first; the blocks, concatenated, are bit for bit the array
+    ``sample_counts(routing, batch_size, n_trials, n_layers, rng=rng, method=method)`` returns
+    with the same seed, whatever ``chunk_trials``. Only one block is held at a time, so
+    trials × layers × experts is never allocated. Arguments are checked when the function is
+    called, before the first block is drawn.
+
+    Parameters
+    ----------
+    routing, batch_size, n_trials, n_layers, rng, method, n_experts, top_k
+        As for :func:`sample_counts`.
+    chunk_trials : int, optional
+        Trials per block, a multiple of 16 (the trials of one random stream). Default: blocks
+        of about 4 million counts (32 MB), :data:`COUNT_BLOCK_ELEMENTS`.
+
+    Examples
+    --------
+    >>> import numpy as np, mcroute as mr
+    >>> r = mr.Zipf(64, 4, 1.0)
+    >>> blocks = [c for _, c in mr.iter_counts(r, 32, 100, rng=7, chunk_trials=32)]
+    >>> [b.shape[0] for b in blocks]
+    [32, 32, 32, 4]
+    >>> bool((np.concatenate(blocks) == mr.sample_counts(r, 32, 100, rng=7)).all())
+    True
+    """
+    routing, batch_size, n_trials, n_layers = _check_request(
+        routing, batch_size, n_trials, n_layers, n_experts, top_k)
+    chunk = _check_chunk_trials(chunk_trials, n_layers, routing.n_experts)
+    entropy = resolve_seed(rng)
+    check_bytes(f"one block of counts ({chunk} trials x {n_layers} layers x "
+                f"{routing.n_experts} experts, int64)", chunk * n_layers * routing.n_experts * 8,
+                "chunk_trials")
+    check_sampling_request(routing, [batch_size], n_trials, n_layers, method,
+                           params="n_trials, n_layers or batch_size")
+    return _blocks(routing, batch_size, n_trials, n_layers, entropy, method, chunk)
+
+
+def sample_assignments(routing, batch_size, n_trials, n_layers=1, *, rng=None, n_experts=None,
+                       top_k=None):
     """Expert ids chosen by each token, int64 (trial, layer, token, slot), for inspection.
 
     Draws the same numbers as ``sample_counts(..., method="assignment")`` with the same seed:
@@ -187,7 +313,7 @@ def sample_assignments(routing, batch_size, n_trials, n_layers=1, *, rng=None):
     >>> a.shape, bool(all(len(set(t)) == 4 for t in a[0, 0]))
     ((1, 1, 2, 4), True)
     """
-    check_routing(routing)
+    routing = check_routing(as_routing(routing, n_experts, top_k))
     batch_size = check_int("batch_size", batch_size, minimum=1, maximum=MAX_BATCH_SIZE)
     n_trials = check_int("n_trials", n_trials, minimum=1)
     n_layers = check_int("n_layers", n_layers, minimum=1, maximum=MAX_LAYERS)
@@ -290,7 +416,7 @@ def load_histogram(counts, max_load=None) -> np.ndarray:
     return K.load_histogram(counts, max_load)
 
 
-def expected_active_experts(routing, batch_size, n_layers=1):
+def expected_active_experts(routing, batch_size, n_layers=1, *, n_experts=None, top_k=None):
     """Exact expected number of distinct experts touched by B independent tokens.
 
     ``E[active] = Σ_e 1 − (1 − π_e)^B`` with π_e the inclusion probability of expert e.
@@ -300,11 +426,14 @@ def expected_active_experts(routing, batch_size, n_layers=1):
 
     Parameters
     ----------
-    routing : Routing
+    routing : Routing or str
+        A routing distribution or a routing string (then with ``n_experts`` and ``top_k``).
     batch_size : int or sequence of int
         Tokens per microbatch, >= 1.
     n_layers : int
         Layers to evaluate; the result has a leading layer axis when > 1.
+    n_experts, top_k : int, optional
+        E and k of a routing string.
 
     Returns
     -------
@@ -317,7 +446,7 @@ def expected_active_experts(routing, batch_size, n_layers=1):
     >>> round(float(mr.expected_active_experts(mr.Uniform(256, 8), 1)), 12)
     8.0
     """
-    check_routing(routing)
+    routing = check_routing(as_routing(routing, n_experts, top_k))
     b, scalar = check_int_list("batch_size", batch_size, minimum=1, maximum=MAX_BATCH_SIZE)
     n_layers = check_int("n_layers", n_layers, minimum=1, maximum=MAX_LAYERS)
     check_bytes(f"the inclusion probabilities ({n_layers} layers x {routing.n_experts} experts "

@@ -48,7 +48,8 @@ import numpy as np
 from mcroute import _kernels as K
 from mcroute._base.rng import CHUNK_TRIALS
 from mcroute._base.validate import MAX_EXPERTS, McrouteError, check_choice, check_int, check_real
-from mcroute._routing.distributions import Popularity, Routing, _pl_inclusion_row
+from mcroute._routing.distributions import Popularity, Routing
+from mcroute._routing.inclusion import pl_inclusion_row
 
 __all__ = ["Trace", "PopularityTrace", "Overdispersed", "LayeredPopularity", "calibrate_pl_weights",
            "MODES"]
@@ -104,7 +105,7 @@ def calibrate_pl_weights(pi, top_k, *, tol=1e-10, max_iter=2000):
     w = target / target.sum()
     best, best_err = w, np.inf
     for _ in range(max_iter):
-        cur = _pl_inclusion_row(w, k, 0.5)
+        cur = pl_inclusion_row(w, k, 0.5)
         err = float(np.max(np.abs(cur - target)))
         if err < best_err:
             best, best_err = w, err
