@@ -557,6 +557,7 @@ class Deployment(MemoryMixin, StepMixin):
                 f"hardware {self.hardware.name!r} must have positive HBM size, bandwidth and "
                 "FLOP/s"
             )
+        self._init_memory(put)
 
     def _resolve_all_to_all(self, calibrated: bool) -> str:
         """One all-to-all mode from ``all_to_all`` and the two older booleans (which must agree)."""

@@ -121,12 +121,17 @@ def max_batch_size(memory_bytes, weight_bytes, kv_bytes_per_sequence, *, max_bat
     kv = _nonneg_array("kv_bytes_per_sequence", kv_bytes_per_sequence)
     if np.any(kv <= 0):
         raise McrouteError(f"kv_bytes_per_sequence must be > 0, got {kv_bytes_per_sequence!r}")
-    # Capped at MAX_BATCH_SIZE (far above any real decode batch) so that it fits int64.
-    b = np.minimum(np.floor(np.maximum(m - w, 0.0) / kv), MAX_BATCH_SIZE)
+    b = _admissible(m, w, kv)
     if max_batch is not None:
         b = np.minimum(b, check_int("max_batch", max_batch, minimum=1, maximum=MAX_BATCH_SIZE))
     b = b.astype(np.int64)
     return int(b) if b.ndim == 0 else b
+
+
+def _admissible(m, w, kv) -> np.ndarray:
+    """``floor(max(m - w, 0) / kv)`` capped at MAX_BATCH_SIZE, as float (inputs trusted)."""
+    # Capped at MAX_BATCH_SIZE (far above any real decode batch) so that it fits int64.
+    return np.minimum(np.floor(np.maximum(m - w, 0.0) / kv), MAX_BATCH_SIZE)
 
 
 def attended_positions(context, sliding_window=0):
