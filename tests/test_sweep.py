@@ -16,8 +16,11 @@ import pytest
 import xarray as xr
 
 import mcroute as mr
+from mcroute._routing.spec import normalize_routing_text, parse_routing
 from mcroute.cli import main
 from mcroute.sweeps import core as S
+from mcroute.sweeps import kinds, params, parts, run
+from mcroute.sweeps import spec as SP
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("sweep_*.toml"))
@@ -109,8 +112,8 @@ def test_deployment_params_match_deployment():
     fields = {f.name: f.default for f in dataclasses.fields(mr.Deployment)}
     for name in ("model", "hardware", "n_gpus", "expert_placement"):
         fields.pop(name)
-    assert set(S._DEPLOYMENT_KEYS) == set(fields)
-    for p in S._DEPLOYMENT_PARAMS:  # the documented defaults are Deployment's
+    assert set(kinds.DEPLOYMENT_KEYS) == set(fields)
+    for p in kinds.DEPLOYMENT_PARAMS:  # the documented defaults are Deployment's
         assert p.default == fields[p.name], p.name
 
 
@@ -144,7 +147,7 @@ def test_param_defaults_are_the_functions_defaults():
 
 def test_docs_list_every_key():
     doc = (ROOT / "docs" / "sweeps.md").read_text()
-    for key in S.TOP_LEVEL_KEYS:
+    for key in SP.TOP_LEVEL_KEYS:
         assert f"`{key}`" in doc or f"`[{key}]`" in doc, key
     for kind in S.CELL_KINDS.values():
         assert f"Kind `{kind.name}`" in doc
@@ -255,7 +258,7 @@ def test_register_a_kind_is_one_function():
                         coords={"trial": ("trial", np.arange(n_trials), {"units": "1"})})
         return mr._labeled.results.summarize(ds, ["x"], ci_prob=ci_prob, quantiles=quantiles)
 
-    S.register_cell_kind(S.CellKind("normal", (S.Param("mu", "float", S._REQUIRED),), run))
+    S.register_cell_kind(S.CellKind("normal", (S.Param("mu", "float", params.REQUIRED),), run))
     try:
         ds = mr.sweep({"kind": "normal", "seed": 2, "n_trials": 400,
                        "axes": {"mu": [0.0, 5.0]}}, progress=False)
@@ -288,19 +291,19 @@ def test_outputs_and_parts_cleanup(tmp_path, sim_full):
 
 def test_resume_refuses_other_spec_and_needs_flag(tmp_path):
     out = tmp_path / "r.nc"
-    store = S._PartStore(tmp_path / "r.nc.parts")
+    store = parts.PartStore(tmp_path / "r.nc.parts")
     spec = mr.load_sweep_spec(SIM)
     store.start(spec, resume=False)
-    store.write(S._run_task(spec, [0, 1]))
+    store.write(run._run_task(spec, [0, 1]))
     with pytest.raises(mr.McrouteError, match="unfinished sweep; pass --resume"):
         mr.sweep(SIM, out, progress=False)
     with pytest.raises(mr.McrouteError, match=r"spec differs.*n_trials: 48 then, 64 now"):
         mr.sweep(SIM, out, resume=True, n_trials=64, progress=False)
-    ds, info = S._sweep(SIM, out, resume=True, progress=False)
+    ds, info = run.run_sweep(SIM, out, resume=True, progress=False)
     assert info == {**info, "resumed": 2, "computed": 4}
     assert not (tmp_path / "r.nc.parts").exists()
     # resuming a finished sweep returns the output without computing anything
-    ds2, info2 = S._sweep(SIM, out, resume=True, progress=False)
+    ds2, info2 = run.run_sweep(SIM, out, resume=True, progress=False)
     assert info2["computed"] == 0
     np.testing.assert_array_equal(ds2["active_experts_mean"], ds["active_experts_mean"])
 
@@ -354,7 +357,7 @@ def test_killed_sweep_resumes_to_the_same_dataset(tmp_path):
 def test_cli_sweep(tmp_path, capsys):
     spec = _write(tmp_path, 'kind = "simulate"\nseed = 1\nn_trials = 8\n[axes]\n'
                   'batch_size = [1, 4]\n[fixed]\nn_experts = 8\ntop_k = 2\n')
-    assert main(["sweep", str(spec), "--output", str(tmp_path / "o.nc"), "--trials", "16"]) == 0
+    assert main(["sweep", str(spec), "--output", str(tmp_path / "o.nc"), "--n-trials", "16"]) == 0
     err = capsys.readouterr().err
     assert "2 cells (batch_size 2), 2 computed, 0 resumed" in err and "\r" not in err
     assert xr.load_dataset(tmp_path / "o.nc").attrs["n_trials"] == 16
@@ -371,7 +374,7 @@ def test_cli_sweep(tmp_path, capsys):
 
 def test_progress_bar():
     buf = io.StringIO()
-    bar = S._Progress(10, 2, True, stream=buf)
+    bar = run._Progress(10, 2, True, stream=buf)
     bar.advance(3)
     time.sleep(0.11)
     bar.advance(5)
@@ -380,7 +383,7 @@ def test_progress_bar():
     assert "2/10 cells" in text and "10/10 cells" in text and "cells/s" in text
     assert text.endswith("\n")
     quiet = io.StringIO()
-    bar = S._Progress(10, 0, False, stream=quiet)
+    bar = run._Progress(10, 0, False, stream=quiet)
     bar.advance(10)
     bar.close()
     assert quiet.getvalue() == ""
@@ -443,21 +446,21 @@ def test_bench_sweep_runs(monkeypatch, capsys, port_8787_taken):
     ("lognormal:1+group:4,1+correlated:0", "lognormal:1.0+correlated:0.0+group:4,1"),
 ])
 def test_routing_spellings_canonical(text, canonical):
-    assert S.normalize_routing(text) == canonical
-    assert S.normalize_routing(canonical) == canonical  # canonical is a fixed point
+    assert normalize_routing_text(text) == canonical
+    assert normalize_routing_text(canonical) == canonical  # canonical is a fixed point
 
 
 def test_routing_strings_build_the_routing_classes():
-    r = S.routing_from_string("zipf:1.2+correlated:0.3+group:8,4", 64, 4)
+    r = parse_routing("zipf:1.2+correlated:0.3+group:8,4", 64, 4)
     assert isinstance(r, mr.GroupLimited) and (r.n_groups, r.topk_groups) == (8, 4)
     assert isinstance(r.base, mr.Correlated) and r.base.sigma == 0.3
     assert r.base.base == mr.Zipf(64, 4, 1.2)
-    c = S.routing_from_string("uniform+correlated:0.1", 16, 2)
+    c = parse_routing("uniform+correlated:0.1", 16, 2)
     assert isinstance(c, mr.Correlated) and c.base == mr.Uniform(16, 2)
     # the CLI's --routing is the same parser
-    from mcroute.cli.common import parse_routing
+    from mcroute.cli.common import parse_routing as cli_parse_routing
 
-    assert repr(parse_routing("zipf:1.2+correlated:0.3+group:8,4", 64, 4)) == repr(r)
+    assert repr(cli_parse_routing("zipf:1.2+correlated:0.3+group:8,4", 64, 4)) == repr(r)
 
 
 @pytest.mark.parametrize("text, words", [
@@ -479,7 +482,7 @@ def test_routing_strings_build_the_routing_classes():
 ])
 def test_bad_routing_spellings(text, words):
     with pytest.raises(mr.McrouteError) as err:
-        S.normalize_routing(text, "routing[0]")
+        normalize_routing_text(text, param="routing[0]")
     msg = str(err.value)
     assert msg.startswith("routing[0]")
     for w in words:

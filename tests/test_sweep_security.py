@@ -23,6 +23,7 @@ import mcroute as mr
 from mcroute._base import atomic as _atomic
 from mcroute.cli import main
 from mcroute.sweeps import core as S
+from mcroute.sweeps import parts, run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,11 +65,11 @@ def _partial(tmp_path, spec=SMALL, n_parts=2, name="r.nc"):
     """An interrupted sweep: the first ``n_parts`` tasks of ``spec`` written to the store."""
     spec = mr.load_sweep_spec(spec)
     out = tmp_path / name
-    store = S._PartStore(out.with_name(out.name + ".parts"))
+    store = parts.PartStore(out.with_name(out.name + ".parts"))
     store.start(spec, resume=False)
-    tasks = S._tasks(list(range(spec.n_cells)), spec.cells_per_task, 1)
+    tasks = run._tasks(list(range(spec.n_cells)), spec.cells_per_task, 1)
     for cells in tasks[:n_parts]:
-        store.write(S._run_task(spec, cells))
+        store.write(run._run_task(spec, cells))
     return out, store.folder, sorted(store.folder.glob("part-*.nc"))
 
 
@@ -233,7 +234,7 @@ def test_corrupt_part_is_named_then_recomputed(tmp_path, clean_run, corrupt, wor
     assert msg.startswith(str(bad)) and words in msg and "--recompute-bad" in msg
     assert "\n" not in msg
     assert bad.exists() and not out.exists()  # nothing changed by the refusal
-    ds, info = S._sweep(SMALL, out, resume=True, recompute_bad=True, progress=False)
+    ds, info = run.run_sweep(SMALL, out, resume=True, recompute_bad=True, progress=False)
     assert info["resumed"] == 2 and info["computed"] == 4  # the good part was kept
     xr.testing.assert_identical(_without_time(ds), _without_time(clean_run))
     xr.testing.assert_identical(_without_time(xr.load_dataset(out)),
@@ -270,7 +271,7 @@ def test_uncommitted_and_deleted_parts_are_recomputed(tmp_path, clean_run):
     del m["parts"][parts[1].name]
     _set_manifest(folder, m)
     parts[0].unlink()
-    ds, info = S._sweep(SMALL, out, resume=True, progress=False)
+    ds, info = run.run_sweep(SMALL, out, resume=True, progress=False)
     assert info["resumed"] == 0 and info["computed"] == 6
     xr.testing.assert_identical(_without_time(ds), _without_time(clean_run))
 

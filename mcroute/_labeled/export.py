@@ -29,7 +29,7 @@ import xarray as xr
 
 from mcroute._base.atomic import atomic_path
 from mcroute._base.validate import McrouteError, check_path
-from mcroute._labeled.results import _attr_value, strict_json
+from mcroute._labeled.results import attr_value, strict_json
 
 __all__ = ["save_dataset", "tidy_frame"]
 
@@ -110,7 +110,7 @@ def _one_line(value) -> str:
 
 def _to_json_dict(ds: xr.Dataset) -> dict:
     d = ds.to_dict(data="list", encoding=False)
-    d["attrs"] = {k: _attr_value(v) for k, v in ds.attrs.items()}
+    d["attrs"] = {k: attr_value(v) for k, v in ds.attrs.items()}
     return d
 
 
@@ -144,9 +144,9 @@ def save_dataset(ds: xr.Dataset, path) -> Path:
     path = check_path("path", path)
     ext = path.suffix.lower()
     ds = ds.copy()
-    ds.attrs = {k: _attr_value(v) for k, v in ds.attrs.items()}
+    ds.attrs = {k: attr_value(v) for k, v in ds.attrs.items()}
     for v in ds.variables.values():
-        v.attrs = {k: _attr_value(a) for k, a in v.attrs.items()}
+        v.attrs = {k: attr_value(a) for k, a in v.attrs.items()}
     with atomic_path(path, allowed=(".nc", ".csv", ".json")) as tmp:
         if ext == ".nc":
             ds.to_netcdf(tmp, engine="h5netcdf")

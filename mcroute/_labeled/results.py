@@ -127,7 +127,7 @@ def summarize(
     return out
 
 
-def _attr_value(v):
+def attr_value(v):
     """Make an attribute value netCDF/JSON friendly (no bools, no None, no dicts)."""
     if isinstance(v, (bool, np.bool_)):
         return int(v)
@@ -153,7 +153,7 @@ def provenance(*, seed: int, n_trials: int, ci_prob: float, **specs) -> dict:
         "seed": int(seed),
     }
     for k, v in specs.items():
-        attrs[k] = _attr_value(v)
+        attrs[k] = attr_value(v)
     return attrs
 
 

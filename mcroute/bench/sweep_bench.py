@@ -1,6 +1,6 @@
 """``mcroute bench --sweep``: speed-up of a 2-worker local Dask cluster over in-process sweeps.
 
-May import: everything below the CLI (``_sweep``). Needs the ``distributed`` extra.
+May import: everything below the CLI (``mcroute.sweeps``). Needs the ``distributed`` extra.
 
 Both modes compute the same sweep (256 ``simulate`` cells) from the same process, interleaved
 (three times each, or once with ``--quick``; the median ratio is reported), after a warm-up that
@@ -22,7 +22,8 @@ import numpy as np
 import xarray as xr
 
 from mcroute._base.validate import McrouteError
-from mcroute.sweeps.core import _dask_client, _sweep, load_sweep_spec
+from mcroute.sweeps.run import dask_client, run_sweep
+from mcroute.sweeps.spec import load_sweep_spec
 
 #: Target of the issue: >= 1.6x with 2 workers.
 TARGET_SPEEDUP = 1.6
@@ -74,16 +75,16 @@ def run(quick: bool = False, out=print) -> list[tuple[str, float, str, bool]]:
     reps = 1 if quick else 3
     t_local, t_dask, same = [], [], True
     with tempfile.TemporaryDirectory(prefix="mcroute-bench-") as tmp:
-        with _dask_client(2, None, None) as client:
-            _sweep(warm, progress=False)
-            _sweep(warm, client=client, progress=False, numba_threads=1)
+        with dask_client(2, None, None) as client:
+            run_sweep(warm, progress=False)
+            run_sweep(warm, client=client, progress=False, numba_threads=1)
             for r in range(reps):  # interleaved, so that a load change hits both alike
                 t0 = time.perf_counter()
-                local, _ = _sweep(spec, Path(tmp) / f"local{r}.nc", progress=False)
+                local, _ = run_sweep(spec, Path(tmp) / f"local{r}.nc", progress=False)
                 t_local.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
-                dask, _ = _sweep(spec, Path(tmp) / f"dask{r}.nc", client=client,
-                                 progress=False, numba_threads=1)
+                dask, _ = run_sweep(spec, Path(tmp) / f"dask{r}.nc", client=client,
+                                    progress=False, numba_threads=1)
                 t_dask.append(time.perf_counter() - t0)
                 same = same and _identical(local, dask)
     n = spec.n_cells

@@ -1,6 +1,6 @@
 """``mcroute sweep``: run a parameter sweep from a TOML spec (docs/sweeps.md).
 
-May import: the front-end ``_sweep`` module, the array and labeled layers, ``_cli_common``.
+May import: the front-end ``mcroute.sweeps`` package, the floors below, ``mcroute.cli.common``.
 """
 
 from __future__ import annotations
@@ -8,8 +8,7 @@ from __future__ import annotations
 import sys
 
 from mcroute._base.validate import McrouteError
-from mcroute.cli.common import is_tty, parse_int
-from mcroute.sweeps.core import _sweep, load_sweep_spec
+from mcroute.cli.common import is_tty, parse_int, refuse_renamed
 
 #: Most local Dask worker processes ``--workers`` starts (each is a Python process with its own
 #: memory; more than this is a typo, not a cluster; use --scheduler for a real cluster).
@@ -44,21 +43,32 @@ def register(sub) -> None:
                    help="with --resume: delete parts that fail their check and compute their "
                    "cells again (default: a bad part is an error naming it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    p.add_argument("--trials", default=None, metavar="N", help="override the spec's n_trials")
+    p.add_argument("-n", "--n-trials", default=None, metavar="N",
+                   help="override the spec's n_trials")
+    refuse_renamed(p, "--trials")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     """Run ``mcroute sweep``."""
+    # Loaded here, not at the top: the cell kinds import every labeled function, which would
+    # slow down ``mcroute --help`` (front ends may load a command's modules lazily).
+    from mcroute.sweeps.run import SweepInterrupted, run_sweep
+    from mcroute.sweeps.spec import load_sweep_spec
+
     if args.recompute_bad and not args.resume:
         raise McrouteError("--recompute-bad needs --resume")
     workers = None if args.workers is None else parse_int(args.workers, "--workers", 1,
                                                           MAX_WORKERS)
-    trials = None if args.trials is None else parse_int(args.trials, "--trials", 2)
+    trials = None if args.n_trials is None else parse_int(args.n_trials, "--n-trials", 2)
     spec = load_sweep_spec(args.spec)
-    ds, info = _sweep(spec, args.output, resume=args.resume, workers=workers,
-                      scheduler=args.scheduler, progress=not args.quiet and is_tty(),
-                      n_trials=trials, recompute_bad=args.recompute_bad)
+    try:
+        ds, info = run_sweep(spec, args.output, resume=args.resume, workers=workers,
+                             scheduler=args.scheduler, progress=not args.quiet and is_tty(),
+                             n_trials=trials, recompute_bad=args.recompute_bad)
+    except SweepInterrupted as exc:  # Ctrl-C: one line, how many cells are saved, exit 130
+        print(f"mcroute sweep: {exc}", file=sys.stderr)
+        return 130
     if not args.quiet:
         dims = " x ".join(f"{n} {len(ds[n])}" for n in spec.axis_names) or "1 cell"
         print(f"sweep {spec.kind}: {info['cells']} cells ({dims}), {info['computed']} "

@@ -1,0 +1,249 @@
+"""The built-in cell kinds: ``simulate``, ``throughput`` and ``qs``, and the kind registry.
+
+Each kind is a :class:`~mcroute.sweeps.params.CellKind`: its parameters (the keys a spec may
+give), a ``run`` function calling the labeled function once per cell and a cheap ``prepare``
+check run on every cell before any work starts.
+"""
+
+from __future__ import annotations
+
+from mcroute._base.validate import McrouteError
+from mcroute._cards.cards import load_model
+from mcroute._cost.deployment import Deployment
+from mcroute._labeled.qs import qs_analysis
+from mcroute._labeled.simulate import simulate
+from mcroute._labeled.throughput import decode_throughput
+from mcroute._routing.sampling import sampling_draws
+from mcroute._routing.spec import ROUTING_SYNTAX, parse_routing
+from mcroute.sweeps.params import REQUIRED, CellKind, Param
+
+__all__ = ["CELL_KINDS", "DEPLOYMENT_KEYS", "DEPLOYMENT_PARAMS", "register_cell_kind"]
+
+#: Registered cell kinds, by name. Add one with :func:`register_cell_kind`.
+CELL_KINDS: dict[str, CellKind] = {}
+
+
+def register_cell_kind(kind: CellKind) -> CellKind:
+    """Register (or replace) a cell kind; return it.
+
+    Dask workers look kinds up by name, so a kind registered at run time must also be
+    registered in the workers (register it in a module they import).
+    """
+    CELL_KINDS[kind.name] = kind
+    return kind
+
+
+# -- the built-in kinds ----------------------------------------------------------------------
+def _run_simulate(p, *, rng, n_trials, ci_prob, quantiles):
+    routing = parse_routing(p.get("routing", "uniform"), p["n_experts"], p["top_k"])
+    bs = list(p["batch_size"]) if isinstance(p["batch_size"], tuple) else p["batch_size"]
+    kw = {k: p[k] for k in ("n_layers", "n_devices", "capacity_factor", "method") if k in p}
+    return simulate(routing, bs, n_trials, rng=rng, ci_prob=ci_prob, quantiles=quantiles, **kw)
+
+
+def _prepare_simulate(p):
+    if p["top_k"] > p["n_experts"]:
+        raise McrouteError(f"top_k ({p['top_k']}) must be <= n_experts ({p['n_experts']})")
+    routing = parse_routing(p.get("routing", "uniform"), p["n_experts"], p["top_k"])
+    batches = p["batch_size"] if isinstance(p["batch_size"], tuple) else (p["batch_size"],)
+    for b in batches:  # e.g. method = "counts" with a weighted top-k routing
+        sampling_draws(routing, b, 1, 1, p.get("method", "auto"))
+
+
+_SIMULATE_PARAMS = (
+    Param("routing", "routing", "uniform", "1",
+          "routing distribution: " + ROUTING_SYNTAX),
+    Param("n_experts", "int", REQUIRED, "experts", "routed experts per layer E"),
+    Param("top_k", "int", REQUIRED, "experts", "experts per token k"),
+    Param("batch_size", "int", REQUIRED, "tokens", "tokens per decode microbatch B",
+          vector=True),
+    Param("n_layers", "int", 1, "layers", "MoE layers per microbatch"),
+    Param("n_devices", "int", 1, "devices", "devices for expert parallelism"),
+    Param("capacity_factor", "float", 1.0, "1", "expert capacity factor (overflow_fraction)",
+          minimum=0.0),
+    Param("method", "str", "auto", "1", "sampling method",
+          choices=("auto", "assignment", "counts")),
+)
+
+#: Deployment options shared by the throughput and qs kinds (see mcroute.Deployment).
+DEPLOYMENT_PARAMS = (
+    Param("weight_dtype", "str", "bf16", "1", "weight storage dtype"),
+    Param("kv_dtype", "str", "bf16", "1", "KV cache dtype"),
+    Param("compute_dtype", "str", None, "1",
+          "dtype whose peak FLOP/s applies (default: weight dtype if listed, else bf16)"),
+    Param("activation_dtype", "str", None, "1",
+          "activation dtype of the all-to-all dispatch (default: fp8 under calibrated kernels "
+          "with 8-bit or narrower weights, else bf16)"),
+    Param("hbm_fraction", "float", 0.9, "1", "usable share of HBM", minimum=0.0, maximum=1.0),
+    Param("bandwidth_efficiency", "float", 1.0, "1", "achievable share of peak HBM bandwidth",
+          minimum=0.0, maximum=1.0),
+    Param("flops_efficiency", "float", 1.0, "1", "achievable share of peak FLOP/s",
+          minimum=0.0, maximum=1.0),
+    Param("attention_parallel", "str", "tensor", "1", "attention parallelism",
+          choices=("tensor", "data")),
+    Param("expert_parallel", "int", None, "GPUs", "expert-parallel degree (default: n_gpus)"),
+    Param("max_batch", "int", None, "sequences", "cap on the batch size (default: none)"),
+    Param("encoder_context", "tokens", None, "tokens",
+          "encoder tokens of encoder-decoder models (default: the context)"),
+    Param("charge_all_to_all", "bool", None, "1",
+          "older spelling of all_to_all: false is 'off', true 'overlap' (or 'none' with "
+          "overlap_all_to_all = false)"),
+    Param("overlap_all_to_all", "bool", None, "1",
+          "older spelling of all_to_all, with charge_all_to_all = true"),
+    Param("interconnect_efficiency", "float", 1.0, "1",
+          "achievable share of interconnect bandwidth", minimum=0.0, maximum=1.0),
+    Param("enforce_max_context", "bool", False, "1",
+          "treat contexts above the model's max_context as infeasible"),
+    Param("kernels", "str", "calibrated", "1",
+          "time model: calibrated kernel efficiencies, or the roofline",
+          choices=("calibrated", "roofline")),
+    Param("kernel_card", "str", None, "1",
+          "kernel-efficiency card name or path (default: the card listing the hardware, "
+          "else generic)"),
+    Param("calibration_uncertainty", "bool", True, "1",
+          "draw the kernel parameters per trial from their fitted uncertainty"),
+    Param("all_to_all", "str", None, "1",
+          "expert dispatch + combine (default: none under calibrated kernels, off under "
+          "roofline)", choices=("off", "none", "overlap", "two-batch")),
+    Param("memory_layout", "str", None, "1",
+          "engine or ideal memory layout (default: engine under calibrated kernels)",
+          choices=("engine", "ideal")),
+    Param("replicate_dense", "bool", None, "1",
+          "under data-parallel attention, keep dense layers whole on every GPU"),
+    Param("redundant_experts", "int", 0, "experts",
+          "extra expert slots holding replicas of the hottest experts (EPLB-style)",
+          minimum=0),
+    Param("attention_compute_dtype", "str", None, "1",
+          "dtype whose peak FLOP/s applies to the attention core (default: bf16 under "
+          "calibrated kernels)"),
+    Param("mtp_depth", "int", 0, "tokens", "draft tokens per step (MTP / speculative decoding)",
+          minimum=0),
+    Param("mtp_acceptance", "acceptance", None, "1",
+          "acceptance rate of a draft token: a number in [0, 1] or 'beta:A,B' (required with "
+          "mtp_depth > 0)"),
+)
+DEPLOYMENT_KEYS = tuple(p.name for p in DEPLOYMENT_PARAMS)
+
+
+def _deployment(p):
+    opts = {k: p[k] for k in DEPLOYMENT_KEYS if k in p}
+    return Deployment(p["model"], p["hardware"], p["n_gpus"], **opts)
+
+
+def _model_routing(text, model):
+    if not model.is_moe:
+        if text != "uniform":
+            raise McrouteError(f"routing {text!r}: model {model.name!r} is dense (no routed "
+                               "experts); leave routing at 'uniform'")
+        return None
+    return parse_routing(text, model.n_experts, model.top_k)
+
+
+def _context(p):
+    return list(p["context"]) if isinstance(p["context"], tuple) else p["context"]
+
+
+def _run_throughput(p, *, rng, n_trials, ci_prob, quantiles):
+    dep = _deployment(p)
+    routing = _model_routing(p.get("routing", "uniform"), dep.model)
+    batch = p.get("batch_size", "max")
+    batch = list(batch) if isinstance(batch, tuple) else batch
+    kw = _batch_policy(p)
+    if "method" in p:
+        kw["method"] = p["method"]
+    return decode_throughput(dep, _context(p), batch, routing, n_trials, rng=rng,
+                             ci_prob=ci_prob, quantiles=quantiles, **kw)
+
+
+def _batch_policy(p) -> dict:
+    """``batch_per_gpu`` / ``tpot`` of a throughput cell, refused beside another policy."""
+    given = [k for k in ("batch_size", "batch_per_gpu", "tpot") if k in p]
+    if len(given) > 1:
+        raise McrouteError(f"give one of batch_size, batch_per_gpu and tpot, got {given}")
+    kw = {}
+    if "batch_per_gpu" in p:
+        b = p["batch_per_gpu"]
+        kw["batch_per_gpu"] = list(b) if isinstance(b, tuple) else b
+    if "tpot" in p:
+        kw["tpot"] = p["tpot"]
+    return kw
+
+
+def _prepare_throughput(p):
+    dep = _deployment(p)
+    _model_routing(p.get("routing", "uniform"), dep.model)
+    _batch_policy(p)
+
+
+_THROUGHPUT_PARAMS = (
+    Param("model", "str", REQUIRED, "1", "model card name or path"),
+    Param("hardware", "str", REQUIRED, "1", "hardware card name or path"),
+    Param("n_gpus", "int", REQUIRED, "GPUs", "GPUs serving one replica"),
+    Param("context", "tokens", REQUIRED, "tokens", "context length L (k = 1024)", vector=True),
+    Param("batch_size", "batch", "max", "sequences",
+          "sequences per decode batch, or 'max' (the admissible batch)", vector=True),
+    Param("batch_per_gpu", "int", None, "sequences",
+          "sequences per GPU instead of batch_size (batch_size = batch_per_gpu x n_gpus)",
+          vector=True),
+    Param("tpot", "time", None, "s",
+          "time-per-output-token target: the largest batch meeting it (instead of batch_size)"),
+    Param("routing", "routing", "uniform", "1",
+          "routing of the MoE layers (E and k from the model card): " + ROUTING_SYNTAX),
+    Param("method", "str", "auto", "1", "sampling method",
+          choices=("auto", "assignment", "counts")),
+    *DEPLOYMENT_PARAMS,
+)
+
+
+_QS_OWN = ("dense_style", "dense_n_gpus", "n_q_samples", "method", "dense_model")
+
+
+def _run_qs(p, *, rng, n_trials, ci_prob, quantiles):
+    model = load_model(p["model"])
+    routing = _model_routing(p.get("routing", "uniform"), model)
+    q = p.get("q")
+    q = list(q) if isinstance(q, tuple) else q
+    kw = {k: p[k] for k in (*_QS_OWN, *DEPLOYMENT_KEYS) if k in p}
+    return qs_analysis(model, p["hardware"], p["n_gpus"], q, _context(p), routing,
+                       n_trials=n_trials, rng=rng, ci_prob=ci_prob, quantiles=quantiles, **kw)
+
+
+def _prepare_qs(p):
+    model = load_model(p["model"])
+    if not model.is_moe:
+        raise McrouteError(f"model {model.name!r} is dense; the qs kind needs a "
+                           "Mixture-of-Experts model")
+    if "q" not in p and "dense_model" not in p:
+        raise McrouteError("q is required unless dense_model is given")
+    _deployment(p)
+    _model_routing(p.get("routing", "uniform"), model)
+
+
+_QS_PARAMS = (
+    Param("model", "str", REQUIRED, "1", "Mixture-of-Experts model card name or path"),
+    Param("hardware", "str", REQUIRED, "1", "hardware card name or path"),
+    Param("n_gpus", "int", REQUIRED, "GPUs", "GPUs serving the MoE (and the twin)"),
+    Param("q", "q", None, "1",
+          "quality-equivalence factor: a number or a q string (required unless dense_model)",
+          vector=True),
+    Param("context", "tokens", REQUIRED, "tokens",
+          "context length(s) L; give a list in [fixed] to get the crossover context",
+          vector=True),
+    Param("routing", "routing", "uniform", "1", "routing of the MoE layers: " + ROUTING_SYNTAX),
+    Param("dense_style", "str", "widen", "1", "how the dense twin is built",
+          choices=("widen", "llama")),
+    Param("dense_n_gpus", "int", None, "GPUs", "GPUs of the twin (default: n_gpus)"),
+    Param("n_q_samples", "int", 256, "1", "draws of an uncertain q"),
+    Param("method", "str", "auto", "1", "sampling method",
+          choices=("auto", "assignment", "counts")),
+    Param("dense_model", "str", None, "1", "compare with this dense card instead of a twin"),
+    *DEPLOYMENT_PARAMS,
+)
+
+register_cell_kind(CellKind("simulate", _SIMULATE_PARAMS, _run_simulate, _prepare_simulate,
+                            "mcroute.simulate: routing fragmentation and load statistics"))
+register_cell_kind(CellKind("throughput", _THROUGHPUT_PARAMS, _run_throughput,
+                            _prepare_throughput,
+                            "mcroute.decode_throughput of a Deployment"))
+register_cell_kind(CellKind("qs", _QS_PARAMS, _run_qs, _prepare_qs,
+                            "mcroute.qs_analysis: MoE vs its quality-matched dense twin"))
