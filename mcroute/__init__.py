@@ -59,7 +59,7 @@ _LAZY = {
     "load_sweep_spec": "mcroute.sweeps.core",
     "sweep": "mcroute.sweeps.core",
     "decode_throughput": "mcroute._labeled.throughput",
-    "Overdispersed": "mcroute._traces.trace",
+    "Overdispersed": "mcroute._traces.overdispersed",
     "PopularityTrace": "mcroute._traces.trace",
     "Trace": "mcroute._traces.trace",
     "fit_correlated": "mcroute._labeled.trace_fit",
@@ -116,7 +116,8 @@ if TYPE_CHECKING:  # static type checkers and IDEs see ordinary imports
         sample_counts,
     )
     from mcroute._traces.io import load_trace, save_trace
-    from mcroute._traces.trace import Overdispersed, PopularityTrace, Trace
+    from mcroute._traces.overdispersed import Overdispersed
+    from mcroute._traces.trace import PopularityTrace, Trace
     from mcroute.sweeps.core import load_sweep_spec, sweep
 
 __all__ = [

@@ -104,8 +104,6 @@ PENDING = {
     'test_module_length[_labeled/qs.py]',
     'test_module_length[_labeled/trace_fit.py]',
     'test_module_length[_quality/quality.py]',
-    'test_module_length[_traces/io.py]',
-    'test_module_length[_traces/trace.py]',
     'test_no_private_attribute_of_another_package[cli/plot.py]',
 }
 

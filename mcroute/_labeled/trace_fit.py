@@ -32,7 +32,8 @@ from mcroute._labeled.results import provenance
 from mcroute._routing.composite import Correlated
 from mcroute._routing.distributions import LogNormal, Uniform, Zipf
 from mcroute._routing.sampling import microbatch_stats, sample_counts
-from mcroute._traces.trace import LayeredPopularity, Overdispersed, PopularityTrace, Trace
+from mcroute._traces.overdispersed import Overdispersed
+from mcroute._traces.trace import LayeredPopularity, PopularityTrace, Trace
 
 __all__ = ["fit_routing", "fitted_routing", "overdispersion", "inspect_trace",
            "real_batch_check", "fit_correlated", "FIT_GRID", "CORRELATED_SIGMA_GRID"]
