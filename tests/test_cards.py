@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -594,3 +595,62 @@ def test_release_dtype_hf_bad_values(cfg, field, value):
         ModelSpec.from_hf_config(dict(HF_CONFIGS["qwen3-30b-a3b"], **cfg))
     msg = str(e.value)
     assert f"'{field}'" in msg and value in msg and "must be one of" in msg
+
+
+# Cross-field rules of a model card (mcroute._cards.schema): each error names the file and field.
+@pytest.mark.parametrize("edit, field", [
+    (lambda s: s.replace('kind = "gqa"', 'kind = "mha"'), "attention.n_kv_heads"),   # 2 != 4
+    (lambda s: s.replace("head_dim = 16\n", ""), "attention.head_dim"),
+    (lambda s: s.replace('kind = "gqa"', 'kind = "mla"'), "attention.n_kv_heads"),   # not MLA
+    (lambda s: s.replace("head_dim = 16", "head_dim = 16\nsliding_window_layers = \"even\""),
+     "attention.sliding_window_layers"),                                            # no window
+    (lambda s: s.replace("head_dim = 16", "head_dim = 16\nsliding_window_tokens = 8\n"
+                         "sliding_window_layers = [1, 7]"), "attention.sliding_window_layers"),
+    (lambda s: s + "n_shared_experts = 1\n", "moe.shared_expert_intermediate"),
+    (lambda s: s + "shared_expert_intermediate = 32\n", "moe.shared_expert_intermediate"),
+    (lambda s: s + "n_groups = 4\n", "moe.n_groups"),                               # alone
+    (lambda s: s + "n_groups = 3\ntopk_groups = 1\n", "moe.n_groups"),              # 3 ∤ 8
+    (lambda s: s + "n_groups = 4\ntopk_groups = 8\n", "moe.n_groups"),              # 8 > 4
+    (lambda s: s + "n_groups = 8\ntopk_groups = 1\n", "moe.topk_groups"),           # 1 < top_k
+    (lambda s: s.split("[moe]")[0] + "[encoder]\nn_layers = 2\ndense_layers = [0]\n",
+     "encoder.dense_layers"),                                                       # no [moe]
+    (lambda s: s + "[encoder]\nn_layers = 2\ndense_layers = [5]\n", "encoder.dense_layers"),
+    (lambda s: s.replace("dense_layers = [0]", "dense_layers = []").replace(
+        "intermediate = 128\n", "") + "[encoder]\nn_layers = 2\ndense_layers = [1]\n",
+     "ffn.intermediate"),                                     # encoder layer 1 is dense
+])
+def test_bad_cross_field_rules(tmp_path, edit, field):
+    p = _write(tmp_path, edit(GOOD))
+    with pytest.raises(McrouteError) as e:
+        load_model(p)
+    assert str(p) in str(e.value) and f"'{field}'" in str(e.value)
+
+
+def test_cross_field_rules_accept():
+    # mha may omit n_kv_heads; an all-MoE model needs no dense ffn.intermediate; group-limited
+    # routing with topk_groups x experts per group = 2 x 2 >= top_k = 2
+    m = ModelSpec.from_dict(_toml(GOOD.replace('kind = "gqa"', 'kind = "mha"').replace(
+        "n_kv_heads = 2\n", "")))
+    assert m.decode_layers[0].n_kv_heads == 4 and m.attention_kind == "mha"
+    m = ModelSpec.from_dict(_toml(GOOD.replace("dense_layers = [0]", "dense_layers = []")
+                                  .replace("intermediate = 128\n", "")
+                                  + "n_groups = 4\ntopk_groups = 2\n"))
+    assert m.moe_layers == (0, 1, 2, 3) and (m.n_groups, m.topk_groups) == (4, 2)
+    with pytest.raises(McrouteError, match="encoder-decoder models with attention kind 'mla'"):
+        ModelSpec.from_dict(_toml(MLA_TOY + "[encoder]\nn_layers = 2\n"))
+
+
+def _toml(text):
+    return tomllib.loads(text)
+
+
+MLA_TOY = GOOD.replace("""kind = "gqa"
+n_heads = 4
+n_kv_heads = 2
+head_dim = 16""", """kind = "mla"
+n_heads = 4
+q_lora_rank = 0
+kv_lora_rank = 8
+qk_nope_head_dim = 8
+qk_rope_head_dim = 4
+v_head_dim = 8""").split("[moe]")[0]              # a dense MLA toy

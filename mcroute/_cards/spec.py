@@ -37,7 +37,6 @@ from mcroute._routing.distributions import Uniform
 __all__ = ["LayerSpec", "ModelSpec"]
 
 
-
 @dataclass(frozen=True)
 class LayerSpec:
     """One transformer block that runs for every generated token.
