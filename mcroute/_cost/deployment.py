@@ -29,31 +29,14 @@ number of cached tokens each sequence attends to in that step.
 from __future__ import annotations
 
 import dataclasses
-import math
 
-import numpy as np
-
-from mcroute._base.validate import (
-    BANDWIDTH_RANGE,
-    MAX_BATCH_SIZE,
-    MAX_CONTEXT,
-    MAX_GPUS,
-    PEAK_FLOPS_RANGE,
-    McrouteError,
-    check_int,
-    check_real,
-)
-from mcroute._cards.cards import load_hardware, load_model
-from mcroute._cost.calibrated import (
-    ALL_TO_ALL_MODES,
-    balanced_placement,
-    parse_acceptance,
-)
-from mcroute._cost.calibration import kernel_card_for, load_kernel_card
+from mcroute._base.options import option, options_of
+from mcroute._base.validate import MAX_BATCH_SIZE, MAX_CONTEXT, MAX_GPUS, McrouteError
+from mcroute._cost.calibrated import ALL_TO_ALL_MODES
 from mcroute._cost.memory import MemoryMixin
+from mcroute._cost.resolve import ResolveMixin
 from mcroute._cost.roofline import (
     OPERATORS,
-    _dtype_bytes,
     attended_positions,
     kv_bytes_per_sequence,
     max_batch_size,
@@ -61,7 +44,6 @@ from mcroute._cost.roofline import (
 )
 from mcroute._cost.step import StepMixin
 from mcroute._routing.placement import Placement
-from mcroute._routing.sampling import device_map
 
 __all__ = [
     "roofline_time",
@@ -72,6 +54,7 @@ __all__ = [
     "OPERATORS",
     "KERNEL_MODELS",
     "MEMORY_LAYOUTS",
+    "DEPLOYMENT_OPTIONS",
 ]
 
 
@@ -84,7 +67,8 @@ def check_deployment_options(options: dict, what: str = "deployment option",
             raise McrouteError(f"unknown {what} {key!r}; known: {', '.join(known)}")
 
 
-_ATTENTION_PARALLEL = ("tensor", "data")
+#: Attention parallelism (``attention_parallel``).
+ATTENTION_PARALLEL = ("tensor", "data")
 #: Time models of a Deployment (``kernels``).
 KERNEL_MODELS = ("calibrated", "roofline")
 #: Memory layouts (``memory_layout``): ``"engine"`` as real engines lay weights and caches out,
@@ -92,18 +76,19 @@ KERNEL_MODELS = ("calibrated", "roofline")
 MEMORY_LAYOUTS = ("engine", "ideal")
 #: Most MTP draft tokens per step accepted by ``mtp_depth``.
 MAX_MTP_DEPTH = 16
-#: Scale-up domain and scale-out bandwidth assumed for a HardwareSpec without those fields
-#: (hand-built specs; every shipped card gives them).
-_DEFAULT_GPUS_PER_NODE = 8
-
-#: Range of any rate (FLOP/s, B/s) a Deployment accepts from a HardwareSpec: from one per second
-#: (below that the roofline times of real models overflow) to the top of the card range.
-_MIN_RATE = 1.0
-_MAX_RATE = max(PEAK_FLOPS_RANGE[1], BANDWIDTH_RANGE[1])
+#: Most redundant expert slots per MoE layer accepted by ``redundant_experts``.
+MAX_REDUNDANT_EXPERTS = 1_000_000
+#: Options that :meth:`Deployment.describe` reports resolved: the attribute holding the value.
+_RESOLVED_AS = {
+    "compute_dtype": "flops_dtype", "expert_parallel": "expert_groups",
+    "activation_dtype": "_activation_dtype", "attention_compute_dtype": "_attention_dtype",
+    "all_to_all": "_all_to_all", "memory_layout": "_layout",
+    "replicate_dense": "_replicate_dense",
+}
 
 
 @dataclasses.dataclass(frozen=True)
-class Deployment(MemoryMixin, StepMixin):
+class Deployment(ResolveMixin, MemoryMixin, StepMixin):
     """A model served for decode on ``n_gpus`` GPUs, with every modelling assumption explicit.
 
     Every field below has a documented default; docs/assumptions.md explains each and how to
@@ -236,392 +221,103 @@ class Deployment(MemoryMixin, StepMixin):
     'weights need '
     """
 
-    model: object
-    hardware: object
-    n_gpus: int
-    weight_dtype: str = "bf16"
-    kv_dtype: str = "bf16"
-    compute_dtype: str | None = None
-    activation_dtype: str | None = None
-    hbm_fraction: float = 0.9
-    bandwidth_efficiency: float = 1.0
-    flops_efficiency: float = 1.0
-    attention_parallel: str = "tensor"
-    expert_parallel: int | None = None
-    expert_placement: tuple | None = None
-    max_batch: int | None = None
-    encoder_context: int | None = None
-    charge_all_to_all: bool | None = None
-    overlap_all_to_all: bool | None = None
-    interconnect_efficiency: float = 1.0
-    enforce_max_context: bool = False
-    kernels: str = "calibrated"
-    kernel_card: object = None
-    calibration_uncertainty: bool = True
-    all_to_all: str | None = None
-    memory_layout: str | None = None
-    replicate_dense: bool | None = None
-    redundant_experts: int = 0
-    attention_compute_dtype: str | None = None
-    mtp_depth: int = 0
-    mtp_acceptance: object = None
+    model: object = option(type="model", doc="model card name, path or ModelSpec", cli=False)
+    hardware: object = option(type="hardware", doc="GPU card name, path or HardwareSpec",
+                              short="-H", metavar="NAME|PATH")
+    n_gpus: int = option(type="int", units="GPUs", doc="GPUs serving one model replica",
+                         minimum=1, maximum=MAX_GPUS, short="-g", metavar="N")
+    weight_dtype: str = option(
+        "bf16", type="dtype", metavar="DTYPE", doc="weight storage dtype")
+    kv_dtype: str = option("bf16", type="dtype", metavar="DTYPE", doc="KV cache dtype")
+    compute_dtype: str | None = option(
+        None, type="dtype", metavar="DTYPE",
+        doc="dtype whose peak FLOP/s applies (default: weight dtype if listed, else bf16)")
+    activation_dtype: str | None = option(
+        None, type="dtype", metavar="DTYPE",
+        doc="activation dtype of the all-to-all dispatch (default: fp8 under calibrated "
+            "kernels with 8-bit or narrower weights, else bf16)")
+    hbm_fraction: float = option(0.9, type="float", doc="usable share of HBM", minimum=0.0,
+                                 maximum=1.0, open_min=True)
+    bandwidth_efficiency: float = option(
+        1.0, type="float", doc="achievable share of peak HBM bandwidth", minimum=0.0,
+        maximum=1.0, open_min=True)
+    flops_efficiency: float = option(
+        1.0, type="float", doc="achievable share of peak FLOP/s", minimum=0.0, maximum=1.0,
+        open_min=True)
+    attention_parallel: str = option("tensor", type="str", doc="attention parallelism",
+                                     choices=ATTENTION_PARALLEL)
+    expert_parallel: int | None = option(
+        None, type="int", units="GPUs", doc="expert-parallel degree (default: n_gpus)",
+        minimum=1, maximum=MAX_GPUS, metavar="D")
+    expert_placement: tuple | None = option(
+        None, type="placement", doc="group of each routed expert, or a Placement (default: "
+        "balanced contiguous blocks)", metavar="balanced|FILE")
+    max_batch: int | None = option(
+        None, type="int", units="sequences", doc="cap on the batch size (default: none)",
+        minimum=1, maximum=MAX_BATCH_SIZE, metavar="B")
+    encoder_context: int | None = option(
+        None, type="tokens", units="tokens", minimum=0, maximum=MAX_CONTEXT, metavar="L",
+        doc="encoder tokens of encoder-decoder models (default: the context)")
+    charge_all_to_all: bool | None = option(
+        None, type="bool", cli=False,
+        doc="older spelling of all_to_all: False is 'off', True 'overlap' (or 'none' with "
+            "overlap_all_to_all=False)")
+    overlap_all_to_all: bool | None = option(
+        None, type="bool", cli=False,
+        doc="older spelling of all_to_all, with charge_all_to_all=True")
+    interconnect_efficiency: float = option(
+        1.0, type="float", doc="achievable share of interconnect bandwidth", minimum=0.0,
+        maximum=1.0, open_min=True)
+    enforce_max_context: bool = option(
+        False, type="bool", doc="treat contexts above the model's max_context as infeasible")
+    kernels: str = option("calibrated", type="str", choices=KERNEL_MODELS,
+                          doc="time model: calibrated kernel efficiencies, or the roofline")
+    kernel_card: object = option(
+        None, type="path", metavar="NAME|PATH",
+        doc="kernel-efficiency card name or path (default: the card listing the hardware, "
+            "else generic)")
+    calibration_uncertainty: bool = option(
+        True, type="bool", doc="draw the kernel parameters per trial from their fitted "
+                               "uncertainty")
+    all_to_all: str | None = option(
+        None, type="str", choices=ALL_TO_ALL_MODES,
+        doc="expert dispatch + combine (default: none under calibrated kernels, off under "
+            "roofline)")
+    memory_layout: str | None = option(
+        None, type="str", choices=MEMORY_LAYOUTS,
+        doc="engine or ideal memory layout (default: engine under calibrated kernels)")
+    replicate_dense: bool | None = option(
+        None, type="bool", doc="under data-parallel attention, keep dense layers whole on "
+                               "every GPU")
+    redundant_experts: int = option(
+        0, type="int", units="experts", minimum=0, maximum=MAX_REDUNDANT_EXPERTS, metavar="N",
+        doc="extra expert slots holding replicas of the hottest experts (EPLB-style)")
+    attention_compute_dtype: str | None = option(
+        None, type="dtype", metavar="DTYPE",
+        doc="dtype whose peak FLOP/s applies to the attention core (default: bf16 under "
+            "calibrated kernels)")
+    mtp_depth: int = option(
+        0, type="int", units="tokens", minimum=0, maximum=MAX_MTP_DEPTH, metavar="D",
+        doc="draft tokens per step (MTP / speculative decoding)")
+    mtp_acceptance: object = option(
+        None, type="acceptance", metavar="A|beta:A,B",
+        doc="acceptance rate of a draft token: a number in [0, 1] or 'beta:A,B' (required "
+            "with mtp_depth > 0)")
 
     # -- construction and validation -----------------------------------------------------------
     def __post_init__(self):
         def put(name, value):
             object.__setattr__(self, name, value)
 
-        if isinstance(self.model, str):
-            put("model", load_model(self.model))
-        if isinstance(self.hardware, str):
-            put("hardware", load_hardware(self.hardware))
-        for attr in ("decode_layers", "hidden", "vocab", "embedding_params", "lm_head_params"):
-            if not hasattr(self.model, attr):
-                raise McrouteError(
-                    f"model must be a ModelSpec (or a card name), got {type(self.model).__name__}"
-                )
-        for attr in ("hbm_bytes", "hbm_bandwidth", "peak_flops"):
-            if not hasattr(self.hardware, attr):
-                raise McrouteError(
-                    "hardware must be a HardwareSpec (or a card name), got "
-                    f"{type(self.hardware).__name__}"
-                )
-        n = check_int("n_gpus", self.n_gpus, minimum=1, maximum=MAX_GPUS)
-        put("n_gpus", n)
-        if not isinstance(self.kernels, str) or self.kernels not in KERNEL_MODELS:
-            raise McrouteError(f"kernels must be 'calibrated' or 'roofline', got "
-                               f"{self.kernels!r}")
-        cal = self.kernels == "calibrated"
-        put("_calibrated", cal)
-        for name in ("weight_dtype", "kv_dtype", "activation_dtype", "attention_compute_dtype"):
-            value = getattr(self, name)
-            if value is None and name in ("activation_dtype", "attention_compute_dtype"):
-                continue
-            if not isinstance(value, str):
-                raise McrouteError(f"{name} must be a dtype name like 'bf16', got {value!r}")
-            _dtype_bytes(value)  # raises listing the known dtypes
-        ad = self.activation_dtype
-        if ad is None:
-            ad = "fp8" if cal and _dtype_bytes(self.weight_dtype) <= 1 else "bf16"
-        put("_activation_dtype", ad)
-        cd = self.compute_dtype
-        if cd is None:
-            known = getattr(self.hardware, "flops", {}) or {}
-            cd = self.weight_dtype if self.weight_dtype in known else "bf16"
-        if not isinstance(cd, str):
-            raise McrouteError(f"compute_dtype must be a dtype name like 'bf16', got {cd!r}")
-        put("_compute_dtype", cd)
-        acd = self.attention_compute_dtype
-        if acd is None:
-            acd = "bf16" if cal else cd
-        put("_attention_dtype", acd)
-        for name in ("hbm_fraction", "bandwidth_efficiency", "flops_efficiency",
-                     "interconnect_efficiency"):
-            put(name, check_real(name, getattr(self, name), minimum=0.0, maximum=1.0,
-                                 open_min=True))
-        if (not isinstance(self.attention_parallel, str)
-                or self.attention_parallel not in _ATTENTION_PARALLEL):
-            raise McrouteError(
-                f"attention_parallel must be 'tensor' or 'data', got {self.attention_parallel!r}"
-            )
-        for name in ("charge_all_to_all", "overlap_all_to_all", "enforce_max_context",
-                     "calibration_uncertainty", "replicate_dense"):
-            v = getattr(self, name)
-            if v is None and name in ("charge_all_to_all", "overlap_all_to_all",
-                                      "replicate_dense"):
-                continue
-            if not isinstance(v, (bool, np.bool_)):
-                raise McrouteError(f"{name} must be True or False, got {v!r}")
-            put(name, bool(v))
-        put("_all_to_all", self._resolve_all_to_all(cal))
-        ml = self.memory_layout
-        if ml is None:
-            ml = "engine" if cal else "ideal"
-        if ml not in MEMORY_LAYOUTS:
-            raise McrouteError(f"memory_layout must be 'engine' or 'ideal', got "
-                               f"{self.memory_layout!r}")
-        put("_layout", ml)
-        rd = self.replicate_dense
-        if rd is None:
-            rd = ml == "engine" and self.attention_parallel == "data"
-        elif rd and self.attention_parallel != "data":
-            raise McrouteError("replicate_dense=True needs attention_parallel='data' (under "
-                               "tensor-parallel attention the dense layers are split)")
-        put("_replicate_dense", bool(rd))
-        put("redundant_experts", check_int("redundant_experts", self.redundant_experts,
-                                           minimum=0, maximum=1_000_000))
-        put("mtp_depth", check_int("mtp_depth", self.mtp_depth, minimum=0,
-                                   maximum=MAX_MTP_DEPTH))
-        if self.mtp_acceptance is None:
-            if self.mtp_depth > 0:
-                raise McrouteError("mtp_acceptance is required when mtp_depth > 0 (a number in "
-                                   "[0, 1] or 'beta:A,B')")
-            put("_acceptance", 0.0)
-        else:
-            put("_acceptance", parse_acceptance(self.mtp_acceptance))
-        if self.max_batch is not None:
-            put("max_batch", check_int("max_batch", self.max_batch, minimum=1,
-                                         maximum=MAX_BATCH_SIZE))
-        if self.encoder_context is not None:
-            put("encoder_context", check_int("encoder_context", self.encoder_context, minimum=0,
-                                               maximum=MAX_CONTEXT))
-
-        layers = tuple(self.model.decode_layers)
-        if not layers:
-            raise McrouteError(f"model {self.model.name!r} has no decode layers")
-        moe = tuple(ly for ly in layers if ly.ffn == "moe")
-        ep = n if self.expert_parallel is None else check_int(
-            "expert_parallel", self.expert_parallel, minimum=1, maximum=n)
-        if n % ep:
-            raise McrouteError(f"expert_parallel must divide n_gpus={n}, got {ep}")
-        put("_ep", ep)
-        placed = self.expert_placement if isinstance(self.expert_placement, Placement) else None
-        if placed is not None:
-            if self.redundant_experts not in (0, placed.redundant_experts):
-                raise McrouteError(
-                    f"redundant_experts={self.redundant_experts} disagrees with the placement's "
-                    f"redundant_experts={placed.redundant_experts}; give 0 or the same number")
-            put("redundant_experts", placed.redundant_experts)
-        if self.redundant_experts and not moe:
-            raise McrouteError("redundant_experts is given but the model has no MoE layers")
-        if placed is None and self.redundant_experts and self.expert_placement is not None:
-            raise McrouteError("redundant_experts and expert_placement cannot be combined: "
-                               "with redundant experts the placement is rebuilt per layer "
-                               "(EPLB-style)")
-        if moe:
-            es = {ly.n_experts for ly in moe}
-            ks = {ly.top_k for ly in moe}
-            if len(es) != 1 or len(ks) != 1:
-                raise McrouteError(
-                    f"model {self.model.name!r}: MoE layers disagree on n_experts {sorted(es)} "
-                    f"or top_k {sorted(ks)}; one routing cannot describe them"
-                )
-            e_count = es.pop()
-            if ep > e_count + self.redundant_experts:
-                raise McrouteError(
-                    f"expert_parallel={ep} exceeds the expert slots ({e_count} experts + "
-                    f"{self.redundant_experts} redundant); some groups would hold no expert")
-            slot_group = None
-            if self.expert_placement is None:
-                group = balanced_placement(e_count, ep)
-            elif placed is not None:
-                slot_group = self._check_placement(placed, e_count, ep, len(moe))
-                # per-expert group (the device of replica 0, first layer): the roofline
-                # per-expert statistics; costing uses the slots of every layer
-                first = placed.slot_rank[0] == 0
-                group = np.empty(e_count, dtype=np.int64)
-                group[placed.slot_expert[0][first]] = slot_group[0][first]
-            else:
-                try:
-                    group = device_map(e_count, ep, self.expert_placement)
-                except McrouteError as exc:
-                    raise McrouteError(
-                        f"expert placement: {exc} (n_experts={e_count}, expert_parallel={ep})"
-                    ) from None
-            if placed is None:
-                put("expert_placement",
-                    None if self.expert_placement is None else tuple(int(g) for g in group))
-            put("_placed", placed)
-            put("_group", group)
-            per_group = np.bincount(group, minlength=ep)
-            if placed is not None:
-                per_group = np.stack([np.bincount(row, minlength=ep)
-                                      for row in slot_group]).max(axis=0)
-            elif self.redundant_experts:
-                s = e_count + self.redundant_experts
-                per_group = np.full(ep, s // ep, dtype=np.int64)
-                per_group[: s % ep] += 1
-            put("_experts_per_group", per_group)
-            put("_E", e_count)
-            put("_k", ks.pop())
-        else:
-            if self.expert_placement is not None:
-                raise McrouteError("expert_placement is given but the model has no MoE layers")
-            put("_placed", None)
-            put("_group", np.zeros(0, dtype=np.int64))
-            put("_experts_per_group", np.zeros(ep, dtype=np.int64))
-            put("_E", 0)
-            put("_k", 0)
-
-        # Per-layer arrays, in parameter counts and values (no bytes yet).
-        def arr(attr, lys=layers):
-            return np.array([getattr(ly, attr) for ly in lys], dtype=float)
-
-        put("_layers", layers)
-        put("_is_moe", np.array([ly.ffn == "moe" for ly in layers]))
-        put("_attn_params", arr("attn_params"))
-        put("_kv_values", arr("kv_values_per_token"))
-        put("_window", np.array([ly.sliding_window for ly in layers], dtype=np.int64))
-        put("_attn_flops", arr("attn_flops_per_token_per_ctx"))
-        put("_cross_kv", arr("cross_kv_values_per_token"))
-        put("_cross_flops", np.array(
-            [getattr(ly, "cross_attn_flops_per_token_per_ctx", 0) for ly in layers], dtype=float))
-        put("_dense_params", arr("dense_ffn_params"))
-        put("_shared_params", arr("shared_expert_params"))
-        put("_router_params", arr("router_params"))
-        put("_expert_params", arr("expert_params", moe))
-        for name in ("_attn_params", "_kv_values", "_attn_flops", "_cross_kv", "_cross_flops",
-                     "_dense_params",
-                     "_shared_params", "_router_params", "_expert_params"):
-            if np.any(getattr(self, name) < 0):
-                raise McrouteError(f"model {self.model.name!r}: negative {name[1:]} in a layer")
-        if np.any(self._window < 0):
-            raise McrouteError(f"model {self.model.name!r}: negative sliding_window in a layer")
-        head = self.model.lm_head_params or self.model.embedding_params
-        put("_head_params", float(head))
-
-        # Dtypes and rates.
-        put("_wb", _dtype_bytes(self.weight_dtype))
-        put("_kvb", _dtype_bytes(self.kv_dtype))
-        put("_ab", _dtype_bytes(ad))
-        # dispatch in the activation dtype (8-bit: plus one float32 scale per 128 values, as
-        # DeepEP's FP8 dispatch); combine and all-reduces in bf16 or the activation dtype if wider
-        put("_dispatch_b", self._ab + (4.0 / 128.0 if self._ab <= 1 else 0.0))
-        put("_combine_b", max(2.0, self._ab))
-        peak, bw = float(self.hardware.peak_flops(cd)), float(self.hardware.hbm_bandwidth)
-        peak_attn = float(self.hardware.peak_flops(acd))
-        # Card files are held to the realistic PEAK_FLOPS_RANGE / BANDWIDTH_RANGE when loaded;
-        # a HardwareSpec built by hand (toy cards in tests) only needs rates of at least one per
-        # second, so that no roofline time overflows to inf.
-        for what, v in ((f"peak FLOP/s ({cd})", peak), ("HBM bandwidth", bw),
-                        (f"peak FLOP/s ({acd})", peak_attn)):
-            if not (math.isfinite(v) and _MIN_RATE <= v <= _MAX_RATE):
-                raise McrouteError(
-                    f"hardware {self.hardware.name!r}: {what} per GPU must be in "
-                    f"[{_MIN_RATE:g}, {_MAX_RATE:g}], got {v:g}")
-        put("_F", peak * self.flops_efficiency)
-        put("_F_attn", peak_attn * self.flops_efficiency)
-        put("_BW", bw * self.bandwidth_efficiency)
-        for what, v, eff in (("usable FLOP/s", self._F, "flops_efficiency"),
-                             ("usable HBM bandwidth", self._BW, "bandwidth_efficiency")):
-            if v < _MIN_RATE:
-                raise McrouteError(
-                    f"{eff}={getattr(self, eff):g} leaves a {what} of {v:g} per GPU, below "
-                    f"{_MIN_RATE:g}; give an efficiency of a sensible size")
-        link = float(getattr(self.hardware, "interconnect_bandwidth", 0.0) or 0.0)
-        if self._all_to_all != "off" and ep > 1 and link <= 0:
-            raise McrouteError(
-                f"charging the expert all-to-all needs the interconnect bandwidth of "
-                f"{self.hardware.name!r}, which the card does not give (all_to_all='off')"
-            )
-        put("_link", link * self.interconnect_efficiency)
-        # Two-tier interconnect (calibrated kernels): NVLink inside a node of gpus_per_node GPUs,
-        # the scale-out network across nodes.
-        gpn = int(getattr(self.hardware, "gpus_per_node", 0) or _DEFAULT_GPUS_PER_NODE)
-        scale_out = float(getattr(self.hardware, "scaleout_bandwidth", 0.0) or 0.0)
-        put("_gpus_per_node", gpn)
-        put("_nvlink", self._link)
-        put("_scaleout", scale_out * self.interconnect_efficiency)
-        put("_scaleout_latency", float(getattr(self.hardware, "scaleout_latency", 0.0) or 0.0))
-        if cal and n > 1 and link <= 0:
-            raise McrouteError(
-                f"calibrated kernels charge tensor-parallel and expert communication, which "
-                f"needs the interconnect bandwidth of {self.hardware.name!r}; the card does not "
-                "give it (use kernels='roofline')")
-        if cal and n > gpn and scale_out <= 0:
-            raise McrouteError(
-                f"{n} GPUs span more than one node of {gpn} ({self.hardware.name!r}), but the "
-                "card gives no scale-out bandwidth (scaleout_bandwidth_bytes_per_s)")
-        # Attention kinds, the KV bytes per cached token of each layer, and the share of each
-        # sequence's cache one GPU keeps under tensor-parallel attention.
-        put("_attn_kind_mla", np.array([ly.attention == "mla" for ly in layers]))
-        kvtok = self._kv_values * self._kvb
-        fp8_layout = getattr(self.model, "fp8_kv_bytes_per_token", None)
-        if ml == "engine" and fp8_layout and _dtype_bytes(self.kv_dtype) == 1:
-            kvtok = np.where(self._kv_values > 0, float(fp8_layout), 0.0)
-        put("_kv_token_bytes", kvtok)
-        share = np.full(len(layers), 1.0 / n)
-        if ml == "engine":
-            for i, ly in enumerate(layers):
-                if ly.attention == "mla":
-                    share[i] = 1.0
-                else:
-                    kvh = int(getattr(ly, "n_kv_heads", 0) or 0)
-                    if kvh > 0:
-                        share[i] = math.ceil(kvh / n) / kvh
-        put("_kv_share", share)
-        # Activation bytes one token moves through one expert (the fit's vLLM fused-MoE
-        # convention: x in, gate/up out and activation in bf16, w2 in/out), N = P_e / (3 h).
-        h = float(self.model.hidden)
-        n_int = self._expert_params / (3.0 * h)
-        ab_e = 1.0 if self._wb <= 1 else 2.0
-        put("_expert_act_bytes", h * ab_e + 8.0 * n_int + 2.0 * n_int * ab_e + 2.0 * h)
-        if cal:
-            kc = (kernel_card_for(self.hardware) if self.kernel_card is None
-                  else load_kernel_card(self.kernel_card))
-        else:
-            kc = None
-        put("_kcard", kc)
-        if not (self._F > 0 and self._BW > 0 and float(self.hardware.hbm_bytes) > 0):
-            raise McrouteError(
-                f"hardware {self.hardware.name!r} must have positive HBM size, bandwidth and "
-                "FLOP/s"
-            )
+        # each option checked by its declaration, then the rules between options
+        # (mcroute._cost.resolve), then the per-model constants of the memory arithmetic
+        self._resolve(put)
         self._init_memory(put)
-
-    def _resolve_all_to_all(self, calibrated: bool) -> str:
-        """One all-to-all mode from ``all_to_all`` and the two older booleans (which must agree)."""
-        mode, charge, overlap = self.all_to_all, self.charge_all_to_all, self.overlap_all_to_all
-        if mode is not None:
-            if not isinstance(mode, str) or mode not in ALL_TO_ALL_MODES:
-                raise McrouteError(f"all_to_all must be one of {', '.join(ALL_TO_ALL_MODES)}, "
-                                   f"got {mode!r}")
-            clash = ((charge is not None and charge != (mode != "off"))
-                     or (overlap is not None and mode != "off"
-                         and overlap != (mode in ("overlap", "two-batch"))))
-            if clash:
-                raise McrouteError(
-                    f"all_to_all={mode!r} contradicts charge_all_to_all={charge!r} / "
-                    f"overlap_all_to_all={overlap!r}; give all_to_all alone")
-            return mode
-        if charge is not None:
-            if not charge:
-                return "off"
-            return "none" if overlap is False else "overlap"
-        if not calibrated:
-            return "off"
-        return "overlap" if overlap else "none"
 
     # -- description ---------------------------------------------------------------------------
     def describe(self) -> dict:
         """Return the deployment's assumptions, resolved (JSON-able), for provenance."""
-        out = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if f.name == "model":
-                v = self.model.name
-            elif f.name == "hardware":
-                v = self.hardware.name
-            elif f.name == "expert_placement":
-                if isinstance(v, Placement):
-                    v = v.describe()
-                else:
-                    v = ("contiguous" if not self.redundant_experts else "eplb") if v is None \
-                        else list(v)
-            elif f.name == "compute_dtype":
-                v = self.flops_dtype
-            elif f.name == "expert_parallel":
-                v = self.expert_groups
-            elif f.name == "activation_dtype":
-                v = self._activation_dtype
-            elif f.name == "attention_compute_dtype":
-                v = self._attention_dtype
-            elif f.name == "kernel_card":
-                v = self._kcard.name if self._kcard is not None else "none (roofline)"
-            elif f.name == "all_to_all":
-                v = self._all_to_all
-            elif f.name == "charge_all_to_all":
-                v = self._all_to_all != "off"
-            elif f.name == "overlap_all_to_all":
-                v = self._all_to_all in ("overlap", "two-batch")
-            elif f.name == "memory_layout":
-                v = self._layout
-            elif f.name == "replicate_dense":
-                v = self._replicate_dense
-            elif f.name == "mtp_acceptance":
-                v = (self.mtp_acceptance if isinstance(self.mtp_acceptance, str)
-                     else float(self._acceptance))
-            out[f.name] = v
+        out = {f.name: self._described(f.name) for f in dataclasses.fields(self)}
         out["expert_tensor_parallel"] = self.expert_tensor_parallel
         out["usable_flops_per_gpu"] = self._F
         out["usable_bandwidth_per_gpu"] = self._BW
@@ -634,6 +330,28 @@ class Deployment(MemoryMixin, StepMixin):
         out["scaleout_bandwidth_per_gpu"] = self._scaleout
         return out
 
+    def _described(self, name: str):
+        """One option as :meth:`describe` reports it: resolved, JSON-able."""
+        if name in _RESOLVED_AS:
+            return getattr(self, _RESOLVED_AS[name])
+        v = getattr(self, name)
+        if name in ("model", "hardware"):
+            return v.name
+        if name == "expert_placement":
+            if isinstance(v, Placement):
+                return v.describe()
+            if v is None:
+                return "eplb" if self.redundant_experts else "contiguous"
+            return list(v)
+        if name == "kernel_card":
+            return self._kcard.name if self._kcard is not None else "none (roofline)"
+        if name == "charge_all_to_all":
+            return self._all_to_all != "off"
+        if name == "overlap_all_to_all":
+            return self._all_to_all in ("overlap", "two-batch")
+        if name == "mtp_acceptance":
+            return v if isinstance(v, str) else float(self._acceptance)
+        return v
 
     @property
     def n_experts(self) -> int:
@@ -669,3 +387,8 @@ class Deployment(MemoryMixin, StepMixin):
     def expert_tensor_parallel(self) -> int:
         """GPUs that split each expert within its expert-parallel group, n_gpus / D."""
         return self.n_gpus // self._ep
+
+
+#: Every option of :class:`Deployment`, declared once (name, type, default, units, range, doc):
+#: the source of the sweep parameters and the CLI flags.
+DEPLOYMENT_OPTIONS = options_of(Deployment)

@@ -76,21 +76,6 @@ class StepMixin:
         return expert_layout(self._group, self._ep, self.n_moe_layers, self.redundant_experts,
                              pop)
 
-    @staticmethod
-    def _check_placement(p, e_count, ep, n_moe) -> np.ndarray:
-        """Validate a :class:`~mcroute.Placement`; its slot devices (moe_layer, slot)."""
-        if p.n_devices != ep:
-            raise McrouteError(f"expert_placement: the Placement is for n_devices={p.n_devices} "
-                               f"but the expert-parallel degree is {ep}")
-        if p.n_experts != e_count:
-            raise McrouteError(f"expert_placement: the Placement has n_experts={p.n_experts} "
-                               f"but the model has {e_count} routed experts per layer")
-        if p.n_layers not in (1, n_moe):
-            raise McrouteError(f"expert_placement: the Placement has {p.n_layers} layers; "
-                               f"give 1 (used for every MoE layer) or {n_moe} (the MoE layers)")
-        return np.broadcast_to(np.asarray(p.slot_device, dtype=np.int64),
-                               (n_moe, p.slot_device.shape[1]))
-
     def _placed_layout(self):
         """The :class:`~mcroute._cost.calibrated.ExpertLayout` of a given Placement."""
         p, m = self._placed, self.n_moe_layers
