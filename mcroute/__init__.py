@@ -36,7 +36,7 @@ _LAZY = {
     "EstimateQ": "mcroute._quality.quality",
     "QSpec": "mcroute._quality.quality",
     "as_q": "mcroute._quality.quality",
-    "estimate_q": "mcroute._quality.quality",
+    "estimate_q": "mcroute._labeled.q_estimate",
     "parse_q": "mcroute._quality.quality",
     "save_dataset": "mcroute._labeled.export",
     "Correlated": "mcroute._routing.composite",
@@ -84,6 +84,7 @@ if TYPE_CHECKING:  # static type checkers and IDEs see ordinary imports
     )
     from mcroute._cost.deployment import Deployment, roofline_time
     from mcroute._labeled.export import save_dataset
+    from mcroute._labeled.q_estimate import estimate_q
     from mcroute._labeled.qs import dense_twin, min_gpus, qs_analysis
     from mcroute._labeled.simulate import simulate
     from mcroute._labeled.throughput import decode_throughput
@@ -94,7 +95,7 @@ if TYPE_CHECKING:  # static type checkers and IDEs see ordinary imports
         inspect_trace,
         real_batch_check,
     )
-    from mcroute._quality.quality import EstimateQ, QSpec, as_q, estimate_q, parse_q
+    from mcroute._quality.quality import EstimateQ, QSpec, as_q, parse_q
     from mcroute._routing.composite import Correlated, GroupLimited
     from mcroute._routing.distributions import (
         LogNormal,

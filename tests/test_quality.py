@@ -12,7 +12,9 @@ import xarray as xr
 from scipy import stats
 
 import mcroute as mr
-from mcroute._quality import quality as Q
+from mcroute._quality import estimate as QE
+from mcroute._quality import fits as QF
+from mcroute._quality import tables as QT
 from mcroute.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +48,7 @@ def write_table(path, rng, *, q=5.0, n_benchmarks=12, sigma=1.0, hetero=0.0, low
         rows.append([moe_name, "moe", 30, N_ACT / 1e9, name, "x", repr(sign * y), "syn", "T1"])
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(Q.TABLE_COLUMNS)
+        w.writerow(QT.TABLE_COLUMNS)
         w.writerows(rows)
     return path
 
@@ -241,9 +243,49 @@ def test_as_q_from_estimate(tmp_path, monkeypatch):
     # without a seed, "estimate" is deterministic (seed DEFAULT_ESTIMATE_SEED)
     np.testing.assert_array_equal(mr.as_q("estimate:fam-moe-a3b").value,
                                   mr.as_q("estimate:fam-moe-a3b").value)
-    assert mr.as_q("estimate:fam-moe-a3b").source["seed"] == Q.DEFAULT_ESTIMATE_SEED
+    assert mr.as_q("estimate:fam-moe-a3b").source["seed"] == QE.DEFAULT_ESTIMATE_SEED
     with pytest.raises(mr.McrouteError, match="q_samples"):
         mr.as_q(xr.Dataset({"x": 1.0}))
+
+
+def test_estimate_is_resolved_once_without_a_dataset(tmp_path, monkeypatch):
+    # q="estimate" runs the estimator once per value (model, seed, options, table contents)
+    # and never builds the estimate_q Dataset; a changed table is estimated again.
+    qdir = tmp_path / "shared" / "quality"
+    qdir.mkdir(parents=True)
+    write_table(qdir / "syn.csv", np.random.default_rng(8), q=5.0, sigma=0.5)
+    monkeypatch.setenv("MCROUTE_SHARED_DATA", str(tmp_path / "shared"))
+    calls = []
+    real = QE.estimate_by_fit
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    def no_dataset(*a, **k):  # pragma: no cover - fails the test if reached
+        raise AssertionError("as_q('estimate') built a Dataset")
+
+    monkeypatch.setattr(QE, "estimate_by_fit", counting)
+    monkeypatch.setattr(xr, "Dataset", no_dataset)
+    a = mr.as_q("estimate:fam-moe-a3b", rng=11)
+    b = mr.as_q(mr.EstimateQ("fam-moe-a3b"), rng=11)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(a.value, b.value)
+    assert a.describe() == b.describe()
+    write_table(qdir / "syn.csv", np.random.default_rng(9), q=5.0, sigma=0.5)
+    c = mr.as_q("estimate:fam-moe-a3b", rng=11)
+    assert len(calls) == 2 and not np.array_equal(c.value, a.value)
+
+
+def test_lognormal_q_is_the_parsed_law():
+    from mcroute._quality.quality import lognormal_q
+
+    parsed = mr.parse_q("lognormal:4,0.3")
+    built = lognormal_q(4.0, 0.3, source={"text": "lognormal:4,0.3"})
+    assert built.describe() == parsed.describe()
+    np.testing.assert_array_equal(built.sample(5, rng=2), parsed.sample(5, rng=2))
+    with pytest.raises(mr.McrouteError, match="lognormal sigma"):
+        lognormal_q(4.0, 0.0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -266,33 +308,33 @@ GOOD = "Fam-1B,dense,1,1,b,x,10,s,T\n"
 )
 def test_malformed_table_names_file_and_line(tmp_path, body, match):
     p = tmp_path / "bad.csv"
-    p.write_text(",".join(Q.TABLE_COLUMNS) + "\n" + body)
+    p.write_text(",".join(QT.TABLE_COLUMNS) + "\n" + body)
     with pytest.raises(mr.McrouteError, match=match):
-        Q.read_quality_table(p)
+        QT.read_quality_table(p)
 
 
 def test_missing_column_and_empty(tmp_path):
     p = tmp_path / "bad.csv"
     p.write_text("model,arch,score\nA,dense,1\n")
     with pytest.raises(mr.McrouteError, match=r"bad\.csv:1: header lacks column"):
-        Q.read_quality_table(p)
+        QT.read_quality_table(p)
     p.write_text("")
     with pytest.raises(mr.McrouteError, match=r"bad\.csv:1: empty"):
-        Q.read_quality_table(p)
+        QT.read_quality_table(p)
     with pytest.raises(mr.McrouteError, match="not scored"):
         mr.estimate_q("no-such-moe", write_table(tmp_path / "t.csv", np.random.default_rng(0)))
 
 
 def test_card_names():
-    assert Q.card_name("DeepSeek-V3-Base") == "deepseek-v3"
-    assert Q.card_name("Qwen3-235B-A22B-Base") == "qwen3-235b-a22b"
-    assert Q.card_name("Mixtral-8x7B") == "mixtral-8x7b"
-    assert Q.card_name("Grok-1") == "grok-1"
-    assert Q.card_name("Llama-4-Maverick-17Bx128E") == "llama-4-maverick"
-    assert Q.card_name("Switch-Base (cf 1.0)") == "switch-base"
-    assert Q._family("DeepSeek-67B (245B-token run)")[0] != Q._family("DeepSeek-7B")[0]
-    assert Q._family("Qwen3-0.6B-Base") == ("qwen3-base", "qwen3")
-    assert Q._family("T5-Large")[0] == Q._family("T5-Base")[0]
+    assert QT.card_name("DeepSeek-V3-Base") == "deepseek-v3"
+    assert QT.card_name("Qwen3-235B-A22B-Base") == "qwen3-235b-a22b"
+    assert QT.card_name("Mixtral-8x7B") == "mixtral-8x7b"
+    assert QT.card_name("Grok-1") == "grok-1"
+    assert QT.card_name("Llama-4-Maverick-17Bx128E") == "llama-4-maverick"
+    assert QT.card_name("Switch-Base (cf 1.0)") == "switch-base"
+    assert QT.family_key("DeepSeek-67B (245B-token run)")[0] != QT.family_key("DeepSeek-7B")[0]
+    assert QT.family_key("Qwen3-0.6B-Base") == ("qwen3-base", "qwen3")
+    assert QT.family_key("T5-Large")[0] == QT.family_key("T5-Base")[0]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -303,7 +345,7 @@ def test_card_names():
 def test_clark_effective_params_matches_published_table():
     # EPC values re-derived in the shared quality README (they match the blog's table):
     # N=1B, E=64 -> 3.14B; N=7B, E=8 -> 10.19B; N=130B, E=128 -> 192.2B.
-    got = Q.clark_effective_params([1e9, 7e9, 130e9], [64, 8, 128]) / 1e9
+    got = QF.clark_effective_params([1e9, 7e9, 130e9], [64, 8, 128]) / 1e9
     # tolerance: half a unit in the last printed digit of each published value
     assert np.all(np.abs(got - [3.14, 10.19, 192.2]) <= [0.005, 0.005, 0.05])
     ds = mr.estimate_q("any", method="scaling_law", n_active=1e9, n_experts=64, top_k=1)
@@ -313,12 +355,12 @@ def test_clark_effective_params_matches_published_table():
 
 def test_clark_constants_agree_with_shared_file():
     try:
-        consts, where = Q._clark_constants()
+        consts, where = QF.clark_constants()
     except mr.McrouteError as exc:  # pragma: no cover - shared folder absent
         pytest.skip(str(exc))
     if "built-in" in where:
         pytest.skip(f"shared scaling_law_constants.csv not available: {where}")
-    assert consts == Q.CLARK_SBASE
+    assert consts == QF.CLARK_SBASE
 
 
 # ------------------------------------------------------------------------------------------------
@@ -328,7 +370,7 @@ def test_clark_constants_agree_with_shared_file():
 
 def _shared_or_skip():
     try:
-        return Q.quality_dir()
+        return QT.quality_dir()
     except mr.McrouteError as exc:
         pytest.skip(f"shared quality tables not found: {exc}")
 
@@ -363,7 +405,7 @@ def test_shipped_q_estimates_are_reproducible():
     lines = path.read_text(encoding="utf-8").splitlines()
     meta = dict(ln[2:].split(": ", 1) for ln in lines if ln.startswith("# ") and ": " in ln)
     assert meta["produced by"].startswith("mcroute q-estimate")
-    tables = {t.name: t.sha256[:16] for t in Q.load_quality_tables()}
+    tables = {t.name: t.sha256[:16] for t in QT.load_quality_tables()}
     recorded = dict(x.strip().rsplit(" ", 1)
                     for x in meta["source tables (sha256 prefix)"].split(";"))
     assert recorded == tables, "shared tables changed: regenerate data/q_estimates.csv " \

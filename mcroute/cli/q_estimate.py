@@ -14,15 +14,9 @@ from pathlib import Path
 
 from mcroute._base.atomic import atomic_path
 from mcroute._base.validate import MAX_BOOT_DRAWS, McrouteError, check_prob, check_real
-from mcroute._quality.quality import (
-    _card,
-    _check_benchmark_names,
-    card_name,
-    estimate_q,
-    list_moe_models,
-    load_quality_tables,
-    q_summary,
-)
+from mcroute._labeled.q_estimate import estimate_q, q_summary
+from mcroute._quality.estimate import check_benchmark_names, model_card
+from mcroute._quality.tables import card_name, list_moe_models, load_quality_tables
 from mcroute._version import __version__
 from mcroute.cli.common import (
     check_input_path,
@@ -214,7 +208,7 @@ def _check_benchmarks(text: str, tables) -> list[str]:
     if not wanted:
         raise McrouteError(f"--benchmarks must be a comma-separated list of names, got {text!r}")
     try:
-        _check_benchmark_names(wanted, tables)
+        check_benchmark_names(wanted, tables)
     except McrouteError as exc:
         raise McrouteError(f"--{exc}" if str(exc).startswith("benchmarks") else str(exc)) \
             from None
@@ -261,7 +255,7 @@ def run(args) -> int:
             else:
                 from mcroute._cards.cards import list_models
 
-                names = [n for n in list_models() if getattr(_card(n), "is_moe", False)]
+                names = [n for n in list_models() if getattr(model_card(n), "is_moe", False)]
         else:
             names = list(args.models)
         for name in names:
