@@ -175,8 +175,8 @@ def test_issue11_bad_input_is_one_line_exit_2(argv, needle, traces, capsys):
 
 
 def test_trace_format_array_accepts_npz(traces, capsys):
-    """``--format array`` on a .npz (which holds the array) loads it instead of failing."""
-    assert main(["trace", "inspect", str(traces / "x.npz"), "--format", "array"]) == 0
+    """``--input-format array`` on a .npz (which holds the array) loads it instead of failing."""
+    assert main(["trace", "inspect", str(traces / "x.npz"), "--input-format", "array"]) == 0
     assert main(["trace", "inspect", str(traces / "x.npz"), "--n-experts", "8"]) == 0
     assert "E=8" in capsys.readouterr().out
     assert main(["trace", "inspect", str(traces / "hist.csv"), "--n-experts", "4"]) == 0
@@ -469,9 +469,11 @@ def test_qs_prints_estimate_interval_bound_card_and_sources(tmp_path, capsys):
     for r, L in zip(rows, (4096, 131072), strict=True):
         c = ds.sel(context=L)
         lo, hi = c["penalty_ci"].values
-        assert r[5] == (f"{float(c['penalty_mean']):.3g} [{float(lo):.3g}, {float(hi):.3g}]")
-        assert r[7] == f"{float(c['penalty_bound_mean']):.3g}"
-        assert r[8] == f"{float(c['reuse_penalty_mean']):.3g}"
+        p5, p95 = c["penalty_q"].values[[0, -1]]
+        assert r[5] == (f"{float(c['penalty_mean']):.3g} [{float(lo):.3g}, {float(hi):.3g}] "
+                        f"({float(p5):.3g}-{float(p95):.3g})")
+        assert r[6] == f"{float(c['penalty_bound_mean']):.3g}"
+        assert r[7] == f"{float(c['reuse_penalty_mean']):.3g}"
     table = [ln for ln in text.splitlines() if ln.startswith(("context", "---", "  "))]
     assert table and max(len(ln) for ln in table) <= 100
 
@@ -483,7 +485,7 @@ def test_qs_roofline_kernels_bound_equals_estimate(capsys):
     assert "roofline kernels (no kernel card)" in text
     assert "intervals carry: routing\n" in text  # a point q: no q, no calibration
     (row,) = _table_rows(text, "context")
-    assert row[5].split(" [")[0] == row[7]  # under roofline kernels the bound is the estimate
+    assert row[5].split(" [")[0] == row[6]  # under roofline kernels the bound is the estimate
 
 
 def test_throughput_prints_estimate_and_bound_from_the_result(tmp_path, capsys):
@@ -495,14 +497,14 @@ def test_throughput_prints_estimate_and_bound_from_the_result(tmp_path, capsys):
     ds = _open(out)
     assert f"calibrated kernels (card {ds.attrs['kernel_card']})" in text
     assert "intervals carry: routing, calibration" in text
-    from mcroute.cli.throughput import _g
+    from mcroute.cli.output import fmt_rate as _g
 
     rows = _table_rows(text, "context")
     assert len(rows) == 2
     for r, L in zip(rows, (4096, 131072), strict=True):
         c = ds.sel(context=L)
         lo, hi = c["throughput_ci"].values
-        assert int(r[0]) == L and int(r[1]) == int(c["batch_size"])
+        assert r[0] == f"{L // 1024}k" and int(r[1]) == int(c["batch_size"])
         assert r[3] == f"{_g(float(c['throughput_mean']))} [{_g(float(lo))}, {_g(float(hi))}]"
         assert r[4] == _g(float(c["throughput_bound_mean"]))
         assert float(c["throughput_mean"]) <= float(c["throughput_bound_mean"])

@@ -6,7 +6,8 @@ May import: every floor below (front end); ``mcroute.cli.common``.
 from __future__ import annotations
 
 from mcroute._cards.cards import list_hardware, list_models, load_hardware, load_model
-from mcroute.cli.common import check_input_path, format_table
+from mcroute.cli.common import check_input_path
+from mcroute.cli.output import Column, Printer, add_output_flags, fmt_value
 
 
 def register(sub) -> None:
@@ -22,6 +23,7 @@ def register(sub) -> None:
     )
     p.add_argument("name", nargs="?", default=None,
                    help="show one card (a card name or a path to a .toml card)")
+    add_output_flags(p)
     p.set_defaults(func=run_models)
     h = sub.add_parser(
         "hardware",
@@ -32,14 +34,39 @@ def register(sub) -> None:
     )
     h.add_argument("name", nargs="?", default=None,
                    help="show one card (a card name or a path to a .toml card)")
+    add_output_flags(h)
     h.set_defaults(func=run_hardware)
 
 
+_MODEL_COLUMNS = [
+    Column("name", "name", "text"),
+    Column("total_params", "total", "params"),
+    Column("active_params", "active", "params"),
+    Column("sparsity", "s", "ratio"),
+    Column("n_layers", "layers", "int"),
+    Column("moe", "MoE E/k/shared", "text"),
+    Column("attention", "attention", "text"),
+    Column("kv_bytes_per_token", "KV B/tok bf16", "int"),
+    Column("max_context", "max ctx", "tokens"),
+    Column("release_dtype", "dtype", "text", drop=1),
+]
+
+_HARDWARE_COLUMNS = [
+    Column("name", "name", "text"),
+    Column("hbm_gib", "HBM GiB", "g"),
+    Column("hbm_tb_s", "HBM TB/s", "g"),
+    Column("bf16_tflops", "bf16 TFLOP/s", "g"),
+    Column("fp8_tflops", "fp8 TFLOP/s", "g"),
+    Column("fp4_tflops", "fp4 TFLOP/s", "g"),
+    Column("link_gb_s", "link GB/s (1 dir)", "g"),
+]
+
+
 def _b(x) -> str:
-    return f"{x / 1e9:.2f}B" if x < 1e11 else f"{x / 1e9:.0f}B"
+    return fmt_value(x, "params")
 
 
-def _model_row(m) -> list:
+def _model_row(m) -> dict:
     if m.is_moe:
         moe = f"{m.n_experts}/{m.top_k}/{m.n_shared_experts}"
         dense = m.n_layers - len(m.moe_layers)
@@ -47,59 +74,62 @@ def _model_row(m) -> list:
             moe += f" ({dense} dense)"
     else:
         moe = "dense"
-    ctx = m.max_context
-    ctx_s = f"{ctx // 1024}k" if ctx % 1024 == 0 else str(ctx)
     attn = m.attention_kind
     if any(la.sliding_window for la in m.decode_layers):
         attn += "+swa"
     if m.is_encoder_decoder:
         attn += " enc-dec"
-    return [m.name, _b(m.total_params), _b(m.active_params), f"{m.sparsity:.3f}",
-            m.n_layers, moe, attn,
-            int(round(m.kv_bytes_per_token("bf16", context=m.max_context))), ctx_s]
+    return {"name": m.name, "total_params": m.total_params, "active_params": m.active_params,
+            "sparsity": m.sparsity, "n_layers": m.n_layers, "moe": moe, "attention": attn,
+            "kv_bytes_per_token": int(round(m.kv_bytes_per_token("bf16",
+                                                                 context=m.max_context))),
+            "max_context": m.max_context,
+            "release_dtype": getattr(m, "release_dtype", None)}
 
 
 def run_models(args) -> int:
     """Run ``mcroute models``."""
-    header = ["name", "total", "active", "s", "layers", "MoE E/k/shared", "attention",
-              "KV B/tok bf16", "max ctx"]
     if args.name is not None:
         check_input_path("NAME", args.name)
     models = [load_model(n) for n in ([args.name] if args.name else list_models())]
-    print(format_table(header, [_model_row(m) for m in models]))
+    out = Printer(args)
+    out.table(_MODEL_COLUMNS, [_model_row(m) for m in models])
     if args.name:
         m = models[0]
-        print(f"\n{m.display_name}")
+        out.line(f"\n{m.display_name}")
         for s in m.source:
-            print(f"  source: {s}")
+            out.line(f"  source: {s}")
         if m.card and m.card.get("notes"):
-            print(f"  notes: {m.card['notes']}")
+            out.line(f"  notes: {m.card['notes']}")
         pt, pa = m.published_total_params, m.published_active_params
-        print(f"  published total: {_b(pt) if pt else '—'}, published active: "
-              f"{_b(pa) if pa else '—'}")
+        out.line(f"  published total: {_b(pt) if pt else '—'}, published active: "
+                 f"{_b(pa) if pa else '—'}")
         if m.other_resident_params:
-            print(f"  resident but not run per token: {_b(m.other_resident_params)}")
+            out.line(f"  resident but not run per token: {_b(m.other_resident_params)}")
+    out.close()
     return 0
 
 
 def run_hardware(args) -> int:
     """Run ``mcroute hardware``."""
-    header = ["name", "HBM GiB", "HBM TB/s", "bf16 TFLOP/s", "fp8 TFLOP/s", "fp4 TFLOP/s",
-              "link GB/s (1 dir)"]
     if args.name is not None:
         check_input_path("NAME", args.name)
     cards = [load_hardware(n) for n in ([args.name] if args.name else list_hardware())]
     rows = []
     for h in cards:
-        fl = [f"{h.flops[d] / 1e12:g}" if d in h.flops else "—" for d in ("bf16", "fp8", "fp4")]
-        rows.append([h.name, f"{h.hbm_bytes / 2**30:g}", f"{h.hbm_bandwidth / 1e12:g}", *fl,
-                     f"{h.interconnect_bandwidth / 1e9:g}"])
-    print(format_table(header, rows))
+        row = {"name": h.name, "hbm_gib": h.hbm_bytes / 2**30, "hbm_tb_s": h.hbm_bandwidth / 1e12,
+               "link_gb_s": h.interconnect_bandwidth / 1e9}
+        for d in ("bf16", "fp8", "fp4"):
+            row[f"{d}_tflops"] = h.flops[d] / 1e12 if d in h.flops else None
+        rows.append(row)
+    out = Printer(args)
+    out.table(_HARDWARE_COLUMNS, rows)
     if args.name:
         h = cards[0]
-        print(f"\n{h.display_name}")
+        out.line(f"\n{h.display_name}")
         for s in h.source:
-            print(f"  source: {s}")
+            out.line(f"  source: {s}")
         if h.notes:
-            print(f"  notes: {h.notes}")
+            out.line(f"  notes: {h.notes}")
+    out.close()
     return 0

@@ -361,10 +361,11 @@ def check_output_path(path, allowed=(".nc", ".csv", ".json"), flag: str = "--out
         raise McrouteError(f"{flag}: {str(path)!r} exists and is not a regular file")
 
 
-def write_output(ds, path) -> None:
-    """Write ``ds`` by extension (.nc, .csv, .json), atomically, and say where."""
+def write_output(ds, path, quiet: bool = False) -> None:
+    """Write ``ds`` by extension (.nc, .csv, .json), atomically, and say where (unless quiet)."""
     out = save_dataset(ds, path)
-    print(f"wrote {out}", file=sys.stderr)
+    if not quiet:
+        print(f"wrote {out}", file=sys.stderr)
 
 
 def is_tty(stream=None) -> bool:

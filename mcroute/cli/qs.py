@@ -20,7 +20,6 @@ from mcroute.cli.common import (
     check_input_path,
     check_output_path,
     deployment_flags,
-    format_table,
     kernels_line,
     parse_int,
     parse_real,
@@ -30,6 +29,7 @@ from mcroute.cli.common import (
     refuse_renamed,
     write_output,
 )
+from mcroute.cli.output import Column, Est, Printer, add_output_flags, fmt_tokens, fmt_value
 
 
 def register(sub) -> None:
@@ -76,73 +76,96 @@ def register(sub) -> None:
     p.add_argument("-s", "--seed", default="0", help="seed (default 0)")
     p.add_argument("-o", "--output", default=None,
                    help="write results to FILE.nc, .csv or .json")
+    add_output_flags(p)
     refuse_renamed(p, "--gpus", "--dense-gpus", "--trials", "--q-samples", "--attention")
     p.set_defaults(func=run)
 
 
-def _fmt_ci(ds, name):
-    """``mean [lo, hi]`` of a summarised variable, or a dash."""
-    m = float(ds[f"{name}_mean"])
+def _est(c, name, band: bool = False):
+    """An estimate of a summarised variable (mean, interval, p5-p95 of single steps)."""
+    m = float(c[f"{name}_mean"])
     if np.isnan(m):
-        return "—"
-    lo, hi = (float(x) for x in ds[f"{name}_ci"].values)
-    return f"{m:.3g} [{lo:.3g}, {hi:.3g}]"
+        return None
+    lo, hi = (float(x) for x in c[f"{name}_ci"].values)
+    if not band:
+        return Est(m, lo, hi)
+    q = c[f"{name}_q"].values
+    return Est(m, lo, hi, float(q[0]), float(q[-1]))
 
 
-def _fmt_q(ds, name):
-    """``p5-p95`` of single steps, or a dash."""
-    q = ds[f"{name}_q"].values
-    return "—" if np.isnan(q).all() else f"{q[0]:.3g}-{q[-1]:.3g}"
+def _columns(ci_prob) -> list:
+    """The printed table (bound, reuse and B ratio are hidden first to fit)."""
+    return [
+        Column("model", "model", "text", shown=False),
+        Column("context", "context", "tokens"),
+        Column("moe_batch_size", "MoE B", "int"),
+        Column("dense_batch_size", "dense B", "int"),
+        Column("moe_throughput", "MoE tok/s", "rate"),
+        Column("dense_throughput", "dense tok/s", "rate"),
+        Column("penalty", f"penalty [{ci_prob:.0%} CI] (p5-p95)", "ratio"),
+        Column("penalty_bound", "bound", "ratio", drop=2),
+        Column("reuse_penalty", "reuse", "ratio", drop=1),
+        Column("batch_ratio", "B ratio", "ratio", drop=3),
+        Column("moe_feasible", "MoE feasible", "text", shown=False),
+        Column("dense_feasible", "dense feasible", "text", shown=False),
+        Column("s", "s", shown=False),
+        Column("q", "q", shown=False),
+        Column("qs", "q*s", shown=False),
+    ]
 
 
-def _fmt_mean(ds, name):
-    m = float(ds[f"{name}_mean"])
-    return "—" if np.isnan(m) else f"{m:.3g}"
+def _case_row(c, L) -> dict:
+    """One context of one model as a table row."""
+    moe_ok = bool(c["moe_feasible"])
+    dense_ok = bool(np.all(c["dense_feasible"].values))
+    db = c["dense_batch_size"].values
+
+    def mean(name):
+        v = float(c[f"{name}_mean"])
+        return None if np.isnan(v) else v
+
+    return {
+        "context": int(L), "moe_feasible": moe_ok, "dense_feasible": dense_ok,
+        "moe_batch_size": int(c["moe_batch_size"]) if moe_ok else None,
+        "dense_batch_size": int(np.median(db)) if dense_ok else None,
+        "moe_throughput": float(c["moe_throughput_mean"]) if moe_ok else None,
+        "dense_throughput": float(c["dense_throughput_mean"]) if dense_ok else None,
+        "penalty": _est(c, "penalty", band=not np.isnan(c["penalty_q"].values).all()),
+        "penalty_bound": mean("penalty_bound"), "reuse_penalty": mean("reuse_penalty"),
+        "batch_ratio": (float(np.nanmean(c["capacity_penalty"].values))
+                        if moe_ok and dense_ok else None),
+    }
 
 
-def _print_case(ds, name, q_note, dep_note, ci_prob=0.95) -> None:
+def _print_case(out, ds, name, q_note, dep_note, ci_prob=0.95) -> None:
     s = float(ds["s"])
     qs = float(ds["qs_mean"]) if "qs_mean" in ds else float(ds["qs"])
     qv = float(ds["q_mean"]) if "q_mean" in ds else float(ds["q"])
     moe_min = int(ds["moe_min_gpus"])
-    print(f"\n== {name}: s = {s:.4f}, q = {qv:.3g}, q·s = {qs:.3g} "
-          f"({'< 1: MoE structurally disadvantaged' if qs < 1 else '>= 1'})")
-    print(f"   q: {q_note}")
-    print(f"   {dep_note}")
-    print(f"   MoE needs >= {moe_min if moe_min > 0 else 'none of 1..4096'} GPUs at the longest "
-          "context")
-    print(f"   {kernels_line(ds, ci_prob)}")
+    out.line(f"\n== {name}: s = {s:.4f}, q = {qv:.3g}, q·s = {qs:.3g} "
+             f"({'< 1: MoE structurally disadvantaged' if qs < 1 else '>= 1'})")
+    out.line(f"   q: {q_note}")
+    out.line(f"   {dep_note}")
+    out.line(f"   MoE needs >= {moe_min if moe_min > 0 else 'none of 1..4096'} GPUs at the "
+             "longest context")
+    out.line(f"   {kernels_line(ds, ci_prob)}")
     rows, notes = [], {}
     for L in np.atleast_1d(ds["context"].values):
         c = ds.sel(context=L) if ds["context"].ndim else ds
-        moe_ok = bool(c["moe_feasible"])
-        dense_ok = bool(np.all(c["dense_feasible"].values))
-        label = f"{int(L) // 1024}k" if int(L) % 1024 == 0 else int(L)
-        if not moe_ok:
-            notes.setdefault("MoE infeasible" + ("" if not dense_ok else "; dense twin fits"),
-                             []).append(str(label))
-        elif not dense_ok:
-            notes.setdefault("dense twin infeasible", []).append(str(label))
-        db = c["dense_batch_size"].values
-        rows.append([
-            label,
-            int(c["moe_batch_size"]) if moe_ok else "—",
-            int(np.median(db)) if dense_ok else "—",
-            f"{float(c['moe_throughput_mean']):,.0f}" if moe_ok else "—",
-            f"{float(c['dense_throughput_mean']):,.0f}" if dense_ok else "—",
-            _fmt_ci(c, "penalty"), _fmt_q(c, "penalty"), _fmt_mean(c, "penalty_bound"),
-            _fmt_mean(c, "reuse_penalty"),
-            f"{float(np.nanmean(c['capacity_penalty'].values)):.3g}" if moe_ok and dense_ok
-            else "—",
-        ])
-    print(format_table(["context", "MoE B", "dense B", "MoE tok/s", "dense tok/s",
-                        f"penalty [{ci_prob:.0%} CI]", "p5-p95", "bound", "reuse", "B ratio"],
-                       rows))
+        row = _case_row(c, L)
+        row.update(model=name, s=s, q=qv, qs=qs)
+        if not row["moe_feasible"]:
+            key = "MoE infeasible" + ("" if not row["dense_feasible"] else "; dense twin fits")
+            notes.setdefault(key, []).append(fmt_tokens(L))
+        elif not row["dense_feasible"]:
+            notes.setdefault("dense twin infeasible", []).append(fmt_tokens(L))
+        rows.append(row)
+    out.table(_columns(ci_prob), rows)
     for note, where in notes.items():
-        print(f"   {note} (context {', '.join(where)})")
-    print(f"   crossover: {str(ds['crossover_note'].values)}"
-          + ("" if np.isnan(float(ds["crossover_context"])) else
-             f" at {float(ds['crossover_context']):,.0f} tokens"))
+        out.line(f"   {note} (context {', '.join(where)})")
+    out.line(f"   crossover: {str(ds['crossover_note'].values)}"
+             + ("" if np.isnan(float(ds["crossover_context"])) else
+                f" at {fmt_value(float(ds['crossover_context']), 'rate')} tokens"))
 
 
 def _parse_q(text: str, as_q, parse_q):
@@ -215,12 +238,14 @@ def run(args) -> int:
                                "Mixture-of-Experts model (its dense twin is built from it)")
         routings[name] = (None if args.routing is None else
                           parse_routing(args.routing, moe.n_experts, moe.top_k))
-    print(f"mcroute qs: {len(cases)} model(s) on {gpus} x {hardware}, {trials} trials, "
-          f"seed {seed}", flush=True)
-    print("penalty = dense / MoE throughput, each at its admissible batch: mean [CI of the "
-          "mean],\np5-p95 of single steps; bound: the penalty under the roofline bound of both "
-          "models;\nreuse: both at the smaller batch; B ratio: dense / MoE admissible batch",
-          flush=True)
+    out = Printer(args)
+    out.line(f"mcroute qs: {len(cases)} model(s) on {gpus} x {hardware}, {trials} trials, "
+             f"seed {seed}")
+    out.line("penalty = dense / MoE throughput, each at its admissible batch: mean [CI of the "
+             "mean]\n(p5-p95 of single steps); bound: the penalty under the roofline bound of "
+             "both models;\nreuse: both at the smaller batch; B ratio: dense / MoE admissible "
+             "batch")
+    sys.stdout.flush()
     for name, defaults in cases:
         moe = load_model(name)
         opts = dict(defaults)
@@ -254,16 +279,17 @@ def run(args) -> int:
         dep_note = (f"{gpus} x {hardware}, weights {opts.get('weight_dtype', 'bf16')}, "
                     f"KV {opts['kv_dtype']}, {attention}-parallel attention, dense twin: "
                     f"{args.dense_model or args.dense_style}")
-        _print_case(ds, moe.name, q_note, dep_note, ci_prob)
+        _print_case(out, ds, moe.name, q_note, dep_note, ci_prob)
         sys.stdout.flush()
         results.append(ds.expand_dims(model=[moe.name]))
+    out.close()
     if args.output:
         if len(results) == 1:
-            out = results[0]
+            merged = results[0]
         else:
             keep = [r.drop_vars([v for v in r.data_vars if "q_draw" in r[v].dims or v in
                                  ("q_samples",)], errors="ignore") for r in results]
-            out = xr.concat(keep, dim="model", coords="minimal", compat="override",
-                            combine_attrs="drop_conflicts")
-        write_output(out, args.output)
+            merged = xr.concat(keep, dim="model", coords="minimal", compat="override",
+                               combine_attrs="drop_conflicts")
+        write_output(merged, args.output, quiet=args.quiet)
     return 0

@@ -17,7 +17,6 @@ from mcroute._labeled.simulate import simulate
 from mcroute.cli.common import (
     ROUTING_HELP,
     check_output_path,
-    format_table,
     parse_int,
     parse_int_list,
     parse_real,
@@ -25,6 +24,7 @@ from mcroute.cli.common import (
     refuse_renamed,
     write_output,
 )
+from mcroute.cli.output import Column, Est, Printer, add_output_flags, fmt_value
 
 #: Columns of the printed table: (variable, header).
 _SHOWN = [
@@ -67,6 +67,7 @@ def register(sub) -> None:
     p.add_argument("-s", "--seed", default=None, help="seed (default: fresh entropy, printed)")
     p.add_argument("-o", "--output", default=None,
                    help="write results to FILE.nc, .csv or .json")
+    add_output_flags(p)
     refuse_renamed(p, "--experts", "--batch", "--trials", "--layers", "--devices")
     p.set_defaults(func=run)
 
@@ -87,24 +88,30 @@ def run(args) -> int:
     seed = None if args.seed is None else parse_int(args.seed, "--seed", minimum=0)
     ds = simulate(routing, batches, trials, layers, devices, rng=seed, ci_prob=ci_prob,
                   capacity_factor=cf, method=args.method)
-    print(f"{routing!r}, {trials} trials, {layers} layer(s), {devices} device(s), "
-          f"seed {ds.attrs['seed']}")
-    print(f"mean [{ci_prob:.0%} CI of the mean] (p5-p95 of single microbatches)")
-    header = ["batch"] + [h for _, h in _SHOWN]
+    out = Printer(args)
+    out.line(f"{routing!r}, {trials} trials, {layers} layer(s), {devices} device(s), "
+             f"seed {ds.attrs['seed']}")
+    out.line(f"mean [{ci_prob:.0%} CI of the mean]; p5-p95 of single microbatches"
+             + (" (mean over layers)" if layers > 1 else ""))
+    columns = [Column("batch_size", "batch", "int")]
+    for name, header in _SHOWN:
+        columns += [Column(name, header, band=False),
+                    Column(f"{name}_band", "p5-p95", "text", drop=1, machine=False)]
     rows = []
     for b in ds["batch_size"].values:
-        row = [int(b)]
+        sel = ds.sel(batch_size=b).mean("layer")
+        row = {"batch_size": int(b)}
         for name, _ in _SHOWN:
-            sel = ds.sel(batch_size=b).mean("layer")
-            m = float(sel[f"{name}_mean"])
             lo, hi = (float(x) for x in sel[f"{name}_ci"].values)
             q = sel[f"{name}_q"]
             p5, p95 = float(q.isel(quantile=0)), float(q.isel(quantile=-1))
-            row.append(f"{m:.4g} [{lo:.4g}, {hi:.4g}] ({p5:.4g}-{p95:.4g})")
+            row[name] = Est(float(sel[f"{name}_mean"]), lo, hi, p5, p95)
+            row[f"{name}_band"] = f"{fmt_value(p5)}-{fmt_value(p95)}"
         rows.append(row)
-    print(format_table(header, rows))
+    out.table(columns, rows)
+    out.close()
     if args.output:
-        write_output(ds, args.output)
+        write_output(ds, args.output, quiet=args.quiet)
     return 0
 
 

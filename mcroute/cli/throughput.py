@@ -18,7 +18,6 @@ from mcroute.cli.common import (
     check_input_path,
     check_output_path,
     deployment_flags,
-    format_table,
     is_tty,
     kernels_line,
     parse_int,
@@ -29,6 +28,7 @@ from mcroute.cli.common import (
     refuse_renamed,
     write_output,
 )
+from mcroute.cli.output import Column, Est, Printer, add_output_flags, fmt_tokens
 
 
 def register(sub) -> None:
@@ -83,6 +83,7 @@ def register(sub) -> None:
     p.add_argument("-s", "--seed", default=None, help="seed (default: fresh entropy, printed)")
     p.add_argument("-o", "--output", default=None,
                    help="write results to FILE.nc, .csv or .json")
+    add_output_flags(p)
     refuse_renamed(p, "--gpus", "--batch", "--trials", "--attention")
     p.set_defaults(func=run)
 
@@ -125,9 +126,12 @@ def run(args) -> int:
                            progress=progress if show else None, **policy)
     if show:
         print("\r" + " " * 20 + "\r", end="", file=sys.stderr, flush=True)
-    _print(ds, dep, routing, trials, ci_prob, batch == "max" and "batch_per_gpu" not in policy)
+    out = Printer(args)
+    _print(out, ds, dep, routing, trials, ci_prob,
+           batch == "max" and "batch_per_gpu" not in policy)
+    out.close()
     if args.output:
-        write_output(ds, args.output)
+        write_output(ds, args.output, quiet=args.quiet)
     return 0
 
 
@@ -144,66 +148,83 @@ def _deployment(args, model, hardware, gpus, options):
     )
 
 
-def _g(x: float) -> str:
-    """4 significant digits, thousands separated above 1000."""
-    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.4g}"
+#: The printed table: step time with its p5-p95 band, throughput with the interval of its mean,
+#: the roofline bound of the same steps; bound, tok/s/GPU and bytes are hidden first to fit.
+_COLUMNS = [
+    Column("context", "context", "tokens"),
+    Column("batch_size", "batch", "int"),
+    Column("step_time_ms", "step [ms]"),
+    Column("throughput", "tok/s [CI]", "rate"),
+    Column("throughput_bound", "bound", "rate", drop=2),
+    Column("accepted_tokens", "acc/step", "ratio"),
+    Column("throughput_per_gpu", "tok/s/GPU", "rate", drop=3),
+    Column("gb_per_step", "GB/step W+KV", "text", drop=1, machine=False),
+    Column("weight_gb_per_step", "weight GB/step", shown=False),
+    Column("kv_gb_per_step", "KV GB/step", shown=False),
+    Column("limit", "limit", "text"),
+    Column("feasible", "feasible", "text", shown=False),  # True or False
+    Column("reason", "reason", "text", shown=False),
+]
 
 
-def _print(ds, dep, routing, trials, ci_prob, b_max_mode) -> None:
-    what = repr(routing) if routing is not None else "dense model (no routing)"
-    print(f"{dep.model.name} on {dep.n_gpus} x {dep.hardware.name}, weights "
-          f"{dep.weight_dtype}, KV {dep.kv_dtype}; {what}; {trials} trials, seed "
-          f"{ds.attrs['seed']}")
-    print(kernels_line(ds, ci_prob))
-    print(f"weights {dep.weight_bytes_per_gpu / 1e9:.4g} GB on the fullest GPU of "
-          f"{dep.usable_bytes_per_gpu / 1e9:.4g} GB usable"
-          + (f"; target TPOT {float(ds.attrs['tpot']) * 1e3:.4g} ms" if "tpot" in ds.attrs
-             else ""))
-    print("step: mean (p5-p95 of single steps); tok/s: mean [CI of the mean]; bound: roofline "
-          "tok/s\nof the same sampled steps (an upper bound); limit: the larger roofline term")
-    mtp = int(getattr(dep, "mtp_depth", 0) or 0)
-    header = ["context", "batch", "step [ms]", "tok/s [CI]", "bound", "tok/s/GPU",
-              "GB/step W+KV", "limit"]
+def _row(sel, c, mtp: bool) -> dict:
+    """One table row (a dict keyed by column) of the point ``sel``."""
+    batch = int(sel["batch_size"])
+    row = {"context": int(c), "batch_size": batch or None, "feasible": True}
+    if not bool(sel["feasible"]):
+        row.update(step_time_ms="infeasible", feasible=False, reason=str(sel["reason"].values))
+        return row
+    step = sel["step_time_q"].values * 1e3
+    lo, hi = (float(x) for x in sel["throughput_ci"].values)
+    w_gb = float(sel["weight_bytes_per_step_mean"]) / 1e9
+    kv_gb = float(sel["kv_bytes_per_step"]) / 1e9
+    row.update(
+        step_time_ms=Est(float(sel["step_time_mean"]) * 1e3, p5=float(step[0]),
+                         p95=float(step[-1])),
+        throughput=Est(float(sel["throughput_mean"]), lo, hi),
+        throughput_bound=float(sel["throughput_bound_mean"]),
+        throughput_per_gpu=float(sel["throughput_per_gpu_mean"]),
+        gb_per_step=f"{w_gb:.4g}+{kv_gb:.3g}", weight_gb_per_step=w_gb,
+        kv_gb_per_step=kv_gb, limit=str(sel["bound"].values),
+    )
     if mtp:
-        header.insert(5, "acc/step")
+        row["accepted_tokens"] = float(sel["accepted_tokens_mean"])
+    return row
+
+
+def _print(out, ds, dep, routing, trials, ci_prob, b_max_mode) -> None:
+    what = repr(routing) if routing is not None else "dense model (no routing)"
+    out.line(f"{dep.model.name} on {dep.n_gpus} x {dep.hardware.name}, weights "
+             f"{dep.weight_dtype}, KV {dep.kv_dtype}; {what}; {trials} trials, seed "
+             f"{ds.attrs['seed']}")
+    out.line(kernels_line(ds, ci_prob))
+    out.line(f"weights {dep.weight_bytes_per_gpu / 1e9:.4g} GB on the fullest GPU of "
+             f"{dep.usable_bytes_per_gpu / 1e9:.4g} GB usable"
+             + (f"; target TPOT {float(ds.attrs['tpot']) * 1e3:.4g} ms" if "tpot" in ds.attrs
+                else ""))
+    out.line("step: mean (p5-p95 of single steps); tok/s: mean [CI of the mean]; bound: "
+             "roofline tok/s\nof the same sampled steps (an upper bound); limit: the larger "
+             "roofline term")
+    mtp = bool(int(getattr(dep, "mtp_depth", 0) or 0))
     flat = ds
     for dim in ("context", "batch_size"):
-        if dim in flat.dims:
-            continue
-        if dim in flat.coords:
+        if dim not in flat.dims and dim in flat.coords:
             flat = flat.expand_dims(dim)
     if b_max_mode:
         points = [(c, None) for c in flat["context"].values]
     else:
         points = [(c, b) for c in flat["context"].values for b in flat["batch_size"].values]
-    rows, notes = [], []
+    rows = []
     for c, b in points:
         sel = flat.sel(context=c) if b is None else flat.sel(context=c, batch_size=b)
-        batch = int(sel["batch_size"])
-        if not bool(sel["feasible"]):
-            rows.append([int(c), batch or "—", "infeasible"] + ["—"] * (len(header) - 3))
-            where = f"context {int(c)}" + (f", batch {batch}" if batch else "")
-            notes.append(f"{where}: {str(sel['reason'].values)}")
-            continue
-        step = sel["step_time_q"].values * 1e3
-        lo, hi = (float(x) for x in sel["throughput_ci"].values)
-        row = [
-            int(c), batch,
-            f"{_g(float(sel['step_time_mean']) * 1e3)} ({_g(step[0])}-{_g(step[-1])})",
-            f"{_g(float(sel['throughput_mean']))} [{_g(lo)}, {_g(hi)}]",
-            _g(float(sel["throughput_bound_mean"])),
-            _g(float(sel["throughput_per_gpu_mean"])),
-            f"{float(sel['weight_bytes_per_step_mean']) / 1e9:.4g}+"
-            f"{float(sel['kv_bytes_per_step']) / 1e9:.3g}",
-            str(sel["bound"].values),
-        ]
-        if mtp:
-            row.insert(5, f"{float(sel['accepted_tokens_mean']):.3g}")
-        rows.append(row)
-    print(format_table(header, rows))
-    for n in notes:
-        print(f"infeasible: {n}")
+        rows.append(_row(sel, c, mtp))
+    out.table([col for col in _COLUMNS if mtp or col.key != "accepted_tokens"], rows)
+    for r in rows:
+        if not r["feasible"]:
+            where = f"context {fmt_tokens(r['context'])}" + (
+                f", batch {r['batch_size']}" if r["batch_size"] else "")
+            out.line(f"infeasible: {where}: {r['reason']}")
     for c, flag in zip(flat["context"].values, flat["exceeds_max_context"].values, strict=True):
         if flag:
-            print(f"note: context {int(c)} exceeds the model's max_context "
-                  f"{dep.model.max_context}")
+            out.line(f"note: context {fmt_tokens(c)} exceeds the model's max_context "
+                     f"{fmt_tokens(dep.model.max_context)}")

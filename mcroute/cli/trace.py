@@ -5,6 +5,7 @@ May import: every floor below (front end); ``mcroute.cli.common``.
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import numpy as np
@@ -16,17 +17,22 @@ from mcroute._traces.trace import PopularityTrace
 from mcroute.cli.common import (
     check_input_path,
     check_output_path,
-    format_table,
     parse_int,
     refuse_renamed,
     write_output,
 )
+from mcroute.cli.output import Column, Est, Printer, add_output_flags
+
+#: ``--format NAME`` with a trace format NAME: the hint (``--format`` is the printed format).
+_FORMAT_HINTS = {f: f"--format is how results are printed (table, csv or json); give the trace "
+                 f"file's format as --input-format {f}" for f in FORMATS}
 
 
-def _load_args(p) -> None:
+def _load_args(p, table: bool = True) -> None:
     p.add_argument("path", nargs="+", help="trace file(s) or folder")
-    p.add_argument("--format", default=None, choices=list(FORMATS),
-                   help="input format (default: guessed from the content)")
+    p.add_argument("--input-format", default=None, choices=list(FORMATS),
+                   help="the trace file's format (default: guessed from the content; the "
+                   "format= keyword of mcroute.load_trace)")
     p.add_argument("-E", "--n-experts", default=None, metavar="E",
                    help="routed experts per layer (checks ids)")
     p.add_argument("--model", default=None, help="model name; selects a histogram in a CSV")
@@ -36,6 +42,7 @@ def _load_args(p) -> None:
     p.add_argument("--missing-layers", default="error", choices=["error", "drop"],
                    help="tokens lacking some layers: fail (default) or drop them")
     p.add_argument("--max-records", default=None, help="read at most this many records per file")
+    add_output_flags(p, table=table, other_formats=_FORMAT_HINTS)
     refuse_renamed(p, "--experts")
 
 
@@ -55,7 +62,7 @@ def _load(args):
     mr_ = None if args.max_records is None else parse_int(args.max_records, "--max-records", 1)
     for p in args.path:
         check_input_path("trace path", p)
-    fmt = args.format
+    fmt = args.input_format
     if fmt == "array" and len(args.path) == 1 and _is_zip(args.path[0]):
         # "array" covers a .npz holding one [tokens, layers, k] array, which the npz reader
         # handles (it also recognises a canonical trace).
@@ -74,9 +81,9 @@ def _load(args):
     return trace
 
 
-def _print_notes(trace) -> None:
+def _print_notes(trace, quiet: bool = False) -> None:
     """The loader's notes, printed once the command has succeeded (a failure stays one line)."""
-    for note in trace.notes:
+    for note in ([] if quiet else trace.notes):
         print(f"note: {note}", file=sys.stderr)
 
 
@@ -96,6 +103,11 @@ def _check_experts(trace, e: int) -> None:
                            f"{trace.n_experts}")
 
 
+def _convert_format(text: str) -> str:
+    raise argparse.ArgumentTypeError("convert prints no table; give the trace file's format as "
+                                     f"--input-format {text}")
+
+
 def register(sub) -> None:
     """Add the ``trace`` subcommand with its actions."""
     p = sub.add_parser("trace", help="read, convert, inspect and fit real router logs",
@@ -104,7 +116,9 @@ def register(sub) -> None:
                        "popularity and overdispersion, and check models against real batches.")
     act = p.add_subparsers(dest="action", metavar="ACTION", parser_class=type(p))
     c = act.add_parser("convert", help="write a trace in the canonical .npz format")
-    _load_args(c)
+    _load_args(c, table=False)
+    c.add_argument("--format", type=_convert_format, default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)  # refused with a hint: convert prints no table
     c.add_argument("--output", "-o", required=True, help="output FILE.npz")
     c.set_defaults(func=run_convert)
     i = act.add_parser("inspect", help="per-layer skew, entropy, Gini and correlations")
@@ -154,8 +168,9 @@ def run_convert(args) -> int:
         raise McrouteError("histograms have no per-token data; only per-token traces convert "
                            "to the canonical .npz")
     out = save_trace(trace, args.output)
-    _print_notes(trace)
-    print(f"wrote {out}: {trace!r}", file=sys.stderr)
+    _print_notes(trace, args.quiet)
+    if not args.quiet:
+        print(f"wrote {out}: {trace!r}", file=sys.stderr)
     return 0
 
 
@@ -167,24 +182,29 @@ def run_inspect(args) -> int:
     """Run ``mcroute trace inspect``."""
     trace = _load(args)
     ds = inspect_trace(trace)
-    _print_notes(trace)
-    print(f"{trace!r}  (E={trace.n_experts}, k={trace.top_k}; "
-          f"uniform share {1 / trace.n_experts:.3g})")
-    header = ["layer", "tokens", "hottest share", "entropy [nat]", "eff. experts", "Gini",
-              "corr next layer", "step overlap", "(chance)"]
+    _print_notes(trace, args.quiet)
+    out = Printer(args)
+    out.line(f"{trace!r}  (E={trace.n_experts}, k={trace.top_k}; "
+             f"uniform share {1 / trace.n_experts:.3g})")
+    columns = [Column("layer", "layer", "int"), Column("n_tokens", "tokens", "int"),
+               Column("hottest_share", "hottest share", "ratio"),
+               Column("entropy", "entropy [nat]", "ratio"),
+               Column("effective_experts", "eff. experts", "ratio"),
+               Column("gini", "Gini", "ratio"),
+               Column("layer_correlation", "corr next layer", "ratio"),
+               Column("step_overlap", "step overlap", "ratio"),
+               Column("step_overlap_chance", "(chance)", "ratio")]
     rows = []
     for i, layer in enumerate(ds["layer"].values):
-        row = ds.isel(layer=i)
-        rows.append([int(layer), int(row["n_tokens"]), _f(float(row["hottest_share"])),
-                     _f(float(row["entropy"])), _f(float(row["effective_experts"])),
-                     _f(float(row["gini"])), _f(float(row["layer_correlation"])),
-                     _f(float(row["step_overlap"])), _f(float(row["step_overlap_chance"]))])
-    print(format_table(header, rows))
-    print("corr next layer: bias-corrected Cramér's V of the first choice with the next trace "
-          "layer; step overlap: share of k experts repeated from the same sequence's previous "
-          "step (chance: for independent tokens)")
+        row = {c.key: float(ds[c.key].values[i]) for c in columns[2:]}
+        rows.append(row | {"layer": int(layer), "n_tokens": int(ds["n_tokens"].values[i])})
+    out.table(columns, rows)
+    out.line("corr next layer: bias-corrected Cramér's V of the first choice with the next trace "
+             "layer; step overlap: share of k experts repeated from the same sequence's previous "
+             "step (chance: for independent tokens)")
+    out.close()
     if args.output:
-        write_output(ds, args.output)
+        write_output(ds, args.output, quiet=args.quiet)
     return 0
 
 
@@ -197,36 +217,39 @@ def run_fit(args) -> int:
     if args.decode_only and not isinstance(trace, PopularityTrace):
         trace = trace.decode_only()
     ds = fit_routing(trace, n_boot=boot, ci_prob=ci_prob, rng=seed)
-    _print_notes(trace)
-    print(f"{trace!r}, {boot} bootstrap replicates, seed {ds.attrs['seed']}")
-    print(f"estimate [{ci_prob:.0%} interval]; gof = bootstrap p-value of the deviance")
-    header = ["layer", "tokens", "zipf alpha", "gof", "lognormal sigma", "gof", "better",
-              "dloglik"]
+    _print_notes(trace, args.quiet)
+    out = Printer(args)
+    out.line(f"{trace!r}, {boot} bootstrap replicates, seed {ds.attrs['seed']}")
+    out.line(f"estimate [{ci_prob:.0%} interval]; gof = bootstrap p-value of the deviance")
+    columns = [Column("layer", "layer", "int"), Column("n_tokens", "tokens", "int"),
+               Column("alpha", "zipf alpha"), Column("gof_zipf", "gof", "ratio"),
+               Column("sigma", "lognormal sigma"), Column("gof_lognormal", "gof", "ratio"),
+               Column("better_family", "better", "text"),
+               Column("delta_loglik", "dloglik", drop=1)]
     if "rho" in ds:
-        header.append("overdispersion rho")
+        columns.append(Column("rho", "overdispersion rho"))
     rows = []
     for i, layer in enumerate(ds["layer"].values):
         r = ds.isel(layer=i)
-        a, (alo, ahi) = float(r["alpha"]), r["alpha_ci"].values
-        s, (slo, shi) = float(r["sigma"]), r["sigma_ci"].values
-        row = [int(layer), int(r["n_tokens"]), f"{a:.3f} [{alo:.3f}, {ahi:.3f}]",
-               _f(float(r["gof_pvalue"].sel(family="zipf")), ".3f"),
-               f"{s:.3f} [{slo:.3f}, {shi:.3f}]",
-               _f(float(r["gof_pvalue"].sel(family="lognormal")), ".3f"),
-               str(r["better_family"].values), _f(float(r["delta_loglik"]), ".1f")]
-        if "rho" in ds:
-            lo, hi = r["rho_ci"].values
-            row.append(f"{float(r['rho']):.4f} [{lo:.4f}, {hi:.4f}]")
+        row = {"layer": int(layer), "n_tokens": int(r["n_tokens"]),
+               "better_family": str(r["better_family"].values),
+               "delta_loglik": float(r["delta_loglik"])}
+        for name in ("alpha", "sigma") + (("rho",) if "rho" in ds else ()):
+            lo, hi = (float(x) for x in r[f"{name}_ci"].values)
+            row[name] = Est(float(r[name]), lo, hi)
+        for fam in ("zipf", "lognormal"):
+            row[f"gof_{fam}"] = float(r["gof_pvalue"].sel(family=fam))
         rows.append(row)
-    print(format_table(header, rows))
+    out.table(columns, rows)
     if "rho_pooled" in ds:
         lo, hi = ds["rho_pooled_ci"].values
-        print(f"overdispersion pooled over layers: rho = {float(ds['rho_pooled']):.4f} "
-              f"[{lo:.4f}, {hi:.4f}]  ({ds.attrs['overdispersion']})")
+        out.line(f"overdispersion pooled over layers: rho = {float(ds['rho_pooled']):.4f} "
+                 f"[{lo:.4f}, {hi:.4f}]  ({ds.attrs['overdispersion']})")
     else:
-        print(ds.attrs["overdispersion"])
+        out.line(ds.attrs["overdispersion"])
+    out.close()
     if args.output:
-        write_output(ds, args.output)
+        write_output(ds, args.output, quiet=args.quiet)
     return 0
 
 
@@ -234,28 +257,29 @@ def _pct(x) -> str:
     return "n/a" if x is None or np.isnan(float(x)) else f"{float(x):+.1%}"
 
 
-def _print_holdout(attrs, ci_prob) -> None:
+def _print_holdout(out, attrs, ci_prob) -> None:
     """The held-out errors of :func:`real_batch_check` (its attrs), with intervals."""
     routing = attrs.get("holdout_routing", "correlated")
     warm = int(attrs.get("holdout_warmup_steps", 0))
     sigma = float(attrs.get("holdout_sigma", np.nan))
     s_lo = float(attrs.get("holdout_sigma_ci_lower", np.nan))
     s_hi = float(attrs.get("holdout_sigma_ci_upper", np.nan))
-    print(f"held out ({attrs.get('holdout', 'second-half')}): fitted on the first "
-          f"{int(attrs.get('holdout_fit_steps', 0))} decode steps, predicting the "
-          f"{int(attrs.get('holdout_steps', 0))} steps after them; warm-up steps left out of "
-          f"the sigma fit: {warm}")
-    print(f"fitted sigma (correlated) = {_f(sigma, '.3f')} [{_f(s_lo, '.3f')}, "
-          f"{_f(s_hi, '.3f')}]; reported model: {routing}")
-    print(f"held-out error, predicted / observed - 1 [{ci_prob:.0%} interval] (Monte Carlo SE):")
+    out.line(f"held out ({attrs.get('holdout', 'second-half')}): fitted on the first "
+             f"{int(attrs.get('holdout_fit_steps', 0))} decode steps, predicting the "
+             f"{int(attrs.get('holdout_steps', 0))} steps after them; warm-up steps left out of "
+             f"the sigma fit: {warm}")
+    out.line(f"fitted sigma (correlated) = {_f(sigma, '.3f')} [{_f(s_lo, '.3f')}, "
+             f"{_f(s_hi, '.3f')}]; reported model: {routing}")
+    out.line(f"held-out error, predicted / observed - 1 [{ci_prob:.0%} interval] (Monte Carlo "
+             "SE):")
     for key, label in (("active_experts", "distinct experts"),
                        ("max_expert_load", "busiest expert load")):
         name = f"holdout_{key}_error"
         se = attrs.get(f"{name}_mc_se", np.nan)
-        print(f"  {label:<20} {_pct(attrs.get(name, np.nan))} "
-              f"[{_pct(attrs.get(name + '_ci_lower', np.nan))}, "
-              f"{_pct(attrs.get(name + '_ci_upper', np.nan))}]  "
-              f"({'n/a' if np.isnan(float(se)) else f'{float(se):.1%}'})")
+        out.line(f"  {label:<20} {_pct(attrs.get(name, np.nan))} "
+                 f"[{_pct(attrs.get(name + '_ci_lower', np.nan))}, "
+                 f"{_pct(attrs.get(name + '_ci_upper', np.nan))}]  "
+                 f"({'n/a' if np.isnan(float(se)) else f'{float(se):.1%}'})")
 
 
 def run_check(args) -> int:
@@ -272,31 +296,36 @@ def run_check(args) -> int:
     if isinstance(trace, PopularityTrace):
         raise McrouteError("the real-batch check needs a per-token trace with microbatch ids")
     ds = real_batch_check(trace, n_trials=trials, ci_prob=ci_prob, rng=seed, **holdout_kw)
-    _print_notes(trace)
+    _print_notes(trace, args.quiet)
     sizes = ds["batch_size"].values
-    print(f"{trace!r}: {sizes.size} real decode steps of {sizes.min()}-{sizes.max()} tokens, "
-          f"{trials} simulated microbatches per size, seed {ds.attrs['seed']}")
-    print(f"observed (mean over steps and layers): distinct experts "
-          f"{float(ds['observed_active_experts_mean'].mean()):.2f}, busiest expert "
-          f"{float(ds['observed_max_expert_load_mean'].mean()):.2f} tokens")
-    print(f"predicted / observed - 1, pooled over layers [{ci_prob:.0%} interval]:")
+    out = Printer(args)
+    out.line(f"{trace!r}: {sizes.size} real decode steps of {sizes.min()}-{sizes.max()} tokens, "
+             f"{trials} simulated microbatches per size, seed {ds.attrs['seed']}")
+    out.line(f"observed (mean over steps and layers): distinct experts "
+             f"{float(ds['observed_active_experts_mean'].mean()):.2f}, busiest expert "
+             f"{float(ds['observed_max_expert_load_mean'].mean()):.2f} tokens")
+    out.line(f"predicted / observed - 1, pooled over layers [{ci_prob:.0%} interval]:")
+    columns = [Column("routing", "routing", "text"),
+               Column("active_experts_rel_error", "distinct experts", "pct"),
+               Column("max_expert_load_rel_error", "busiest expert load", "pct")]
     rows = []
     for r in ds["routing"].values:
-        row = [str(r)]
+        row = {"routing": str(r)}
         for s in ("active_experts", "max_expert_load"):
-            v = float(ds[f"{s}_rel_error_all"].sel(routing=r))
-            lo, hi = ds[f"{s}_rel_error_all_ci"].sel(routing=r).values
-            row.append(f"{v:+.1%} [{lo:+.1%}, {hi:+.1%}]")
+            lo, hi = (float(x) for x in ds[f"{s}_rel_error_all_ci"].sel(routing=r).values)
+            row[f"{s}_rel_error"] = Est(float(ds[f"{s}_rel_error_all"].sel(routing=r)), lo, hi)
         rows.append(row)
-    print(format_table(["routing", "distinct experts", "busiest expert load"], rows))
+    out.table(columns, rows)
     lo, hi = ds["rho_matching_active_experts_ci"].values
     gap = float(ds["gap_closed"])
-    print(f"overdispersed uses the fitted rho = {float(ds['rho']):.4f}; the rho that reproduces "
-          f"the observed distinct experts is {float(ds['rho_matching_active_experts']):.4f} "
-          f"[{lo:.4f}, {hi:.4f}]; share of the token-mode error removed: "
-          f"{'n/a (token mode has no error to remove)' if np.isnan(gap) else f'{gap:.0%}'}")
+    out.line(f"overdispersed uses the fitted rho = {float(ds['rho']):.4f}; the rho that "
+             f"reproduces the observed distinct experts is "
+             f"{float(ds['rho_matching_active_experts']):.4f} [{lo:.4f}, {hi:.4f}]; share of the "
+             "token-mode error removed: "
+             f"{'n/a (token mode has no error to remove)' if np.isnan(gap) else f'{gap:.0%}'}")
     if args.holdout is not None:
-        _print_holdout(ds.attrs, ci_prob)
+        _print_holdout(out, ds.attrs, ci_prob)
+    out.close()
     if args.output:
-        write_output(ds, args.output)
+        write_output(ds, args.output, quiet=args.quiet)
     return 0
