@@ -131,3 +131,21 @@ def test_option_helpers_on_a_small_dataclass():
     assert Option("x", "acceptance").check("beta:2,3") == "beta:2,3"  # parsed by its owner
     with pytest.raises(TypeError):
         option(1)
+
+
+def test_weight_dtype_defaults_to_the_cards_release_dtype():
+    ds3 = mr.load_model("deepseek-v3")
+    assert ds3.release_dtype == "fp8"  # the card's key, from the released checkpoint
+    dep = Deployment("deepseek-v3", "h200", 8)
+    assert dep.weight_dtype == "fp8" and dep.describe()["weight_dtype"] == "fp8"
+    assert dep.weight_bytes == Deployment("deepseek-v3", "h200", 8, weight_dtype="fp8").weight_bytes
+    # an explicit dtype wins, and a bf16 card stays bf16
+    assert Deployment("deepseek-v3", "h200", 16, weight_dtype="bf16").weight_dtype == "bf16"
+    assert Deployment("llama-3.1-70b", "h200", 4).weight_dtype == "bf16"
+    # a spec built by hand carries its own release dtype
+    spec = dataclasses.replace(mr.load_model("llama-3.1-70b"), release_dtype="fp8")
+    assert Deployment(spec, "h200", 4).weight_dtype == "fp8"
+    # replace() resolves a default again for the new model, and keeps a given dtype
+    assert dep.replace(model="llama-3.1-70b").weight_dtype == "bf16"
+    given = Deployment("deepseek-v3", "h200", 8, weight_dtype="fp8")
+    assert given.replace(model="llama-3.1-70b").weight_dtype == "fp8"

@@ -103,8 +103,11 @@ class Deployment(ResolveMixin, MemoryMixin, StepMixin):
         The GPU card (or its name / path, loaded with ``mcroute.load_hardware``); all GPUs alike.
     n_gpus : int
         GPUs serving one model replica, >= 1.
-    weight_dtype : str
-        Storage type of all weights (``"bf16"``, ``"fp8"``, ``"fp4"``, ...), default ``"bf16"``.
+    weight_dtype : str, optional
+        Storage type of all weights (``"bf16"``, ``"fp8"``, ``"fp4"``, ...). Default (None): the
+        dtype the model card says the weights were released in (``ModelSpec.release_dtype``,
+        e.g. ``"fp8"`` for DeepSeek-V3, ``"bf16"`` for most cards and for specs without it);
+        the resolved value is stored in ``weight_dtype`` and shown by :meth:`describe`.
     kv_dtype : str
         Storage type of the KV cache, default ``"bf16"``.
     compute_dtype : str, optional
@@ -226,8 +229,10 @@ class Deployment(ResolveMixin, MemoryMixin, StepMixin):
                               short="-H", metavar="NAME|PATH")
     n_gpus: int = option(type="int", units="GPUs", doc="GPUs serving one model replica",
                          minimum=1, maximum=MAX_GPUS, short="-g", metavar="N")
-    weight_dtype: str = option(
-        "bf16", type="dtype", metavar="DTYPE", doc="weight storage dtype")
+    weight_dtype: str | None = option(
+        None, type="dtype", metavar="DTYPE",
+        doc="weight storage dtype (default: the dtype the model card's weights were released "
+            "in, e.g. fp8 for DeepSeek-V3)")
     kv_dtype: str = option("bf16", type="dtype", metavar="DTYPE", doc="KV cache dtype")
     compute_dtype: str | None = option(
         None, type="dtype", metavar="DTYPE",
@@ -381,6 +386,8 @@ class Deployment(ResolveMixin, MemoryMixin, StepMixin):
     def replace(self, **changes) -> Deployment:
         """Return a copy with fields changed (defaults left as None are resolved again)."""
         check_deployment_options(changes)
+        if "weight_dtype" not in changes and self._weight_dtype_given is None:
+            changes["weight_dtype"] = None  # the variant's model decides again
         return dataclasses.replace(self, **changes)
 
     @property

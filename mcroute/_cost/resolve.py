@@ -95,6 +95,7 @@ class ResolveMixin:
     def _resolve_dtypes(self, put, cal: bool) -> None:
         """Known dtypes; activation, compute and attention dtypes resolved."""
         wd = self.weight_dtype
+        put("_weight_dtype_given", wd)
         if wd is None:  # the dtype the model's weights were released in
             wd = getattr(self.model, "release_dtype", None) or "bf16"
             put("weight_dtype", wd)
