@@ -101,7 +101,6 @@ PENDING = {
     'test_module_length[_cost/fit_kernels.py]',
     'test_module_length[_labeled/qs.py]',
     'test_module_length[_labeled/trace_fit.py]',
-    'test_no_private_attribute_of_another_package[cli/plot.py]',
 }
 
 

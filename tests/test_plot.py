@@ -88,8 +88,13 @@ def _band_limits(coll, xvals):
 
 
 def _caption(ax):
-    texts = [t for t in ax.texts if "trials" in t.get_text()]
+    texts = [t for t in ax.texts if t.get_gid() == "caption"]
     return texts[0].get_text().replace("\n", " ") if texts else None
+
+
+def _data_lines(ax):
+    """The mean lines (not the reference line, error-bar caps or infeasible markers)."""
+    return [ln for ln in ax.get_lines() if ln.get_gid() is None]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,7 +112,7 @@ def test_bands_match_ci_and_quantiles(sim):
     q = sim["active_experts_q"].isel(layer=0)
     np.testing.assert_allclose(lo, q.sel(quantile=0.05).values, rtol=1e-12)
     np.testing.assert_allclose(hi, q.sel(quantile=0.95).values, rtol=1e-12)
-    (line,) = ax.get_lines()
+    (line,) = _data_lines(ax)
     np.testing.assert_array_equal(line.get_xdata(), x)
     np.testing.assert_allclose(line.get_ydata(), sim["active_experts_mean"].isel(layer=0))
     # the single-step band is wider than the CI of the mean where draws vary (B = 16 here)
@@ -137,8 +142,11 @@ def test_log_axes_auto(sim):
     assert ax.get_xscale() == "log"  # 1..1024 spans three decades
     assert ax.get_yscale() == "linear"  # 4..64 experts spans 1.2 decades
     assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "4", "16", "64", "256", "1k"]
+    # integers spanning a factor of 8 or more get a base-2 axis too (4..64 is 16x)
     ax = plot_band(sim.sel(batch_size=[4, 16, 64]), "active_experts", "batch_size")
-    assert ax.get_xscale() == "linear"  # 4..64 spans 1.2 decades
+    assert ax.get_xscale() == "log" and ax.xaxis.get_transform().base == 2
+    ax = plot_band(sim.sel(batch_size=[1, 4]), "active_experts", "batch_size")
+    assert ax.get_xscale() == "linear"  # a factor of 4
     ax = plot_band(sim, "active_experts", "batch_size", logx=False, logy=True)
     assert (ax.get_xscale(), ax.get_yscale()) == ("linear", "log")
 
@@ -151,8 +159,8 @@ def test_log_y_for_values_spanning_decades_and_not_for_signed_values():
         coords={"batch_size": ("batch_size", b, {"units": "tokens"})},
     )
     ax = plot_band(ds, "step_time", "batch_size")
-    assert (ax.get_xscale(), ax.get_yscale()) == ("linear", "log")
-    assert ax.get_ylabel() == "step_time [s]"
+    assert (ax.get_xscale(), ax.get_yscale()) == ("log", "log")  # x: integers 1..8
+    assert ax.get_ylabel() == "step time [s]"  # no long_name: the name in words
     ax = plot_band(ds, "delta", "batch_size")
     assert ax.get_yscale() == "linear"
     with pytest.raises(McrouteError, match="logy=True needs positive values"):
@@ -188,13 +196,13 @@ def test_per_trial_variable_without_summaries_is_summarised(sim):
 def test_hue_draws_one_line_and_band_pair_per_value(qs_like):
     ax = plot_band(qs_like, "penalty", "context", hue="model", hardware="a100")
     models = list(qs_like["model"].values)
-    assert len(ax.get_lines()) == len(models)
+    assert len(_data_lines(ax)) == len(models)
     assert [t.get_text() for t in ax.get_legend().get_texts()][:3] == models
-    assert ax.get_legend().get_title().get_text() == "MoE model"
+    assert ax.get_legend().get_title().get_text() == "model"  # plain, not the long_name
     labels = [t.get_text() for t in ax.get_legend().get_texts()][3:]
-    assert labels == ["90% CI of mean", "10–90% of single steps"]
+    assert labels == ["90% CI of mean", "10–90% of single steps", "penalty = 1 (parity)"]
     ctx = qs_like["context"].values
-    for line, m in zip(ax.get_lines(), models, strict=True):
+    for line, m in zip(_data_lines(ax), models, strict=True):
         ci = qs_like["penalty_ci"].sel(model=m, hardware="a100")
         coll = _collection(ax, f"ci:{m}")
         lo, hi = _band_limits(coll, ctx)
@@ -205,9 +213,10 @@ def test_hue_draws_one_line_and_band_pair_per_value(qs_like):
         # band in the colour of its line
         np.testing.assert_allclose(coll.get_facecolor()[0][:3],
                                    plt.matplotlib.colors.to_rgb(line.get_color()))
-    # context 1k..128k spans 2.1 decades
+    # context 1k..128k: log2, a tick at each value
     assert ax.get_xscale() == "log"
-    assert "hardware=a100" in _caption(ax)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1k", "4k", "16k", "64k", "128k"]
+    assert "hardware = a100" in _caption(ax)
 
 
 def test_unselected_dims_are_an_error_naming_them(qs_like):
@@ -237,40 +246,64 @@ def test_bad_arguments(qs_like, kwargs, message):
         plot_band(qs_like, **kwargs)
 
 
-def test_caption_lists_the_assumptions(sim):
+def test_caption_says_the_assumptions_in_words(sim):
     ax = plot_band(sim, "active_experts", "batch_size")
-    cap = _caption(ax)
-    assert cap.startswith("routing: zipf(alpha=1.2, layer_seed=0, E=64, permute=True, k=4)")
-    assert cap.endswith("50 trials; 95% CI; seed 11")
-    assert "created_at" not in cap and "mcroute_version" not in cap
+    assert _caption(ax) == ("Zipf routing (α = 1.2) over 64 experts, top-4; "
+                            "50 trials, 95% CI, seed 11")
     ax = plot_band(sim, "active_experts", "batch_size", caption=False)
     assert _caption(ax) is None
 
 
-def test_caption_text_shortens_specs():
+def test_caption_text_of_a_deployment():
+    ds = xr.Dataset(attrs={
+        "model": json.dumps({"name": "deepseek-v3", "n_layers": 61}),
+        "hardware": json.dumps({"name": "h200", "hbm_bytes": 1.5e11}),
+        "deployment": json.dumps({"n_gpus": 8, "weight_dtype": "fp8", "kernel_card": "hopper",
+                                  "attention_parallel": "data", "usable_bytes_per_gpu": 1e11}),
+        "routing": json.dumps({"kind": "group_limited", "n_groups": 8, "topk_groups": 4,
+                               "base": {"kind": "uniform", "n_experts": 256, "top_k": 8}}),
+        "q": json.dumps({"kind": "samples", "median": 0.844, "q05": 0.654, "q95": 1.08,
+                         "source": {"method": "fit"}}),
+        "kernels": "calibrated", "dense_style": "widen", "n_trials": 200, "ci_prob": 0.95,
+        "seed": 0})
+    assert caption_text(ds) == (
+        "deepseek-v3 on 8 × h200, fp8 weights, data-parallel attention, calibrated kernels; "
+        "group-limited uniform routing (4 of 8 groups); q ≈ 0.844 (90%: 0.654–1.08) from the "
+        "benchmark fit; dense twin: widen; 200 trials, 95% CI, seed 0")
+    # narrow: the least important phrases go first, the subject and the statistics stay
+    short = caption_text(ds, {"context": 131072}, width=60)
+    lines = short.split("\n")
+    assert len(lines) <= 2 and all(len(line) <= 60 for line in lines)
+    assert short.startswith("deepseek-v3 on 8 × h200")
+    assert short.replace("\n", " ").endswith("context = 128k; 200 trials, 95% CI, seed 0")
+    assert "dense twin" not in short
+    # the dims drawn are not repeated in the caption
+    assert "deepseek-v3" not in caption_text(ds, exclude=["model"])
+
+
+def test_caption_text_keeps_long_lists_out():
     ds = xr.Dataset(attrs={"routing": json.dumps({"kind": "popularity", "top_k": 2,
                                                   "weights": [0.1] * 300}),
                            "model": json.dumps({"name": "mixtral-8x7b", "n_layers": 32}),
                            "n_trials": 10})
-    assert caption_text(ds) == (
-        "model: mixtral-8x7b; routing: popularity(k=2, weights=[300 values]); 10 trials")
+    assert caption_text(ds) == "mixtral-8x7b; explicit-popularity routing; 10 trials"
     assert caption_text(ds, {"model": "olmoe"}) == (
-        "routing: popularity(k=2, weights=[300 values]); model=olmoe; 10 trials")
+        "explicit-popularity routing; model = olmoe; 10 trials")
 
 
 def test_draws_into_given_axes(sim):
     fig, axes = plt.subplots(1, 2)
     out = plot_band(sim, "active_experts", "batch_size", ax=axes[1])
-    assert out is axes[1] and len(axes[1].get_lines()) == 1 and not axes[0].get_lines()
+    assert out is axes[1] and len(_data_lines(axes[1])) == 1 and not axes[0].get_lines()
 
 
 def test_plot_dataset_defaults(sim, qs_like):
     ax = plot_dataset(sim)
-    assert ax.get_ylabel() == "distinct experts touched in the microbatch [experts]"
+    assert ax.get_ylabel() == "active experts [experts]"  # the long_name is over 40 characters
     assert ax.get_xscale() == "log"
     # penalty is preferred, the numeric dim is x and the one remaining scenario dim is the hue
     ax = plot_dataset(qs_like, hardware="h100")
-    assert ax.get_legend().get_title().get_text() == "MoE model"
+    assert ax.get_legend().get_title().get_text() == "model"
     assert ax.get_xlabel() == "context length [tokens]"
     with pytest.raises(McrouteError, match="no dim with more than one value"):
         plot_dataset(mr.simulate(mr.Uniform(8, 2), 4, n_trials=20, rng=3))
@@ -393,7 +426,7 @@ def test_infeasible_points_leave_gaps(qs_like):
     ax = plot_band(ds, "penalty", "context", hue="model", hardware="h100")
     verts = np.concatenate([p.vertices for p in _collection(ax, "ci:mixtral").get_paths()])
     assert set(np.unique(verts[:, 0])) == {1024.0, 4096.0, 16384.0}
-    assert np.isnan(ax.get_lines()[0].get_ydata()[3:]).all()
+    assert np.isnan(_data_lines(ax)[0].get_ydata()[3:]).all()
 
 
 def test_cli_sel_accepts_zero_for_integer_coords(tmp_path):
@@ -405,3 +438,178 @@ def test_cli_sel_accepts_zero_for_integer_coords(tmp_path):
     assert main(["plot", str(nc), "--var", "active_experts", "--x", "batch_size",
                  "--sel", "layer=0", "--output", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# what a reader needs (issue 12): log2 context axis, one-line labels that keep to their panel,
+# a caption of two lines in words, parity line, infeasible points, visible CI, legend outside
+
+
+@pytest.fixture(scope="module")
+def mix():
+    """Mixtral on one H200, two values of q: no room for a 512k cache (infeasible there)."""
+    return mr.qs_analysis("mixtral-8x7b", "h200", 1, [1.5, 3.0],
+                          ["4k", "8k", "16k", "32k", "64k", "128k", "512k"], n_trials=16, rng=0)
+
+
+@pytest.fixture(scope="module")
+def switch():
+    """Switch-C does not fit on 8 H200 at any context: every penalty is NaN."""
+    return mr.qs_analysis("switch-c-2048", "h200", 8, 5.0, ["4k", "32k", "128k"], n_trials=8,
+                          rng=0)
+
+
+def _drawn(ax):
+    ax.figure.canvas.draw()
+    return ax.figure.canvas.get_renderer()
+
+
+def test_context_axis_is_log2_with_k_ticks(mix):
+    ax = plot_band(mix, "penalty", "context", hue="q")
+    assert ax.get_xscale() == "log" and ax.xaxis.get_transform().base == 2
+    assert [t.get_text() for t in ax.get_xticklabels()] == [
+        "4k", "8k", "16k", "32k", "64k", "128k", "512k"]
+    assert ax.get_xlabel() == "context length L [tokens]"
+    # the ticks are evenly spaced on screen (doublings), not crowded at the left edge
+    _drawn(ax)
+    px = ax.transData.transform(np.c_[mix["context"].values[:6], np.ones(6)])[:, 0]
+    np.testing.assert_allclose(np.diff(px), np.diff(px)[0], rtol=1e-6)
+
+
+def test_plot_dataset_puts_context_on_x(mix):
+    ax = plot_dataset(mix)
+    assert ax.get_xlabel().startswith("context") and ax.get_legend().get_title().get_text() == "q"
+
+
+def test_labels_are_one_line_and_panels_do_not_overlap(mix):
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))  # no layout engine: plot_band adds one
+    for ax, q in zip(axes, [1.5, 3.0, 1.5], strict=True):
+        plot_band(mix, "penalty", "context", ax=ax, q=q)
+    assert fig.get_layout_engine() is not None
+    renderer = _drawn(axes[0])
+    for ax in axes:
+        assert "\n" not in ax.get_ylabel() and "\n" not in ax.get_xlabel()
+        assert ax.get_ylabel() == "penalty (dense / MoE throughput)"
+    boxes = [ax.get_tightbbox(renderer) for ax in axes]  # labels, legend and caption included
+    for left, right in zip(boxes, boxes[1:], strict=False):
+        assert left.x1 <= right.x0 + 0.5, (left, right)
+
+
+def test_caption_is_two_lines_of_words_within_its_axes(mix):
+    ax = plot_band(mix, "penalty", "context", hue="q")
+    cap = next(t for t in ax.texts if t.get_gid() == "caption")
+    text = cap.get_text()
+    assert 1 <= text.count("\n") + 1 <= 2
+    assert text.startswith("mixtral-8x7b on 1 × h200")
+    assert text.replace("\n", " ").endswith("16 trials, 95% CI, seed 0")
+    for raw in ("{", "}", '"', "kernel_card", "dense_twin_example", "n_gpus", "q = 1.5"):
+        assert raw not in text, raw
+    renderer = _drawn(ax)
+    box = cap.get_window_extent(renderer)
+    assert box.x1 <= ax.figure.bbox.x1 and box.y0 >= ax.figure.bbox.y0
+
+
+def test_reference_line_at_penalty_one(qs_like, sim):
+    ax = plot_band(qs_like, "penalty", "context", hue="model", hardware="h100")
+    refs = [ln for ln in ax.get_lines() if ln.get_gid() == "ref"]
+    assert len(refs) == 1 and list(refs[0].get_ydata()) == [1.0, 1.0]
+    assert refs[0].get_label() == "penalty = 1 (parity)"
+    lo, hi = ax.get_ylim()
+    assert lo < 1.0 < hi
+    # the reference is kept in view when every penalty is far above it
+    far = qs_like[["penalty"]].assign(penalty=qs_like["penalty"] + 5).assign_attrs(qs_like.attrs)
+    ax = plot_band(far, "penalty", "context", hue="model", hardware="h100")
+    assert ax.get_ylim()[0] < 1.0
+    assert not [ln for ln in plot_band(sim, "active_experts", "batch_size").get_lines()
+                if ln.get_gid() == "ref"]
+    ax = plot_band(qs_like, "penalty", "context", hue="model", hardware="h100", ref=None)
+    assert not [ln for ln in ax.get_lines() if ln.get_gid() == "ref"]
+    ax = plot_band(sim, "active_experts", "batch_size", ref=32)
+    (ref,) = [ln for ln in ax.get_lines() if ln.get_gid() == "ref"]
+    assert list(ref.get_ydata()) == [32.0, 32.0]
+    with pytest.raises(McrouteError, match="ref must be 'auto', a number or None"):
+        plot_band(sim, "active_experts", "batch_size", ref="yes")
+
+
+def test_infeasible_points_are_marked_and_labelled(mix):
+    ax = plot_band(mix, "penalty", "context", hue="q")
+    mean = mix["penalty_mean"]
+    for q in (1.5, 3.0):
+        bad = mix["context"].values[np.isnan(mean.sel(q=q).values)]
+        assert list(bad) == [524288]  # only the 512k point is infeasible
+        (mark,) = [ln for ln in ax.get_lines() if ln.get_gid() == f"infeasible:{q:g}"]
+        np.testing.assert_array_equal(mark.get_xdata(), bad)
+        assert mark.get_marker() == "x"
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "MoE and dense twin infeasible" in labels  # at q = 3 the twin does not fit either
+    assert not [t for t in ax.texts if t.get_gid() == "infeasible_note"]  # points are left
+
+
+def test_no_feasible_point_gets_a_note_with_the_reason(switch):
+    assert not bool(switch["moe_feasible"].any())
+    ax = plot_band(switch, "penalty", "context")
+    (mark,) = [ln for ln in ax.get_lines() if ln.get_gid() == "infeasible"]
+    np.testing.assert_array_equal(mark.get_xdata(), switch["context"].values)
+    (note,) = [t for t in ax.texts if t.get_gid() == "infeasible_note"]
+    reason = str(switch["moe_reason"].values[0])
+    assert "MoE infeasible" in note.get_text()
+    assert reason.split()[0] in note.get_text()
+    assert ax.get_ylim() == (0.0, 2.0)  # the parity line in the middle, not a lone dot
+    assert "MoE infeasible" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def _narrow_ds(noise):
+    """Means 1..100 over x, trials spread by ``noise``: a narrow or a wide CI of the mean."""
+    rng = np.random.default_rng(4)
+    x = np.array([1, 2, 4, 8, 16])
+    vals = np.linspace(1, 100, x.size)[:, None] + noise * rng.standard_normal((x.size, 400))
+    ds = xr.Dataset({"v": (("batch_size", "trial"), vals, {"units": "1"})},
+                    coords={"batch_size": x, "trial": np.arange(400)})
+    return summarize(ds, ["v"])
+
+
+def test_narrow_ci_gets_error_bars():
+    ds = _narrow_ds(0.5)  # CI half-width ~0.05 on an axis of ~100: invisible as a band alone
+    ax = plot_band(ds, "v", "batch_size", logx=False)
+    (bars,) = [c for c in ax.collections if c.get_gid() == "ci_bars"]
+    segs = bars.get_segments()
+    assert len(segs) == ds.sizes["batch_size"]
+    ci = ds["v_ci"]
+    for seg, lo, hi in zip(segs, ci.sel(ci_bound="lower").values, ci.sel(ci_bound="upper").values,
+                           strict=True):
+        np.testing.assert_allclose(sorted(seg[:, 1]), [lo, hi], rtol=1e-12)
+    assert [ln for ln in ax.get_lines() if ln.get_gid() == "ci_caps"]
+    # a wide band is seen as it is: no bars
+    ax = plot_band(_narrow_ds(300.0), "v", "batch_size", logx=False)
+    assert not [c for c in ax.collections if c.get_gid() == "ci_bars"]
+
+
+def test_legend_is_outside_the_axes(mix, qs_like):
+    for ax in (plot_band(mix, "penalty", "context", hue="q"),
+               plot_band(qs_like, "penalty", "context", hue="model", hardware="a100")):
+        renderer = _drawn(ax)
+        leg = ax.get_legend().get_window_extent(renderer)
+        box = ax.get_window_extent(renderer)
+        assert leg.x0 >= box.x1, (leg, box)
+        assert leg.x1 <= ax.figure.bbox.x1 + 0.5
+    ax = plot_band(mix, "penalty", "context", hue="q", legend=False)
+    assert ax.get_legend() is None
+
+
+def test_large_values_get_thousands_separators():
+    ds = xr.Dataset({"throughput": ("context", [20500.0, 11000.0, 800.0], {"units": "tokens/s"})},
+                    coords={"context": ("context", [4096, 16384, 65536], {"units": "tokens"})})
+    ax = plot_band(ds, "throughput", "context")
+    _drawn(ax)
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert "20,000" in labels or "15,000" in labels, labels
+
+
+def test_cli_ref_and_legend_flags(mix, tmp_path, capsys):
+    nc = mr.save_dataset(mix, tmp_path / "mix.nc")
+    assert main(["plot", str(nc), "--ref", "none", "--no-legend",
+                 "--output", str(tmp_path / "a.png")]) == 0
+    assert main(["plot", str(nc), "--ref", "2", "--output", str(tmp_path / "b.png")]) == 0
+    assert main(["plot", str(nc), "--ref", "high", "--output", str(tmp_path / "c.png")]) == 2
+    assert "--ref must be auto, none or a finite number" in capsys.readouterr().err
+    assert not (tmp_path / "c.png").exists()

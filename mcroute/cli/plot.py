@@ -1,7 +1,8 @@
 """``mcroute plot``: draw a results file (NetCDF) to PNG, PDF or SVG.
 
-May import: the labeled and array layers, ``plot``, ``_cli_common``. matplotlib is imported only
-when the command runs (through ``mcroute.plot``), so ``mcroute --help`` works without it.
+May import: the labeled and array layers, ``mcroute.plot``, ``mcroute.cli.common``. matplotlib
+is imported only when the command runs (through ``mcroute.plot``), so ``mcroute --help`` works
+without it.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ def register(sub) -> None:
         help="plot a results file (.nc) with its confidence and single-step bands",
         description="Draw a variable of a results file against a dim: the Monte Carlo mean as a "
         "line, the confidence interval of the mean as a dark band and the quantile band of "
-        "single steps as a light band, with the assumptions in a caption line. Needs the plot "
-        "extra: pip install 'mcroute[plot]'.",
+        "single steps as a light band, penalties against a dashed line at 1, infeasible points "
+        "as x, and the assumptions in a caption of at most two lines. Needs the plot extra: "
+        "pip install 'mcroute[plot]'.",
     )
     p.add_argument("results", metavar="RESULTS.nc", help="results written with --output FILE.nc")
     p.add_argument("--output", required=True, metavar="FIG",
@@ -43,7 +45,11 @@ def register(sub) -> None:
                    help="log y axis (default auto)")
     p.add_argument("--no-ci", action="store_true", help="leave out the confidence band")
     p.add_argument("--no-band", action="store_true", help="leave out the single-step band")
-    p.add_argument("--no-caption", action="store_true", help="leave out the caption line")
+    p.add_argument("--no-caption", action="store_true", help="leave out the caption")
+    p.add_argument("--no-legend", action="store_true", help="leave out the legend")
+    p.add_argument("--ref", default="auto", metavar="auto|none|Y",
+                   help="dashed reference line: auto (at 1 for penalties and other ratios), "
+                   "none, or a y value")
     p.set_defaults(func=run)
 
 
@@ -102,23 +108,37 @@ def _parse_sel(ds, items) -> dict:
     return sel
 
 
+def _parse_ref(text: str):
+    low = text.strip().lower()
+    if low in ("auto", "none"):
+        return None if low == "none" else "auto"
+    try:
+        value = float(low)
+    except ValueError:
+        value = float("nan")
+    if not np.isfinite(value):
+        raise McrouteError(f"--ref must be auto, none or a finite number, got {text!r}")
+    return value
+
+
 def run(args) -> int:
     """Run ``mcroute plot``."""
     out = Path(args.output)
     if out.suffix.lower() not in {".png", ".pdf", ".svg"}:
         raise McrouteError(f"--output must end in .png, .pdf or .svg, got {args.output!r}")
+    ref = _parse_ref(args.ref)
     from mcroute import plot
 
-    plot._matplotlib()  # fail early, before reading, when the plot extra is missing
+    plot.require_matplotlib()  # fail early, before reading, when the plot extra is missing
     ds = _read(args.results)
     sel = _parse_sel(ds, args.sel)
-    for key in ("ci", "band", "logx", "logy", "caption"):
+    for key in ("ci", "band", "logx", "logy", "caption", "ref", "legend"):
         if key in sel:
             raise McrouteError(f"--sel {key}=...: {key!r} is a plot option, not a dim")
     ax = plot.plot_dataset(
         ds, args.var, args.x, hue=args.hue, ci=not args.no_ci, band=not args.no_band,
         logx=_LOG_CHOICES[args.logx], logy=_LOG_CHOICES[args.logy],
-        caption=not args.no_caption, **sel,
+        caption=not args.no_caption, legend=not args.no_legend, ref=ref, **sel,
     )
     import matplotlib.pyplot as plt
 
