@@ -12,6 +12,7 @@ from mcroute._base.validate import McrouteError
 from mcroute._cards.cards import load_hardware
 from mcroute._cost import calibration as C
 from mcroute._cost import fit_kernels as FK
+from mcroute._cost import kernel_fits as KF
 
 
 def _kernel_data_or_skip():
@@ -57,13 +58,13 @@ def test_binomial_expectation_matches_sampled_loads(fits):
     ex = fits["expert"]
     c = ex["curves"]["vllm_qwen3_fp8_h100"]
     i = c["M"].index(64)
-    sh = dict(zip(FK._SHARED, (v for v, _ in ex["shared"].values()), strict=True))
+    sh = dict(zip(KF._SHARED, (v for v, _ in ex["shared"].values()), strict=True))
     pc = ex["per_curve"]["vllm_qwen3_fp8_h100"]
     par = dict(sh, moe_layer_floor_s=pc["floor"], moe_compute_eta=pc["eta_c"])
     counts = mr.sample_counts(mr.Uniform(128, 8), 64, 4000, rng=7)[:, 0, :]
     t = C.expert_gemm_time(counts, c["W"], c["f"], bw=c["bw"], peak_flops=c["P"], p=par,
                            act_bytes_per_token=c["a"])
-    exact = FK._curve_model(c, tuple(sh[k] for k in FK._SHARED), pc["floor"], pc["eta_c"])[i]
+    exact = KF._curve_model(c, tuple(sh[k] for k in KF._SHARED), pc["floor"], pc["eta_c"])[i]
     se = t.std(ddof=1) / math.sqrt(len(t))
     assert abs(t.mean() - exact) <= 4 * se + 1e-12 * exact
 

@@ -429,33 +429,16 @@ def _gemm(m, params, wb, F, BW, p, nt):
     return t[:, inv.ravel()]
 
 
-def _sub_batch(dep, L, n_seq, r, gl, p, nt):
-    """Work of one (micro-)batch of ``n_seq`` sequences on the busiest GPU.
-
-    Returns per-layer times ``(trial, layer)`` by operator, edge times ``(trial,)``, the
-    communication per MoE layer ``(trial, moe_layer)`` and the busiest group's tokens.
-    """
+def _attention_core(dep, L, n_seq, r, p, nt):
+    """Attention over the cache of one (micro-)batch, per layer ``(trial, layer)`` [s]."""
     n = dep.n_gpus
     layers = len(dep._layers)
-    T = n_seq * r
-    data = dep.attention_parallel == "data"
-    rep = dep._replicate_dense
-    F, Fa, BW = dep._F, dep._F_attn, dep._BW
-    wb = dep._wb
-    hidden = dep.model.hidden
-    seq_local = math.ceil(n_seq / n)          # sequences of one GPU under data parallelism
-    out = {}
-    # attention projections
-    if data:
-        out["attention_projections"] = _gemm(seq_local * r, dep._attn_params, wb, F, BW, p, nt)
-    else:
-        out["attention_projections"] = _gemm(T, dep._attn_params / n, wb, F, BW, p, nt)
-    # attention core over the cache
     pos = _attended(L, dep._window)
     enc = float(dep._encoder_context(L))
     kv_seq = dep._kv_token_bytes * pos + dep._cross_kv * enc * dep._kvb     # [B] per sequence
     fl_seq = dep._attn_flops * pos + dep._cross_flops * enc                 # per query token
-    if data:
+    if dep.attention_parallel == "data":
+        seq_local = math.ceil(n_seq / n)      # sequences of one GPU under data parallelism
         kv_gpu = seq_local * kv_seq
         fl_gpu = seq_local * r * fl_seq
     else:
@@ -467,9 +450,34 @@ def _sub_batch(dep, L, n_seq, r, gl, p, nt):
             mask = dep._attn_kind_mla if kind == "mla" else ~dep._attn_kind_mla
             if not mask.any():
                 continue
-            t = C.attention_time(kind, kv_gpu[None], fl_gpu[None], bw=BW, peak_flops=Fa, p=p)
+            t = C.attention_time(kind, kv_gpu[None], fl_gpu[None], bw=dep._BW,
+                                 peak_flops=dep._F_attn, p=p)
             att = att + np.where(mask[None], np.broadcast_to(t, (nt, layers)), 0.0)
-    out["attention_kv"] = att
+    return att
+
+
+def _sub_batch(dep, L, n_seq, r, gl, p, nt):
+    """Work of one (micro-)batch of ``n_seq`` sequences on the busiest GPU.
+
+    Returns per-layer times ``(trial, layer)`` by operator, edge times ``(trial,)``, the
+    communication per MoE layer ``(trial, moe_layer)`` and the busiest group's tokens.
+    """
+    n = dep.n_gpus
+    layers = len(dep._layers)
+    T = n_seq * r
+    data = dep.attention_parallel == "data"
+    rep = dep._replicate_dense
+    F, BW = dep._F, dep._BW
+    wb = dep._wb
+    hidden = dep.model.hidden
+    seq_local = math.ceil(n_seq / n)          # sequences of one GPU under data parallelism
+    out = {}
+    # attention projections
+    if data:
+        out["attention_projections"] = _gemm(seq_local * r, dep._attn_params, wb, F, BW, p, nt)
+    else:
+        out["attention_projections"] = _gemm(T, dep._attn_params / n, wb, F, BW, p, nt)
+    out["attention_kv"] = _attention_core(dep, L, n_seq, r, p, nt)
     # dense FFN, shared experts, router: replicated (data attention, engine layout) or sharded
     for op, prm in (("dense_ffn", dep._dense_params), ("shared_experts", dep._shared_params),
                     ("router", dep._router_params)):
