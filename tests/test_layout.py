@@ -98,7 +98,6 @@ PENDING = {
     'test_importlib_only_where_a_loader_is_needed',
     'test_imports_go_down_and_keep_private_names_inside[_labeled/qs.py]',
     'test_module_length[_labeled/qs.py]',
-    'test_module_length[_labeled/trace_fit.py]',
 }
 
 
