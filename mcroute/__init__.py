@@ -30,8 +30,9 @@ _LAZY = {
     "load_model": "mcroute._cards.cards",
     "Deployment": "mcroute._cost.deployment",
     "roofline_time": "mcroute._cost.deployment",
-    "dense_twin": "mcroute._labeled.qs",
+    "dense_twin": "mcroute._twin.twin",
     "min_gpus": "mcroute._labeled.qs",
+    "paper_cases": "mcroute._labeled.paper",
     "qs_analysis": "mcroute._labeled.qs",
     "EstimateQ": "mcroute._quality.quality",
     "QSpec": "mcroute._quality.quality",
@@ -85,7 +86,9 @@ if TYPE_CHECKING:  # static type checkers and IDEs see ordinary imports
     from mcroute._cost.deployment import Deployment, roofline_time
     from mcroute._labeled.export import save_dataset
     from mcroute._labeled.q_estimate import estimate_q
-    from mcroute._labeled.qs import dense_twin, min_gpus, qs_analysis
+    from mcroute._labeled.paper import paper_cases
+    from mcroute._labeled.qs import min_gpus, qs_analysis
+    from mcroute._twin.twin import dense_twin
     from mcroute._labeled.simulate import simulate
     from mcroute._labeled.throughput import decode_throughput
     from mcroute._labeled.trace_fit import (
@@ -165,6 +168,7 @@ __all__ = [
     "load_trace",
     "microbatch_stats",
     "min_gpus",
+    "paper_cases",
     "parse_q",
     "qs_analysis",
     "real_batch_check",

@@ -96,8 +96,6 @@ IDS = [str(p.relative_to(ROOT)) for p in MODULES]
 #: xfail turns into a failure, and the entry must be deleted here. This list only shrinks.
 PENDING = {
     'test_importlib_only_where_a_loader_is_needed',
-    'test_imports_go_down_and_keep_private_names_inside[_labeled/qs.py]',
-    'test_module_length[_labeled/qs.py]',
 }
 
 

@@ -47,6 +47,7 @@ PUBLIC = sorted(
         "load_trace",
         "microbatch_stats",
         "min_gpus",
+        "paper_cases",
         "parse_q",
         "qs_analysis",
         "real_batch_check",

@@ -162,7 +162,6 @@ def test_crossover_interpolation():
         (lambda: mr.qs_analysis("llama-3.1-70b", "h200", 8, 2.0, "8k"), "is dense"),
         (lambda: mr.qs_analysis(QWEN, "h200", 8, stats.norm(3, 1), "8k"), "q"),
         (lambda: mr.qs_analysis(QWEN, "h200", 8, [2.0, -1.0], "8k"), "q must be"),
-        (lambda: mr.qs_analysis(QWEN, "h200", 8, None, "8k"), "q is required"),
         (lambda: mr.qs_analysis(QWEN, "h200", 0, 2.0, "8k"), "n_gpus"),
         (lambda: mr.qs_analysis(QWEN, "h200", 8, 2.0, "8x"), "context"),
         (lambda: mr.qs_analysis(QWEN, "h200", 8, 2.0, "8k", dense_style="x"), "dense_style"),
@@ -229,3 +228,24 @@ def test_reuse_penalty_at_the_smaller_admissible_batch():
     # widen keeps the cache: the dense batch is larger, so the MoE's batch is used
     w = _qs(3.0)
     np.testing.assert_array_equal(w["reuse_batch_size"].values, w["moe_batch_size"].values)
+
+
+def test_q_defaults_to_the_estimate_as_the_cli_uses_it():
+    """q=None (the default) is the main job's q (default_q: benchmark fit, else scaling law)."""
+    from mcroute._labeled.paper import default_q
+
+    ds = mr.qs_analysis(QWEN, "h200", 8, context="8k", n_trials=4, n_q_samples=4, rng=0)
+    given = mr.qs_analysis(QWEN, "h200", 8, default_q(QWEN)[0], "8k", n_trials=4,
+                           n_q_samples=4, rng=0)
+    assert ds.attrs["q"] == given.attrs["q"]
+    assert float(ds["penalty_mean"]) == float(given["penalty_mean"])
+
+
+def test_paper_cases_are_the_main_job():
+    from mcroute._labeled.paper import PAPER_CASES, PAPER_CONTEXTS
+
+    cases = mr.paper_cases()
+    assert [c["model"] for c in cases] == [m for m, _ in PAPER_CASES]
+    assert all(c["hardware"] == "h200" and c["n_gpus"] == 8 for c in cases)
+    assert all(c["context"] == list(PAPER_CONTEXTS) for c in cases)
+    assert cases[0]["weight_dtype"] == "fp8" and cases[0]["attention_parallel"] == "data"

@@ -29,10 +29,12 @@ from mcroute._version import __version__
 #: Default quantile levels of the single-draw band ``<name>_q``.
 DEFAULT_QUANTILES = (0.05, 0.5, 0.95)
 
-__all__ = ["DEFAULT_QUANTILES", "summarize", "provenance", "strict_json", "json_safe"]
+__all__ = ["DEFAULT_QUANTILES", "summarize", "provenance", "strict_json", "json_safe",
+           "check_quantiles", "summary_variables", "summary_coords", "squeeze_variables",
+           "build_dataset", "summary_arrays"]
 
 
-def _summary_arrays(x: np.ndarray, ci_prob: float, quantiles: np.ndarray):
+def summary_arrays(x: np.ndarray, ci_prob: float, quantiles: np.ndarray):
     """Summaries over the last axis of ``x``, NaN-aware and warning-free."""
     valid = ~np.isnan(x)
     n = valid.sum(axis=-1)
@@ -60,6 +62,78 @@ def _summary_arrays(x: np.ndarray, ci_prob: float, quantiles: np.ndarray):
         if m > 0:
             flat_q[i] = np.quantile(flat_srt[i, :m], quantiles)
     return mean, se, ci, flat_q.reshape(qs.shape)
+
+
+def check_quantiles(quantiles) -> np.ndarray:
+    """The quantile levels as a float array, or a McrouteError naming ``quantiles``."""
+    try:
+        q = np.asarray(quantiles, dtype=float)
+    except (TypeError, ValueError, OverflowError):
+        q = np.asarray([np.nan])
+    if q.ndim != 1 or q.size == 0 or np.any(~np.isfinite(q)) or np.any((q < 0) | (q > 1)):
+        shown = repr(quantiles)
+        raise McrouteError("quantiles must be a non-empty list of levels in [0, 1], got "
+                           f"{shown if len(shown) <= 80 else shown[:77] + '...'}")
+    check_unique("quantiles", q.tolist())
+    return q
+
+
+def summary_variables(name: str, x: np.ndarray, dims: tuple, attrs: dict, ci_prob: float,
+                      quantiles: np.ndarray) -> dict:
+    """The four summaries of a per-trial array ``x`` (trial axis last) as ``xarray.Variable`` s.
+
+    ``dims`` are the dims of ``x`` without the trial dim; ``attrs`` those of the per-trial
+    variable (``units``, ``long_name``). Returns ``{name_mean, name_se, name_ci, name_q}``,
+    the building blocks of :func:`summarize`, for functions that build their Dataset once.
+    """
+    mean, se, ci, qq = summary_arrays(np.asarray(x, dtype=float), ci_prob, quantiles)
+    units = attrs.get("units", "1")
+    desc = attrs.get("long_name", name)
+    return {
+        f"{name}_mean": xr.Variable(dims, mean, {
+            "units": units, "long_name": f"Monte Carlo mean of {desc}"}),
+        f"{name}_se": xr.Variable(dims, se, {
+            "units": units, "long_name": f"standard error of the mean of {desc}"}),
+        f"{name}_ci": xr.Variable((*dims, "ci_bound"), ci, {
+            "units": units,
+            "long_name": f"{ci_prob:.0%} confidence interval of the mean of {desc}",
+            "ci_kind": "student-t", "ci_prob": ci_prob}),
+        f"{name}_q": xr.Variable((*dims, "quantile"), qq, {
+            "units": units,
+            "long_name": f"quantiles of single draws of {desc} (spread, not uncertainty)"}),
+    }
+
+
+def summary_coords(quantiles: np.ndarray) -> dict:
+    """The ``ci_bound`` and ``quantile`` coordinates of the summaries, with their attrs."""
+    return {
+        "ci_bound": xr.Variable("ci_bound", np.array(["lower", "upper"]), {
+            "units": "1", "long_name": "bound of a confidence interval of a mean"}),
+        "quantile": xr.Variable("quantile", np.asarray(quantiles, dtype=float), {
+            "units": "1", "long_name": "quantile level over single draws"}),
+    }
+
+
+def squeeze_variables(variables: dict, dim: str, *, drop: bool) -> dict:
+    """``variables`` (name -> ``xarray.Variable``) at index 0 of ``dim``, which they lose.
+
+    The NumPy-level equivalent of ``Dataset.squeeze(dim, drop=drop)`` for a Dataset about to be
+    built: the coordinate ``dim`` becomes a scalar coordinate, or goes with ``drop=True``.
+    """
+    out = {}
+    for name, var in variables.items():
+        if name == dim and drop:
+            continue
+        out[name] = var.isel({dim: 0}) if dim in var.dims else var
+    return out
+
+
+def build_dataset(data: dict, coords: dict, attrs: dict | None = None) -> xr.Dataset:
+    """One ``xarray.Dataset`` from ``xarray.Variable`` s (data and coordinates), built once."""
+    ds = xr.Dataset(data, coords=coords)
+    if attrs is not None:
+        ds.attrs = attrs
+    return ds
 
 
 def summarize(
@@ -91,15 +165,7 @@ def summarize(
         ``ds`` with the summary variables added (coords ``ci_bound`` and ``quantile``).
     """
     ci_prob = check_prob("ci_prob", ci_prob)
-    try:
-        q = np.asarray(quantiles, dtype=float)
-    except (TypeError, ValueError, OverflowError):
-        q = np.asarray([np.nan])
-    if q.ndim != 1 or q.size == 0 or np.any(~np.isfinite(q)) or np.any((q < 0) | (q > 1)):
-        shown = repr(quantiles)
-        raise McrouteError("quantiles must be a non-empty list of levels in [0, 1], got "
-                           f"{shown if len(shown) <= 80 else shown[:77] + '...'}")
-    check_unique("quantiles", q.tolist())
+    q = check_quantiles(quantiles)
     # Summaries are computed in NumPy and added in one assignment: adding them one variable at
     # a time made xarray merge and align the whole Dataset four times per variable.
     added = {}
@@ -107,20 +173,7 @@ def summarize(
         da = ds[name]
         dims = tuple(d for d in da.dims if d != dim)
         x = np.asarray(da.transpose(*dims, dim).values, dtype=float)
-        mean, se, ci, qq = _summary_arrays(x, ci_prob, q)
-        units = da.attrs.get("units", "1")
-        desc = da.attrs.get("long_name", name)
-        added[f"{name}_mean"] = xr.Variable(dims, mean, {
-            "units": units, "long_name": f"Monte Carlo mean of {desc}"})
-        added[f"{name}_se"] = xr.Variable(dims, se, {
-            "units": units, "long_name": f"standard error of the mean of {desc}"})
-        added[f"{name}_ci"] = xr.Variable((*dims, "ci_bound"), ci, {
-            "units": units,
-            "long_name": f"{ci_prob:.0%} confidence interval of the mean of {desc}",
-            "ci_kind": "student-t", "ci_prob": ci_prob})
-        added[f"{name}_q"] = xr.Variable((*dims, "quantile"), qq, {
-            "units": units,
-            "long_name": f"quantiles of single draws of {desc} (spread, not uncertainty)"})
+        added.update(summary_variables(name, x, dims, da.attrs, ci_prob, q))
     out = ds.assign_coords(ci_bound=["lower", "upper"], quantile=q).assign(added)
     out["ci_bound"].attrs.update(units="1", long_name="bound of a confidence interval of a mean")
     out["quantile"].attrs.update(units="1", long_name="quantile level over single draws")

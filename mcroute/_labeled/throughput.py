@@ -12,20 +12,28 @@ import re
 import numpy as np
 import xarray as xr
 
+from mcroute._base.progress import progress_callback
 from mcroute._base.rng import CHUNK_TRIALS, generator, resolve_seed
+from mcroute._base.units import parse_size, parse_size_list
 from mcroute._base.validate import (
     MAX_BATCH_SIZE,
-    MAX_CONTEXT,
     McrouteError,
     check_bytes,
     check_int,
     check_prob,
-    check_unique,
     check_work,
 )
 from mcroute._cost.calibrated import MTP_STREAM, accepted_tokens, draw_acceptance
 from mcroute._cost.deployment import OPERATORS, Deployment
-from mcroute._labeled.results import DEFAULT_QUANTILES, provenance, summarize
+from mcroute._labeled.results import (
+    DEFAULT_QUANTILES,
+    build_dataset,
+    check_quantiles,
+    provenance,
+    squeeze_variables,
+    summary_coords,
+    summary_variables,
+)
 from mcroute._routing.composite import GroupLimited
 from mcroute._routing.distributions import Uniform
 from mcroute._routing.sampling import (
@@ -63,49 +71,9 @@ THROUGHPUT_VARIABLES = {
                                   "(1 without MTP)"),
 }
 
-_SUFFIX = {"": 1, "k": 1024, "m": 1024**2}
-
-
-#: Upper limit of each token parameter parsed by :func:`parse_tokens` (``context``,
-#: ``batch_size``); see mcroute._base.validate.
-_TOKEN_MAX = {"context": MAX_CONTEXT, "batch_size": MAX_BATCH_SIZE}
-
-
-def parse_tokens(name: str, value, maximum: int | None = None) -> int:
-    """Parse a token count: an int or a string like ``"4096"``, ``"4k"``, ``"128K"`` (k = 1024).
-
-    ``maximum`` defaults to the limit of the parameter (``MAX_CONTEXT`` for ``context``,
-    ``MAX_BATCH_SIZE`` for ``batch_size``, see mcroute._base.validate).
-
-    Examples
-    --------
-    >>> parse_tokens("context", "128k"), parse_tokens("context", 4096)
-    (131072, 4096)
-    """
-    if maximum is None:
-        maximum = _TOKEN_MAX.get(name.split("[")[0])
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d{1,30})\s*([kKmM]?)\s*", value)
-        if not m:
-            raise McrouteError(
-                f"{name} must be a positive integer like 4096 or 128k"
-                f"{'' if maximum is None else f' (at most {maximum})'}, got {value[:40]!r}")
-        value = int(m.group(1)) * _SUFFIX[m.group(2).lower()]
-    return check_int(name, value, minimum=1, maximum=maximum)
-
-
-def _token_list(name: str, value) -> tuple[list[int], bool]:
-    if isinstance(value, str) or np.ndim(value) == 0:
-        return [parse_tokens(name, value)], True
-    try:
-        values = list(np.asarray(value, dtype=object).ravel())
-    except (ValueError, TypeError):
-        raise McrouteError(f"{name} must be a token count or a list of them") from None
-    if not values:
-        raise McrouteError(f"{name} must not be empty")
-    out = [parse_tokens(f"{name}[{i}]", v) for i, v in enumerate(values)]
-    check_unique(name, out)
-    return out, False
+#: The one parser of token counts like "128k" (mcroute._base.units), under the name this module
+#: has always exported.
+parse_tokens = parse_size
 
 
 def _resolve_routing(dep: Deployment, routing):
@@ -178,7 +146,7 @@ def _slice_params(params, t0, nt):
     return {k: (v[t0:t0 + nt] if np.ndim(v) else v) for k, v in params.items()}
 
 
-def _uncertainty_sources(dep, routing) -> list:
+def uncertainty_sources(dep, routing) -> list:
     out = []
     if routing is not None:
         out.append("routing")
@@ -393,41 +361,83 @@ def decode_throughput(
     >>> bool((ds["throughput"] <= ds["throughput_bound"]).all())
     True
     """
+    req = _request(deployment, context, batch_size, routing, n_trials, rng, ci_prob, quantiles,
+                   method, batch_per_gpu, tpot)
+    if progress is not None and progress is not False and not callable(progress):
+        raise McrouteError(f"progress must be a callable, True, False or None, got {progress!r}")
+    _check_request(req.dep, req.routing, req.contexts, req.batches, req.b_max_mode,
+                   req.n_trials, method)
+    callback, owned = progress_callback(progress, f"decode_throughput {req.dep.model.name}")
+    try:
+        run = _run_context(req.dep, req.routing, req.n_trials, req.entropy)
+        res = _compute(req, run, _ticker(callback, len(req.contexts) * len(req.batches)
+                                         * req.n_trials))
+    finally:
+        if owned is not None:
+            owned.close()
+    return _dataset(req, run, res)
+
+
+@dataclasses.dataclass
+class _Request:
+    """A validated :func:`decode_throughput` request."""
+
+    dep: Deployment
+    contexts: list
+    ctx_scalar: bool
+    batches: list
+    b_scalar: bool
+    b_max_mode: bool
+    mode: str
+    tpot_s: float | None
+    n_trials: int
+    ci_prob: float
+    quantiles: np.ndarray
+    routing: object
+    entropy: int
+    method: str
+
+
+def _batches(dep, batch_size, batch_per_gpu, tpot_s):
+    """``(batches, given_as_one, "max" mode, mode name)`` of the batch arguments."""
+    if batch_per_gpu is not None:
+        per_gpu, b_scalar = parse_size_list("batch_per_gpu", batch_per_gpu)
+        batches = [b * dep.n_gpus for b in per_gpu]
+        for b in batches:
+            check_int("batch_per_gpu x n_gpus", b, minimum=1, maximum=MAX_BATCH_SIZE)
+        return batches, b_scalar, False, "per_gpu"
+    if isinstance(batch_size, str) and batch_size.strip().lower() == "max":
+        return [None], True, True, "max" if tpot_s is None else "tpot"
+    if isinstance(batch_size, str) and not any(c.isdigit() for c in batch_size):
+        raise McrouteError(f"batch_size must be 'max', an integer or a list of integers, "
+                           f"got {batch_size!r}")
+    batches, b_scalar = parse_size_list("batch_size", batch_size)
+    return batches, b_scalar, False, "given"
+
+
+def _request(deployment, context, batch_size, routing, n_trials, rng, ci_prob, quantiles,
+             method, batch_per_gpu, tpot) -> _Request:
+    """Validate the arguments of :func:`decode_throughput` (the public edge)."""
     if not isinstance(deployment, Deployment):
         raise McrouteError(
-            f"deployment must be a mcroute.Deployment, got {type(deployment).__name__}"
-        )
+            f"deployment must be a mcroute.Deployment, got {type(deployment).__name__}")
     dep = deployment
-    contexts, ctx_scalar = _token_list("context", context)
+    contexts, ctx_scalar = parse_size_list("context", context)
     given_batch = not (isinstance(batch_size, str) and batch_size.strip().lower() == "max")
     if sum([given_batch, batch_per_gpu is not None, tpot is not None]) > 1:
         raise McrouteError("give one of batch_size (other than 'max'), batch_per_gpu and tpot")
     tpot_s = None if tpot is None else parse_tpot(tpot)
-    mode = "max"
-    if batch_per_gpu is not None:
-        per_gpu, b_scalar = _token_list("batch_per_gpu", batch_per_gpu)
-        batches = [b * dep.n_gpus for b in per_gpu]
-        for b in batches:
-            check_int("batch_per_gpu x n_gpus", b, minimum=1, maximum=MAX_BATCH_SIZE)
-        b_max_mode, mode = False, "per_gpu"
-    elif isinstance(batch_size, str):
-        if batch_size.strip().lower() != "max":
-            raise McrouteError(f"batch_size must be 'max', an integer or a list of integers, "
-                               f"got {batch_size!r}")
-        batches, b_scalar, b_max_mode = [None], True, True
-        if tpot_s is not None:
-            mode = "tpot"
-    else:
-        batches, b_scalar = _token_list("batch_size", batch_size)
-        b_max_mode, mode = False, "given"
-    n_trials = check_int("n_trials", n_trials, minimum=2)
-    ci_prob = check_prob("ci_prob", ci_prob)
-    routing = _resolve_routing(dep, routing)
-    entropy = resolve_seed(rng)
-    if progress is not None and not callable(progress):
-        raise McrouteError(f"progress must be a callable or None, got {progress!r}")
-    _check_request(dep, routing, contexts, batches, b_max_mode, n_trials, method)
-    total = len(contexts) * len(batches) * n_trials
+    batches, b_scalar, b_max_mode, mode = _batches(dep, batch_size, batch_per_gpu, tpot_s)
+    return _Request(
+        dep=dep, contexts=contexts, ctx_scalar=ctx_scalar, batches=batches, b_scalar=b_scalar,
+        b_max_mode=b_max_mode, mode=mode, tpot_s=tpot_s,
+        n_trials=check_int("n_trials", n_trials, minimum=2),
+        ci_prob=check_prob("ci_prob", ci_prob), quantiles=check_quantiles(quantiles),
+        routing=_resolve_routing(dep, routing), entropy=resolve_seed(rng), method=method)
+
+
+def _ticker(progress, total: int):
+    """``tick(n)``: count ``n`` more trials done and report the fraction to ``progress``."""
     done = [0]
 
     def tick(n):
@@ -435,138 +445,177 @@ def decode_throughput(
         if progress is not None:
             progress(done[0] / total)
 
-    run = _run_context(dep, routing, n_trials, entropy)
-    nc, nb = len(contexts), len(batches)
-    per_trial = {name: np.full((nc, nb, n_trials), np.nan) for name in _TERMS}
-    op_mean = np.full((nc, nb, len(REPORTED_OPERATORS)), np.nan)
-    bs = np.zeros((nc, nb), dtype=np.int64)
-    bmax = np.zeros(nc, dtype=np.int64)
-    kv_seq = np.zeros(nc)
-    exceeds = np.zeros(nc, dtype=bool)
-    feasible = np.zeros((nc, nb), dtype=bool)
-    reason = np.full((nc, nb), "", dtype=object)
-    bound = np.full((nc, nb), "", dtype=object)
-    w_exact = np.full((nc, nb), np.nan)
-    kv_step = np.full((nc, nb), np.nan)
-    for i, L in enumerate(contexts):
-        kv_seq[i] = dep.kv_bytes_per_sequence(L)
-        exceeds[i] = dep.exceeds_max_context(L)
-        bmax[i] = dep.max_batch_size(L)
-        for j, b in enumerate(batches):
-            B = int(bmax[i]) if b_max_mode else b
-            why = dep.infeasibility(L, None if b_max_mode else B)
-            if not why and mode == "tpot":
-                B = _tpot_batch(dep, routing, L, B, tpot_s, entropy, method, run)
-                if B < 1:
-                    why = (f"no batch meets tpot={tpot_s:g} s at context {L} (B = 1 takes "
-                           "longer per output token)")
-            bs[i, j] = B
-            if why:
-                reason[i, j] = why
-                tick(n_trials)
-                continue
-            feasible[i, j] = True
-            vals, ops = _point(dep, routing, L, B, n_trials, entropy, method, tick, run)
-            for name in _TERMS:
-                per_trial[name][i, j] = vals[name]
-            op_mean[i, j] = ops
-            mem = per_trial["memory_time"][i, j].mean()
-            comp = per_trial["compute_time"][i, j].mean()
-            bound[i, j] = "memory" if mem >= comp else "compute"
-            if routing is None:
-                w_exact[i, j] = dep.weight_bytes_per_step(B)
-            elif dep.redundant_experts:
-                w_exact[i, j] = np.nan  # replicas: no closed form for the touched slots
-            else:
-                act = np.atleast_1d(expected_active_experts(routing, B * dep.tokens_per_seq,
-                                                            dep.n_moe_layers))
-                w_exact[i, j] = dep.weight_bytes_per_step(B, act)
-            kv_step[i, j] = B * kv_seq[i]
+    return tick
 
-    step = per_trial["step_time"]
-    acc = run["accepted"]
-    ok = feasible[..., None]
-    thr = bs[..., None] * acc / step
-    thr_bound = bs[..., None] * acc / per_trial["step_time_bound"]
-    dims = ("context", "batch_size", "trial")
+
+def _exact_weight_bytes(dep, routing, B):
+    """Exact expected weight bytes per step for independent-token routing (NaN with replicas)."""
+    if routing is None:
+        return dep.weight_bytes_per_step(B)
+    if dep.redundant_experts:
+        return np.nan  # replicas: no closed form for the touched slots
+    act = np.atleast_1d(expected_active_experts(routing, B * dep.tokens_per_seq,
+                                                dep.n_moe_layers))
+    return dep.weight_bytes_per_step(B, act)
+
+
+def _compute(req: _Request, run, tick) -> dict:
+    """Per-trial terms and per-point values of every (context, batch size) of the request."""
+    dep, n_trials = req.dep, req.n_trials
+    nc, nb = len(req.contexts), len(req.batches)
+    res = {name: np.full((nc, nb, n_trials), np.nan) for name in _TERMS}
+    res["op_mean"] = np.full((nc, nb, len(REPORTED_OPERATORS)), np.nan)
+    res["batch"] = np.zeros((nc, nb), dtype=np.int64)
+    res["feasible"] = np.zeros((nc, nb), dtype=bool)
+    res["reason"] = np.full((nc, nb), "", dtype=object)
+    res["bound"] = np.full((nc, nb), "", dtype=object)
+    res["w_exact"] = np.full((nc, nb), np.nan)
+    res["kv_step"] = np.full((nc, nb), np.nan)
+    L_all = np.asarray(req.contexts, dtype=np.int64)
+    res["kv_seq"] = np.asarray(dep.kv_bytes_per_sequence(L_all), dtype=float)
+    res["exceeds"] = np.asarray(dep.exceeds_max_context(L_all), dtype=bool)
+    res["bmax"] = np.asarray(dep.max_batch_size(L_all), dtype=np.int64)
+    for i, L in enumerate(req.contexts):
+        for j, b in enumerate(req.batches):
+            _compute_point(req, run, tick, res, i, j, L, b)
+    return res
+
+
+def _compute_point(req: _Request, run, tick, res, i, j, L, b) -> None:
+    """Fill cell (i, j) of ``res``: context L at batch b (None: the admissible batch)."""
+    dep, n_trials = req.dep, req.n_trials
+    B = int(res["bmax"][i]) if req.b_max_mode else b
+    why = dep.infeasibility(L, None if req.b_max_mode else B)
+    if not why and req.mode == "tpot":
+        B = _tpot_batch(dep, req.routing, L, B, req.tpot_s, req.entropy, req.method, run)
+        if B < 1:
+            why = (f"no batch meets tpot={req.tpot_s:g} s at context {L} (B = 1 takes longer "
+                   "per output token)")
+    res["batch"][i, j] = B
+    if why:
+        res["reason"][i, j] = why
+        tick(n_trials)
+        return
+    res["feasible"][i, j] = True
+    vals, ops = _point(dep, req.routing, L, B, n_trials, req.entropy, req.method, tick, run)
+    for name in _TERMS:
+        res[name][i, j] = vals[name]
+    res["op_mean"][i, j] = ops
+    mem = res["memory_time"][i, j].mean()
+    comp = res["compute_time"][i, j].mean()
+    res["bound"][i, j] = "memory" if mem >= comp else "compute"
+    res["w_exact"][i, j] = _exact_weight_bytes(dep, req.routing, B)
+    res["kv_step"][i, j] = B * res["kv_seq"][i]
+
+
+#: Per-point variables over (context, batch_size): the result key, units and meaning.
+_POINT_VARIABLES = {
+    "weight_bytes_per_step_exact": ("w_exact", "B", "exact expected weight bytes per step "
+                                                    "(independent tokens)"),
+    "kv_bytes_per_step": ("kv_step", "B", "KV cache bytes read in one step"),
+    "feasible": ("feasible", "1", "whether the point can run"),
+    "reason": ("reason", "1", "why the point cannot run (empty if it can)"),
+    "bound": ("bound", "1", "what limits the mean roofline step: memory or compute (larger of "
+                            "the summed byte and FLOP terms)"),
+    "batch_size_used": ("batch", "sequences", "sequences in the decode batch (B)"),
+}
+
+#: Monte Carlo means over (context, batch_size) of roofline terms: the term, units and meaning.
+_MEAN_TERMS = {
+    "memory_time_mean": ("memory_time", "s", "Monte Carlo mean of the summed roofline byte "
+                                             "terms bytes / BW of all operators"),
+    "compute_time_mean": ("compute_time", "s", "Monte Carlo mean of the summed roofline FLOP "
+                                               "terms FLOPs / F of all operators"),
+    "all_to_all_time_mean": ("all_to_all_time", "s", "Monte Carlo mean of the expert all-to-all "
+                                                     "time (dispatch + combine before overlap; "
+                                                     "0 unless charged)"),
+}
+
+
+def _coords(req: _Request) -> dict:
     coords = {
-        "context": ("context", np.asarray(contexts, dtype=np.int64),
-                    {"units": "tokens",
-                     "long_name": "context length L (cached tokens per sequence)"}),
-        "trial": ("trial", np.arange(n_trials), {"units": "1", "long_name": "Monte Carlo step"}),
-        "operator": ("operator", np.array(REPORTED_OPERATORS),
-                     {"units": "1", "long_name": "operator of the decode step"}),
+        "context": xr.Variable("context", np.asarray(req.contexts, dtype=np.int64), {
+            "units": "tokens", "long_name": "context length L (cached tokens per sequence)"}),
+        "trial": xr.Variable("trial", np.arange(req.n_trials), {
+            "units": "1", "long_name": "Monte Carlo step"}),
+        "operator": xr.Variable("operator", np.array(REPORTED_OPERATORS), {
+            "units": "1", "long_name": "operator of the decode step"}),
     }
-    if b_max_mode:
-        coords["batch_size"] = ("batch_size", np.array([0]), {"units": "sequences"})
+    if req.b_max_mode:
+        coords["batch_size"] = xr.Variable("batch_size", np.array([0]), {"units": "sequences"})
     else:
-        coords["batch_size"] = ("batch_size", np.asarray(batches, dtype=np.int64),
-                                {"units": "sequences",
-                                 "long_name": "sequences in the decode batch (B)"})
+        coords["batch_size"] = xr.Variable(
+            "batch_size", np.asarray(req.batches, dtype=np.int64),
+            {"units": "sequences", "long_name": "sequences in the decode batch (B)"})
+    return {**coords, **summary_coords(req.quantiles)}
+
+
+def _data(req: _Request, run, res) -> dict:
+    """Every variable of the result as ``xarray.Variable`` s, summaries included (full dims)."""
+    dep = req.dep
+    step = res["step_time"]
+    acc = run["accepted"]
+    bs = res["batch"]
+    thr = bs[..., None] * acc / step
     values = {
         "step_time": step,
         "throughput": thr,
         "throughput_per_gpu": thr / dep.n_gpus,
-        "weight_bytes_per_step": per_trial["weight_bytes_per_step"],
-        "step_time_bound": per_trial["step_time_bound"],
-        "throughput_bound": thr_bound,
-        "accepted_tokens": np.where(ok, np.broadcast_to(acc, step.shape), np.nan),
+        "weight_bytes_per_step": res["weight_bytes_per_step"],
+        "step_time_bound": res["step_time_bound"],
+        "throughput_bound": bs[..., None] * acc / res["step_time_bound"],
+        "accepted_tokens": np.where(res["feasible"][..., None],
+                                    np.broadcast_to(acc, step.shape), np.nan),
     }
-    data = {name: (dims, values[name], {"units": u, "long_name": d})
-            for name, (u, d) in THROUGHPUT_VARIABLES.items()}
+    dims = ("context", "batch_size", "trial")
     d2 = ("context", "batch_size")
-    for name, arr, units, desc in (
-        ("memory_time_mean", per_trial["memory_time"], "s",
-         "Monte Carlo mean of the summed roofline byte terms bytes / BW of all operators"),
-        ("compute_time_mean", per_trial["compute_time"], "s",
-         "Monte Carlo mean of the summed roofline FLOP terms FLOPs / F of all operators"),
-        ("all_to_all_time_mean", per_trial["all_to_all_time"], "s",
-         "Monte Carlo mean of the expert all-to-all time (dispatch + combine before overlap; "
-         "0 unless charged)"),
-    ):
-        data[name] = (d2, arr.mean(axis=-1), {"units": units, "long_name": desc})
-    data["operator_time_mean"] = (
-        (*d2, "operator"), op_mean,
+    data = {name: xr.Variable(dims, values[name], {"units": u, "long_name": d})
+            for name, (u, d) in THROUGHPUT_VARIABLES.items()}
+    for name, (term, units, desc) in _MEAN_TERMS.items():
+        data[name] = xr.Variable(d2, res[term].mean(axis=-1), {"units": units, "long_name": desc})
+    data["operator_time_mean"] = xr.Variable(
+        (*d2, "operator"), res["op_mean"],
         {"units": "s", "long_name": "Monte Carlo mean time of each operator in one step under "
                                     "the chosen kernels, summed over layers (and micro-batches)"})
-    data["weight_bytes_per_step_exact"] = (
-        d2, w_exact,
-        {"units": "B", "long_name": "exact expected weight bytes per step (independent tokens)"})
-    data["kv_bytes_per_step"] = (d2, kv_step,
-                                 {"units": "B", "long_name": "KV cache bytes read in one step"})
-    data["feasible"] = (d2, feasible, {"units": "1", "long_name": "whether the point can run"})
-    data["reason"] = (d2, reason.astype(str),
-                      {"units": "1", "long_name": "why the point cannot run (empty if it can)"})
-    data["bound"] = (d2, bound.astype(str),
-                     {"units": "1", "long_name": "what limits the mean roofline step: memory or "
-                                                 "compute (larger of the summed byte and FLOP "
-                                                 "terms)"})
-    data["batch_size_used"] = (d2, bs, {"units": "sequences",
-                                        "long_name": "sequences in the decode batch (B)"})
-    data["max_batch_size"] = ("context", bmax, {
+    for name, (key, units, desc) in _POINT_VARIABLES.items():
+        arr = res[key].astype(str) if res[key].dtype == object else res[key]
+        data[name] = xr.Variable(d2, arr, {"units": units, "long_name": desc})
+    data["max_batch_size"] = xr.Variable("context", res["bmax"], {
         "units": "sequences", "long_name": "admissible batch: sequences whose KV cache fits"})
-    data["kv_bytes_per_sequence"] = ("context", kv_seq, {
+    data["kv_bytes_per_sequence"] = xr.Variable("context", res["kv_seq"], {
         "units": "B", "long_name": "KV cache of one sequence at this context"})
-    data["exceeds_max_context"] = ("context", exceeds, {
+    data["exceeds_max_context"] = xr.Variable("context", res["exceeds"], {
         "units": "1", "long_name": "context above the model card's max_context"})
-    ds = xr.Dataset(data, coords=coords)
-    ds = summarize(ds, list(THROUGHPUT_VARIABLES), ci_prob=ci_prob, quantiles=quantiles)
-    if b_max_mode:
-        ds = ds.squeeze("batch_size", drop=True).rename({"batch_size_used": "batch_size"})
+    for name in THROUGHPUT_VARIABLES:
+        data.update(summary_variables(name, data[name].values, d2, data[name].attrs,
+                                      req.ci_prob, req.quantiles))
+    return data
+
+
+def _dataset(req: _Request, run, res) -> xr.Dataset:
+    """The result Dataset, built once (squeezed dims dropped in NumPy, not by xarray)."""
+    data, coords = _data(req, run, res), _coords(req)
+    if req.b_max_mode:
+        data = squeeze_variables(data, "batch_size", drop=True)
+        data = {("batch_size" if k == "batch_size_used" else k): v for k, v in data.items()}
+        del coords["batch_size"]
     else:
-        ds = ds.drop_vars("batch_size_used")
-    if ctx_scalar:
-        ds = ds.squeeze("context", drop=False)
-    if b_scalar and not b_max_mode:
-        ds = ds.squeeze("batch_size", drop=False)
-    ds.attrs = provenance(
-        seed=entropy, n_trials=n_trials, ci_prob=ci_prob,
+        del data["batch_size_used"]
+    if req.ctx_scalar:
+        data = squeeze_variables(data, "context", drop=False)
+        coords = squeeze_variables(coords, "context", drop=False)
+    if req.b_scalar and not req.b_max_mode:
+        data = squeeze_variables(data, "batch_size", drop=False)
+        coords = squeeze_variables(coords, "batch_size", drop=False)
+    dep, routing = req.dep, req.routing
+    attrs = provenance(
+        seed=req.entropy, n_trials=req.n_trials, ci_prob=req.ci_prob,
         deployment=dep.describe(), model=_spec_dict(dep.model),
         hardware=_spec_dict(dep.hardware),
         routing=routing.describe() if routing is not None else "none (dense model)",
-        batch_size_mode=mode, method=method, kernels=dep.kernels,
+        batch_size_mode=req.mode, method=req.method, kernels=dep.kernels,
         kernel_card=dep.kernel_card_name or "none (roofline)",
-        uncertainty_sources=_uncertainty_sources(dep, routing),
-        **({"tpot": tpot_s} if tpot_s is not None else {}),
+        uncertainty_sources=uncertainty_sources(dep, routing),
+        **({"tpot": req.tpot_s} if req.tpot_s is not None else {}),
     )
-    return ds
+    return build_dataset(data, coords, attrs)
