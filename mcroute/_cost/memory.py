@@ -8,8 +8,6 @@ they read the per-layer arrays that ``Deployment.__post_init__`` resolves.
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from mcroute._base.validate import MAX_BATCH_SIZE, MAX_CONTEXT, McrouteError, check_int
@@ -94,13 +92,13 @@ class MemoryMixin:
         """Cache the per-model constants of the memory arithmetic (called by ``__post_init__``).
 
         Byte counts of a cache without the FP8 engine layout are integers; they are summed in
-        float64, which is exact while every sum stays below 2**53 (:data:`_EXACT`): ``_kv_exact``
-        bounds the largest context for which that holds. Above it (or with non-integer layer
-        values) the sum falls back to the per-layer Python loop of the scalar formula.
+        float64, which is exact (in any order) while every sum stays below 2**53
+        (:data:`_EXACT`): ``_kv_exact_max`` bounds the largest context for which that holds.
+        Above it (or with non-integral layer values) the sum falls back to the per-layer Python
+        loop of the scalar formula.
         """
-        layers = self._layers
-        ints = all(isinstance(v, numbers.Integral) for ly in layers
-                   for v in (ly.kv_values_per_token, ly.cross_kv_values_per_token))
+        vals = np.concatenate([self._kv_values, self._cross_kv])
+        ints = bool(np.all(vals == np.floor(vals)))
         per_pos = float(self._kv_values.sum() + self._cross_kv.sum())
         put("_kv_exact_max", _EXACT / max(per_pos, 1.0) if ints else 0.0)
         put("_kv_fp8", bool(np.any(self._kv_token_bytes != self._kv_values * self._kvb)))
