@@ -35,6 +35,9 @@ NARROW_FRACTION = 0.03
 #: Where the infeasible markers sit, as a fraction of the axes height from the bottom.
 INFEASIBLE_Y = 0.04
 
+#: Horizontal distance between the infeasible markers of several hue values at one x [pt].
+MARKER_STEP = 8.0
+
 #: Variables for which 1 is parity (dense = MoE, balanced devices): the default reference line.
 _RATIO_NAMES = ("qs", "capacity_factor", "device_imbalance")
 
@@ -222,23 +225,27 @@ def draw_infeasible(ax, p: Panel, lines) -> tuple:
     Returns the legend handle (or None) and the note text (or None).
     """
     from matplotlib.lines import Line2D
+    from matplotlib.transforms import offset_copy
 
-    failed, reasons, any_bad = set(), [], False
-    for i, line in enumerate(lines):
+    failed, reasons = set(), []
+    rows = [i for i in range(len(lines)) if (~np.isfinite(p.y[i])).any()]
+    any_bad = bool(rows)
+    for k, i in enumerate(rows):
         bad = ~np.isfinite(p.y[i])
-        if not bad.any():
-            continue
-        any_bad = True
         for j in np.flatnonzero(bad):
             f, r = status_at(p, i, int(j))
             failed.update(f)
             reasons += [x for x in r if x not in reasons]
-        height = INFEASIBLE_Y * (1 + i)  # one row per hue value, so no marker hides another
-        (mark,) = ax.plot(p.xvals[bad], np.full(int(bad.sum()), height),
-                          transform=ax.get_xaxis_transform(), linestyle="none", marker="x",
-                          markersize=7, markeredgewidth=1.6, color=line.get_color(),
-                          clip_on=False, zorder=4)
+        # one row at the bottom; several hue values side by side, so none hides another
+        shift = (k - (len(rows) - 1) / 2) * MARKER_STEP
+        tf = offset_copy(ax.get_xaxis_transform(), fig=ax.figure, x=shift, units="points")
+        (mark,) = ax.plot(p.xvals[bad], np.full(int(bad.sum()), INFEASIBLE_Y), transform=tf,
+                          linestyle="none", marker="x", markersize=7, markeredgewidth=1.6,
+                          color=lines[i].get_color(), clip_on=False, zorder=4)
         mark.set_gid(f"infeasible{_tag(p.hue_vals[i])}")
+        # the shifted transform hides the markers from autoscaling: keep their x in view
+        xs = np.asarray(ax.convert_xunits(p.xvals[bad]), dtype=float)
+        ax.dataLim.update_from_data_x(xs, ignore=False)
     if not any_bad:
         return None, None
     label = _failed_words(failed)
