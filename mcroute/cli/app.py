@@ -15,6 +15,7 @@ import warnings
 
 from mcroute._base.validate import McrouteError
 from mcroute._version import __version__
+from mcroute.cli.common import cli_names, name_flags
 
 #: Subcommand modules, in the order ``mcroute --help`` lists them.
 COMMAND_MODULES = [
@@ -87,18 +88,21 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _error_message(command: str, exc: BaseException) -> tuple[int, str]:
+def _error_message(command: str, exc: BaseException, flags: dict | None = None
+                   ) -> tuple[int, str]:
     """The exit status and the one-line message for an exception raised by a command.
 
     Bad input (exit 2): :class:`McrouteError` (the normal case: it names the parameter or the
     file and what is allowed), and the errors that only bad input can cause below the checks:
     ``OSError`` (unreadable files), ``ValueError``/``KeyError``, ``OverflowError``,
     ``MemoryError`` and ``RecursionError``. Anything else is a bug in mcroute (exit 1), still
-    reported on one line; ``MCROUTE_DEBUG=1`` shows its traceback.
+    reported on one line; ``MCROUTE_DEBUG=1`` shows its traceback. ``flags`` (API keyword ->
+    CLI flag) names the flags in a McrouteError raised below the CLI, which names keywords.
     """
     text = _one_line(str(exc))
     where = f"mcroute {command}"
     if isinstance(exc, McrouteError):
+        text = name_flags(text, flags or {})
         return EXIT_BAD_INPUT, f"{where}: error: {text or 'invalid input'}"
     if isinstance(exc, MemoryError):
         return EXIT_BAD_INPUT, (f"{where}: error: out of memory: the request is too large for "
@@ -162,7 +166,7 @@ def main(argv=None) -> int:
         _silence_stdout()
         return 0
     except Exception as exc:
-        status, line = _error_message(args.command, exc)
+        status, line = _error_message(args.command, exc, cli_names(parser))
         if status == EXIT_INTERNAL and os.environ.get(DEBUG_ENV, "") not in ("", "0"):
             raise
         print(line, file=sys.stderr)

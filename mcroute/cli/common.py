@@ -1,12 +1,11 @@
-"""Helpers shared by the CLI subcommands: argument parsing of lists, sizes and routings, tables.
+"""Helpers shared by the CLI subcommands: numbers, sizes, routings, paths, renamed flags.
 
-May import: the array and labeled layers.
+Front end (5). May import: every floor below.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import stat
@@ -19,10 +18,9 @@ from mcroute._base.validate import McrouteError, check_int, check_real
 from mcroute._labeled.export import save_dataset
 
 __all__ = ["parse_int", "parse_int_list", "parse_size", "parse_size_list", "parse_real",
-           "parse_routing", "add_deployment_flags", "deployment_flags", "batch_policy_flags",
-           "placement_error", "kernels_line",
-           "ROUTING_HELP", "check_input_path", "check_output_path", "write_output",
-           "format_table", "is_tty", "INT_MAX", "RENAMED", "refuse_renamed"]
+           "parse_routing", "ROUTING_HELP", "check_input_path", "check_output_path",
+           "write_output", "format_table", "is_tty", "INT_MAX", "RENAMED", "refuse_renamed",
+           "name_flags", "cli_names", "API_WORDS"]
 
 _SUFFIX = {"": 1, "k": 1024, "m": 1024**2}
 
@@ -69,6 +67,48 @@ def refuse_renamed(p, *old: str) -> None:
         p.add_argument(flag, nargs="?", action=_Renamed, default=argparse.SUPPRESS,
                        dest=f"renamed_{flag.lstrip('-').replace('-', '_')}",
                        help=argparse.SUPPRESS)
+
+
+#: API function names as the CLI words them in messages raised below the CLI.
+API_WORDS = {"real_batch_check": "the real-batch check (trace check)",
+             "fit_routing": "the routing fit (trace fit)",
+             "inspect_trace": "the trace inspection", "decode_throughput": "the throughput run",
+             "qs_analysis": "the qs analysis", "estimate_q": "the q estimate"}
+_SNAKE = re.compile(r"(?<![\w.\-'\"])([a-z][a-z0-9]*(?:_[a-z0-9]+)+)(?![\w\-'\"(])")
+_KEYWORD_EQ = re.compile(r"(?<![\w.\-])([a-z][a-z0-9_]*)=")
+_LEADING = re.compile(r"^([a-z][a-z0-9_]*)(?= must | needs | is )")
+
+
+def name_flags(text: str, flags: dict) -> str:
+    """``text`` with API keywords named as CLI flags (``n_experts`` -> ``--n-experts``).
+
+    ``flags`` maps keywords to flags (:func:`cli_names`). Only known keywords are rewritten:
+    a snake_case word (``n_experts``), a keyword before ``=`` (``model=``), and a message that
+    starts with a keyword (``routing must ...``); API function names become words
+    (:data:`API_WORDS`). Other text is left alone.
+    """
+    text = _SNAKE.sub(lambda m: flags.get(m.group(1), API_WORDS.get(m.group(1),
+                                                                    m.group(1))), text)
+    text = _KEYWORD_EQ.sub(lambda m: f"{flags[m.group(1)]}=" if m.group(1) in flags
+                           else m.group(0), text)
+    return _LEADING.sub(lambda m: flags.get(m.group(1), m.group(1)), text)
+
+
+def cli_names(parser) -> dict:
+    """API keyword -> CLI flag, for every option of ``parser`` and its subcommands.
+
+    Only options spelled as their keyword count (``--n-experts`` for ``n_experts``); the
+    positional ``model`` is ``MODEL``.
+    """
+    out = {"model": "MODEL"}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out.update(cli_names(sub))
+        for flag in action.option_strings:
+            if flag.startswith("--") and flag[2:].replace("-", "_") == action.dest:
+                out[action.dest] = flag
+    return out
 
 
 def _shown(text, limit: int = 40) -> str:
@@ -163,180 +203,6 @@ def parse_routing(text: str, n_experts: int, top_k: int):
 
 ROUTING_HELP = ("BASE[+correlated:SIGMA][+group:NG,TG], BASE = uniform | zipf:ALPHA | "
                 "lognormal:SIGMA (e.g. zipf:1.2+correlated:0.2, uniform+group:8,4)")
-
-# -- deployment options of the calibrated cost model (throughput and qs) ----------------------
-#: ``--all-to-all`` values: the API's, plus ``serial`` (the older CLI name of ``none``).
-ALL_TO_ALL_CHOICES = ["off", "none", "overlap", "two-batch", "serial"]
-
-
-def add_deployment_flags(p, *, batch_policy: bool) -> None:
-    """Add the calibrated cost model's options (spelled as the Deployment keywords)."""
-    p.add_argument("--kernels", default=None, choices=["calibrated", "roofline"],
-                   help="time model: calibrated (default; kernel efficiencies fitted on "
-                   "measured kernels) or roofline (the bound, printed beside either way)")
-    p.add_argument("--kernel-card", default=None, metavar="NAME|PATH",
-                   help="kernel-efficiency card (default: the card listing the hardware, "
-                   "else generic)")
-    p.add_argument("--all-to-all", default=None, choices=ALL_TO_ALL_CHOICES,
-                   help="expert dispatch + combine: off, none (charged, no overlap), overlap, "
-                   "two-batch; serial = none (default: none under calibrated kernels, off "
-                   "under roofline)")
-    p.add_argument("--redundant-experts", default=None, metavar="N",
-                   help="extra expert slots holding replicas of the hottest experts "
-                   "(EPLB-style; default 0)")
-    p.add_argument("--expert-placement", default=None, metavar="balanced|FILE",
-                   help="balanced (default: contiguous blocks, sizes differing by at most one) "
-                   "or a text file of one expert-parallel group id per routed expert")
-    p.add_argument("--attention-compute-dtype", default=None, metavar="DTYPE",
-                   help="dtype whose peak FLOP/s applies to the attention core (default: bf16 "
-                   "under calibrated kernels)")
-    p.add_argument("--mtp-depth", default=None, metavar="D",
-                   help="draft tokens per step (multi-token prediction), 0..16 (default 0)")
-    p.add_argument("--mtp-acceptance", default=None, metavar="A|beta:A,B",
-                   help="acceptance rate of a draft token: a number in [0, 1] or beta:A,B "
-                   "(required with --mtp-depth > 0)")
-    if batch_policy:
-        p.add_argument("--batch-per-gpu", default=None, metavar="B[,B...]",
-                       help="sequences per GPU instead of --batch-size (batch = B x --n-gpus)")
-        p.add_argument("--tpot", default=None, metavar="SECONDS|50ms",
-                       help="time-per-output-token target: the largest batch meeting it")
-
-
-#: Largest expert-placement file read (bytes).
-_MAX_PLACEMENT_BYTES = 1 << 22
-
-
-def _read_placement(text: str) -> tuple:
-    """``--expert-placement FILE``: integers (group ids) separated by commas or white space."""
-    check_input_path("--expert-placement", text)
-    path = Path(text)
-    if not path.is_file():
-        raise McrouteError(f"--expert-placement must be 'balanced' or a file of group ids, got "
-                           f"{_shown(text)} (no such file)")
-    if path.stat().st_size > _MAX_PLACEMENT_BYTES:
-        raise McrouteError(f"--expert-placement {text}: file larger than "
-                           f"{_MAX_PLACEMENT_BYTES} bytes")
-    try:
-        body = path.read_text()
-    except UnicodeDecodeError:
-        raise McrouteError(f"--expert-placement {text}: not a text file") from None
-    body = "\n".join(line.partition("#")[0] for line in body.splitlines())  # '#' comments
-    fields = [f for f in re.split(r"[\s,]+", body) if f]
-    out = []
-    for i, f in enumerate(fields):
-        if not f.isdigit() or len(f) > 9:
-            raise McrouteError(f"--expert-placement {text}: entry {i} is not a group id "
-                               f"(an integer >= 0), got {_shown(f)}")
-        out.append(int(f))
-    if not out:
-        raise McrouteError(f"--expert-placement {text}: no group ids in the file")
-    return tuple(out)
-
-
-def deployment_flags(args) -> dict:
-    """The Deployment keywords given on the command line, each checked (errors name the flag)."""
-    from mcroute._cards.cards import DTYPE_BYTES
-    from mcroute._cost.calibrated import parse_acceptance
-
-    opts = {}
-    if args.kernels is not None:
-        opts["kernels"] = args.kernels
-    if args.kernel_card is not None:
-        check_input_path("--kernel-card", args.kernel_card)
-        from mcroute._cost.calibration import load_kernel_card
-
-        try:
-            load_kernel_card(args.kernel_card)  # checked here so that the error names the flag
-        except McrouteError as exc:
-            raise McrouteError(f"--kernel-card: {exc}") from None
-        opts["kernel_card"] = args.kernel_card
-    if args.all_to_all is not None:
-        opts["all_to_all"] = "none" if args.all_to_all == "serial" else args.all_to_all
-    if args.redundant_experts is not None:
-        opts["redundant_experts"] = parse_int(args.redundant_experts, "--redundant-experts",
-                                              minimum=0, maximum=1_000_000)
-    if args.expert_placement is not None:
-        if args.expert_placement.strip().lower() != "balanced":
-            if opts.get("redundant_experts"):
-                raise McrouteError("--redundant-experts and --expert-placement FILE cannot be "
-                                   "combined (with redundant experts the placement is rebuilt "
-                                   "per layer, EPLB-style)")
-            opts["expert_placement"] = _read_placement(args.expert_placement)
-    if args.attention_compute_dtype is not None:
-        d = args.attention_compute_dtype.strip().lower()
-        if d not in DTYPE_BYTES:
-            raise McrouteError(f"--attention-compute-dtype must be one of "
-                               f"{', '.join(DTYPE_BYTES)}, got "
-                               f"{_shown(args.attention_compute_dtype)}")
-        opts["attention_compute_dtype"] = d
-    if args.mtp_depth is not None:
-        opts["mtp_depth"] = parse_int(args.mtp_depth, "--mtp-depth", minimum=0, maximum=16)
-    if args.mtp_acceptance is not None:
-        text = args.mtp_acceptance.strip()
-        try:
-            value = parse_acceptance(float(text))
-        except ValueError:
-            value = text
-        try:
-            parse_acceptance(value)
-        except McrouteError:
-            raise McrouteError(f"--mtp-acceptance must be a number in [0, 1] or beta:A,B with "
-                               f"A, B > 0, got {_shown(args.mtp_acceptance)}") from None
-        opts["mtp_acceptance"] = value
-    if opts.get("mtp_depth", 0) > 0 and "mtp_acceptance" not in opts:
-        raise McrouteError("--mtp-depth > 0 needs --mtp-acceptance (a number in [0, 1] or "
-                           "beta:A,B)")
-    if "mtp_acceptance" in opts and opts.get("mtp_depth", 0) == 0:
-        raise McrouteError("--mtp-acceptance needs --mtp-depth >= 1")
-    return opts
-
-
-def kernels_line(ds, ci_prob) -> str:
-    """Which time model and kernel card were used, and what the intervals carry (attrs)."""
-    kernels = ds.attrs.get("kernels", "roofline")
-    card = ds.attrs.get("kernel_card", "")
-    sources = ds.attrs.get("uncertainty_sources", [])
-    if isinstance(sources, str):  # provenance stores lists as JSON
-        try:
-            sources = json.loads(sources)
-        except ValueError:
-            sources = [sources]
-        sources = sources if isinstance(sources, list) else [sources]
-    carried = ", ".join(str(x) for x in sources) or "nothing (no random inputs)"
-    model = (f"calibrated kernels (card {card})" if kernels == "calibrated"
-             else "roofline kernels (no kernel card)")
-    return f"{model}; the {ci_prob:.0%} intervals carry: {carried}"
-
-
-def placement_error(exc: McrouteError, args) -> McrouteError:
-    """A Deployment error about ``--expert-placement FILE``, naming the flag and the file."""
-    text = str(exc)
-    if getattr(args, "expert_placement", None) and text.startswith("expert placement"):
-        return McrouteError(f"--expert-placement {args.expert_placement}: {text}")
-    return exc
-
-
-def batch_policy_flags(args, batch_given: bool) -> dict:
-    """``--batch-per-gpu`` / ``--tpot`` as decode_throughput keywords (one batch policy)."""
-    given = [f for f, v in (("--batch-size", batch_given),
-                            ("--batch-per-gpu", args.batch_per_gpu), ("--tpot", args.tpot)) if v]
-    if len(given) > 1:
-        raise McrouteError(f"give one of --batch-size, --batch-per-gpu and --tpot, got "
-                           f"{' and '.join(given)}")
-    out = {}
-    if args.batch_per_gpu is not None:
-        out["batch_per_gpu"] = parse_int_list("--batch-per-gpu", args.batch_per_gpu,
-                                              maximum=2**40)
-    if args.tpot is not None:
-        from mcroute._labeled.throughput import parse_tpot
-
-        try:
-            out["tpot"] = parse_tpot(args.tpot.strip())
-        except McrouteError:
-            raise McrouteError(f"--tpot must be a time in (0, 3600) s: a number of seconds "
-                               f"or like 50ms, got {_shown(args.tpot)}") from None
-    return out
-
 
 def check_output_path(path, allowed=(".nc", ".csv", ".json"), flag: str = "--output") -> None:
     """Refuse a bad output path before any work is done.

@@ -1,6 +1,6 @@
 """``mcroute q-estimate``: estimate the quality-equivalence factor q from benchmark tables.
 
-May import: every floor below (front end); ``mcroute.cli.common``.
+Front end (5). May import: every floor below; ``mcroute.cli`` helpers.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import sys
 from pathlib import Path
 
 from mcroute._base.atomic import atomic_path
+from mcroute._base.rng import resolve_seed
 from mcroute._base.validate import MAX_BOOT_DRAWS, McrouteError, check_prob, check_real
+from mcroute._cards.cards import list_models
 from mcroute._labeled.q_estimate import estimate_q, q_summary
 from mcroute._quality.estimate import check_benchmark_names, model_card
 from mcroute._quality.tables import card_name, list_moe_models, load_quality_tables
@@ -21,11 +23,11 @@ from mcroute._version import __version__
 from mcroute.cli.common import (
     check_input_path,
     check_output_path,
-    format_table,
     parse_int,
     refuse_renamed,
     write_output,
 )
+from mcroute.cli.output import Column, Printer, add_output_flags
 
 #: Columns of the summary CSV written by ``--output FILE.csv``.
 SUMMARY_COLUMNS = ["model", "method", "q_median", "q_ci_lower", "q_ci_upper", "ci_prob",
@@ -80,6 +82,7 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", default=None,
                    help="FILE.csv: one summary row per model and method, with provenance; "
                    "FILE.nc or .json: the full Dataset (one model, one method)")
+    add_output_flags(p)
     refuse_renamed(p, "--boot")
     p.set_defaults(func=run)
 
@@ -123,55 +126,86 @@ def _command_line(args, seed) -> str:
     return " ".join(parts)
 
 
-def _print_fits(ds) -> None:
-    header = ["table", "family", "benchmark", "a", "b/decade", "R²", "dense sizes", "MoE score",
-              "N_dense", "q_b", "extrap.", "status"]
-    rows = []
-    for i in range(ds.sizes["fit"]):
-        f = ds.isel(fit=i)
-        status = "used" if int(f["used"]) else "excluded"
-        why = str(f["reason"].values).split(" (")[0].split(";")[0]
-        if why:
-            status += f": {why}"
-        flags = []
-        if int(f["cross_family"]):
-            flags.append("x-family")
-        if int(f["lower_is_better"]):
-            flags.append("lower=better")
-        rows.append([
-            str(f["table"].values), str(f["family"].values), str(f["benchmark"].values)[:40],
-            float(f["intercept"]), float(f["slope"]), float(f["r_squared"]),
-            f"{_b(float(f['size_min']))}-{_b(float(f['size_max']))} (n={int(f['n_sizes'])})",
-            float(f["moe_score"]), _b(float(f["n_dense_equiv"])), float(f["q_fit"]),
-            float(f["extrapolation"]), (" ".join(flags) + " " if flags else "") + status,
-        ])
+_FIT_COLUMNS = [
+    Column("row", "row", "text", shown=False),
+    Column("model", "model", "text", shown=False),
+    Column("table", "table", "text", drop=4),
+    Column("family", "family", "text"),
+    Column("benchmark", "benchmark", "text"),
+    Column("intercept", "a", drop=3),
+    Column("slope", "b/decade", drop=3),
+    Column("r_squared", "R²", "ratio"),
+    Column("dense_sizes", "dense sizes", "text", drop=2, machine=False),
+    Column("size_min", "smallest dense", "params", shown=False),
+    Column("size_max", "largest dense", "params", shown=False),
+    Column("n_sizes", "dense sizes", "int", shown=False),
+    Column("moe_score", "MoE score", drop=1),
+    Column("n_dense_equiv", "N_dense", "params"),
+    Column("q_fit", "q_b", "ratio"),
+    Column("extrapolation", "extrap.", "ratio", drop=1),
+    Column("status", "status", "text"),
+]
+
+_COMBINED_COLUMNS = [Column("row", "row", "text")] + [
+    Column(k, k, "text" if k in ("model", "method", "families_used", "tables_used") else "num")
+    for k in SUMMARY_COLUMNS if k not in ("n_boot", "seed")]
+
+
+def _fit_row(f, model) -> dict:
+    status = "used" if int(f["used"]) else "excluded"
+    why = str(f["reason"].values).split(" (")[0].split(";")[0]
+    if why:
+        status += f": {why}"
+    flags = [name for name, var in (("x-family", "cross_family"),
+                                    ("lower=better", "lower_is_better")) if int(f[var])]
+    size_min, size_max = float(f["size_min"]), float(f["size_max"])
+    return {
+        "row": "fit", "model": model, "table": str(f["table"].values),
+        "family": str(f["family"].values), "benchmark": str(f["benchmark"].values)[:40],
+        "intercept": float(f["intercept"]), "slope": float(f["slope"]),
+        "r_squared": float(f["r_squared"]), "size_min": size_min, "size_max": size_max,
+        "n_sizes": int(f["n_sizes"]),
+        "dense_sizes": f"{_b(size_min)}-{_b(size_max)} (n={int(f['n_sizes'])})",
+        "moe_score": float(f["moe_score"]), "n_dense_equiv": float(f["n_dense_equiv"]),
+        "q_fit": float(f["q_fit"]), "extrapolation": float(f["extrapolation"]),
+        "status": (" ".join(flags) + " " if flags else "") + status,
+    }
+
+
+def _print_fits(out, ds) -> None:
+    model = str(q_summary(ds)["model"])
+    rows = [_fit_row(ds.isel(fit=i), model) for i in range(ds.sizes["fit"])]
     if rows:
-        print(format_table(header, rows))
+        out.table(_FIT_COLUMNS, rows)
 
 
-def _print_combined(ds) -> None:
+def _print_combined(out, ds) -> None:
     s = q_summary(ds)
+    if out.format != "table":  # csv/json: the combined estimate as a row of its own
+        out.table(_COMBINED_COLUMNS, [dict(s, row="combined")])
+        return
     if not math.isfinite(s["q_median"]):
         notes = ds.attrs.get("excluded_tables", "")
         extra = f"; tables without a usable fit: {notes}" if notes not in ("", "{}") else ""
-        print(f"{s['model']} [{s['method']}]: no estimate (no benchmark could be used){extra}")
+        out.line(f"{s['model']} [{s['method']}]: no estimate (no benchmark could be "
+                 f"used){extra}")
         return
     if s["method"] == "scaling_law":
-        print(f"{s['model']} [scaling_law]: q = {s['q_median']:.3g} (point value; "
-              f"N_active {_b(float(ds['n_active']))}, E = n_experts/top_k = "
-              f"{float(ds['expansion']):g}; {ds.attrs.get('law', '')})")
+        out.line(f"{s['model']} [scaling_law]: q = {s['q_median']:.3g} (point value; "
+                 f"N_active {_b(float(ds['n_active']))}, E = n_experts/top_k = "
+                 f"{float(ds['expansion']):g}; {ds.attrs.get('law', '')})")
         notes = ds.attrs.get("notes", "[]")
         if notes not in ("", "[]"):
-            print(f"  notes: {notes}")
+            out.line(f"  notes: {notes}")
         return
-    print(f"{s['model']} [fit]: q = {s['q_median']:.3g}  "
-          f"[{s['ci_prob']:.0%} CI {s['q_ci_lower']:.3g}, {s['q_ci_upper']:.3g}]  "
-          f"point {s['q_point']:.3g}; {s['n_benchmarks']} benchmark fits "
-          f"({s['n_cross_family']} against another family), tables: {s['tables_used']}")
+    out.line(f"{s['model']} [fit]: q = {s['q_median']:.3g}  "
+             f"[{s['ci_prob']:.0%} CI {s['q_ci_lower']:.3g}, {s['q_ci_upper']:.3g}]  "
+             f"point {s['q_point']:.3g}; {s['n_benchmarks']} benchmark fits "
+             f"({s['n_cross_family']} against another family), tables: {s['tables_used']}")
     spread = ds["q_fit_q"]
     levels = ", ".join(f"p{100 * float(q):g} {float(v):.3g}"
                        for q, v in zip(spread["quantile"].values, spread.values, strict=True))
-    print(f"  spread of single-benchmark q (not an uncertainty): {levels}")
+    out.line(f"  spread of single-benchmark q (not an uncertainty): {levels}")
 
 
 def _write_summary_csv(rows, path, command, tables) -> Path:
@@ -215,91 +249,104 @@ def _check_benchmarks(text: str, tables) -> list[str]:
     return wanted
 
 
-def run(args) -> int:
-    """Run ``mcroute q-estimate``."""
-    for t in args.table or []:
-        check_input_path("--table", t)
-    tables = load_quality_tables(args.table)
-    if args.list:
-        print("\n".join(list_moe_models(tables)))
-        return 0
+def _settings(args, tables) -> dict:
+    """Every option checked before any work (errors name the flag)."""
     if args.all and args.models:
         raise McrouteError("give MODEL names or --all, not both")
     if not args.all and not args.models:
         raise McrouteError("give at least one MODEL (or --all, or --list)")
-    n_boot = parse_int(args.n_boot, "--n-boot", minimum=2, maximum=MAX_BOOT_DRAWS)
-    min_sizes = parse_int(args.min_sizes, "--min-sizes", minimum=2)
-    ci_prob = check_prob("--ci-prob", args.ci_prob)
-    max_ex = check_real("--max-extrapolation", args.max_extrapolation, minimum=1.0)
     seed = None if args.seed is None else parse_int(args.seed, "--seed", minimum=0)
-    benchmarks = None
-    if args.benchmarks is not None:
-        benchmarks = _check_benchmarks(args.benchmarks, tables)
-    methods = ["fit", "scaling_law"] if args.method == "both" else [args.method]
+    return {
+        "n_boot": parse_int(args.n_boot, "--n-boot", minimum=2, maximum=MAX_BOOT_DRAWS),
+        "min_sizes": parse_int(args.min_sizes, "--min-sizes", minimum=2),
+        "ci_prob": check_prob("--ci-prob", args.ci_prob),
+        "max_extrapolation": check_real("--max-extrapolation", args.max_extrapolation,
+                                        minimum=1.0),
+        "seed": resolve_seed(seed),
+        "benchmarks": (None if args.benchmarks is None
+                       else _check_benchmarks(args.benchmarks, tables)),
+        "methods": ["fit", "scaling_law"] if args.method == "both" else [args.method],
+    }
+
+
+def _names(args, method, tables) -> list:
+    if not args.all:
+        return list(args.models)
+    if method == "fit":
+        return list_moe_models(tables)
+    return [n for n in list_models() if getattr(model_card(n), "is_moe", False)]
+
+
+def _estimate(args, st, name, method, tables):
+    if method != "fit":
+        return estimate_q(name, method=method, rng=st["seed"], ci_prob=st["ci_prob"])
+    return estimate_q(
+        name, tables, method=method, benchmarks=st["benchmarks"], family=args.family,
+        n_boot=st["n_boot"], rng=st["seed"], ci_prob=st["ci_prob"],
+        max_extrapolation=st["max_extrapolation"], allow_extrapolation=args.allow_extrapolation,
+        min_sizes=st["min_sizes"], resample=args.resample, combine=args.combine,
+        n_active_source=args.n_active_source)
+
+
+def _write(args, results, seed, tables) -> None:
     out = args.output
-    ext = Path(out).suffix.lower() if out else ""
-    check_output_path(out, (".csv", ".nc", ".json"))
+    ext = Path(out).suffix.lower()
+    if ext == ".csv":
+        rows = []
+        for ds in results:
+            s = q_summary(ds)
+            if not math.isfinite(s["q_median"]):
+                continue
+            s["model"] = card_name(s["model"])
+            s["n_boot"] = ds.attrs.get("n_trials", "")
+            s["seed"] = ds.attrs.get("seed", "")
+            rows.append(s)
+        path = _write_summary_csv(rows, out, _command_line(args, seed), tables)
+        if not args.quiet:
+            print(f"wrote {path}", file=sys.stderr)
+        return
+    if len(results) != 1:
+        raise McrouteError(f"--output {ext} holds one model and one method; got "
+                           f"{len(results)} results (use .csv for several)")
+    write_output(results[0], out, quiet=args.quiet)
 
-    if seed is None:
-        from mcroute._base.rng import resolve_seed
 
-        seed = resolve_seed(None)
-    header = (f"seed {seed}; {n_boot} bootstrap replicates; tables from "
-              f"{', '.join(sorted({str(t.path.parent) for t in tables}))}")
-
-    results = []
-    for method in methods:
-        if args.all:
-            if method == "fit":
-                names = list_moe_models(tables)
-            else:
-                from mcroute._cards.cards import list_models
-
-                names = [n for n in list_models() if getattr(model_card(n), "is_moe", False)]
+def run(args) -> int:
+    """Run ``mcroute q-estimate``."""
+    check_output_path(args.output, (".csv", ".nc", ".json"))
+    for t in args.table or []:
+        check_input_path("--table", t)
+    tables = load_quality_tables(args.table)
+    out = Printer(args)
+    if args.list:  # one name a line (csv/json: a "model" column)
+        names = list_moe_models(tables)
+        if out.format == "table":
+            for name in names:
+                out.line(name)
         else:
-            names = list(args.models)
-        for name in names:
-            try:
-                ds = estimate_q(
-                    name, tables, method=method, benchmarks=benchmarks, family=args.family,
-                    n_boot=n_boot, rng=seed, ci_prob=ci_prob, max_extrapolation=max_ex,
-                    allow_extrapolation=args.allow_extrapolation, min_sizes=min_sizes,
-                    resample=args.resample, combine=args.combine,
-                    n_active_source=args.n_active_source,
-                ) if method == "fit" else estimate_q(name, method=method, rng=seed,
-                                                     ci_prob=ci_prob)
-            except McrouteError as exc:
-                if str(exc).startswith("n_boot"):  # name the flag, as every other error does
-                    raise McrouteError(f"--n-boot {n_boot}: {exc}") from None
-                raise
+            out.table([Column("model", "model", "text")], [{"model": n} for n in names])
+        out.close()
+        return 0
+    st = _settings(args, tables)
+    header = (f"seed {st['seed']}; {st['n_boot']} bootstrap replicates; tables from "
+              f"{', '.join(sorted({str(t.path.parent) for t in tables}))}")
+    results = []
+    for method in st["methods"]:
+        for name in _names(args, method, tables):
+            ds = _estimate(args, st, name, method, tables)
             if method == "fit" and args.all and int(ds["n_benchmarks"]) == 0:
                 continue  # --all lists only the models that have an estimate
             if header is not None:  # printed once the first estimate succeeded, so that an
-                print(header)       # error found by estimate_q stays the only line
+                out.line(header)    # error found by estimate_q stays the only line
                 header = None
-            print()
+            out.line()
             if method == "fit" and not args.summary:
-                _print_fits(ds)
-            _print_combined(ds)
+                _print_fits(out, ds)
+            _print_combined(out, ds)
             results.append(ds)
     if header is not None:
-        print(header)
-    if out:
-        if ext == ".csv":
-            rows = []
-            for ds in results:
-                s = q_summary(ds)
-                if not math.isfinite(s["q_median"]):
-                    continue
-                s["model"] = card_name(s["model"])
-                s["n_boot"] = ds.attrs.get("n_trials", "")
-                s["seed"] = ds.attrs.get("seed", "")
-                rows.append(s)
-            path = _write_summary_csv(rows, out, _command_line(args, seed), tables)
-            print(f"wrote {path}", file=sys.stderr)
-        else:
-            if len(results) != 1:
-                raise McrouteError(f"--output {ext} holds one model and one method; got "
-                                   f"{len(results)} results (use .csv for several)")
-            write_output(results[0], out)
+        out.line(header)
+    out.close()
+    if args.output:
+        _write(args, results, st["seed"], tables)
     return 0

@@ -1,8 +1,10 @@
 """``mcroute qs``: the MoE's decode penalty against its quality-matched dense twin.
 
 With no model: the paper's four models (DeepSeek-V3, Qwen3-235B-A22B, Grok-1, Switch-C) on the
-documented default deployment (``_qs.PAPER_CASES``), contexts 4k → 128k. This is the README's
+documented default deployment (``PAPER_CASES``), contexts 4k → 128k. This is the README's
 main job.
+
+Front end (5). May import: every floor below; ``mcroute.cli`` helpers.
 """
 
 from __future__ import annotations
@@ -13,23 +15,39 @@ import sys
 import numpy as np
 import xarray as xr
 
-from mcroute._base.validate import MAX_CONTEXT, MAX_GPUS, MAX_Q, McrouteError, check_prob
+from mcroute._base.validate import MAX_CONTEXT, MAX_Q, McrouteError, check_prob
+from mcroute._cards.cards import load_model
+from mcroute._cost.deployment import DEPLOYMENT_OPTIONS
+from mcroute._labeled.qs import (
+    PAPER_CASES,
+    PAPER_CONTEXTS,
+    PAPER_GPUS,
+    PAPER_HARDWARE,
+    default_q,
+    qs_analysis,
+)
+from mcroute._quality.quality import as_q, parse_q
 from mcroute.cli.common import (
     ROUTING_HELP,
-    add_deployment_flags,
     check_input_path,
     check_output_path,
-    deployment_flags,
-    kernels_line,
     parse_int,
     parse_real,
     parse_routing,
     parse_size_list,
-    placement_error,
     refuse_renamed,
     write_output,
 )
+from mcroute.cli.deployment import (
+    add_deployment_flags,
+    deployment_flags,
+    flag_spec,
+    kernels_line,
+    placement_error,
+)
 from mcroute.cli.output import Column, Est, Printer, add_output_flags, fmt_tokens, fmt_value
+
+_OPT = {o.name: o for o in DEPLOYMENT_OPTIONS}
 
 
 def register(sub) -> None:
@@ -43,9 +61,9 @@ def register(sub) -> None:
         "bound is printed beside it. Without MODEL: the paper's four models on 8 x H200.",
     )
     p.add_argument("model", nargs="?", help="MoE model card (default: the paper's four models)")
-    p.add_argument("-H", "--hardware", default=None, help="hardware card (default h200)")
-    p.add_argument("-g", "--n-gpus", default=None, metavar="N",
-                   help="GPUs serving the model (default 8)")
+    for name, default in (("hardware", "h200"), ("n_gpus", "8")):  # spelled as declared
+        names, kw = flag_spec(_OPT[name])
+        p.add_argument(*names, **(kw | {"help": f"{kw['help']} (default {default})"}))
     p.add_argument("--dense-n-gpus", default=None, metavar="N",
                    help="GPUs of the dense twin (default --n-gpus)")
     p.add_argument("--q", default=None,
@@ -56,13 +74,6 @@ def register(sub) -> None:
     p.add_argument("-r", "--routing", default=None,
                    help=ROUTING_HELP + "; default: the model card's routing (uniform, "
                    "group-limited for DeepSeek-V2/V3)")
-    p.add_argument("--weight-dtype", default=None, help="weight dtype (default per model)")
-    p.add_argument("--kv-dtype", default="bf16", help="KV cache dtype (default bf16)")
-    p.add_argument("--hbm-fraction", default=None,
-                   help="usable share of HBM, in (0, 1] (default 0.9)")
-    p.add_argument("--attention-parallel", default=None, choices=["tensor", "data"],
-                   help="attention parallelism over the GPUs (default: per model; "
-                   "data for DeepSeek-V3 in the paper cases, else tensor)")
     p.add_argument("--dense-style", default="widen", choices=["widen", "llama"],
                    help="how the dense twin is built (default widen: same attention and KV)")
     p.add_argument("--dense-model", default=None,
@@ -168,7 +179,7 @@ def _print_case(out, ds, name, q_note, dep_note, ci_prob=0.95) -> None:
                 f" at {fmt_value(float(ds['crossover_context']), 'rate')} tokens"))
 
 
-def _parse_q(text: str, as_q, parse_q):
+def _parse_q(text: str):
     """``--q`` as a QSpec, refused when its upper end exceeds :data:`MAX_Q`."""
     kind, sep, arg = text.strip().partition(":")
     if kind.strip().lower() == "samples" and sep:
@@ -183,113 +194,120 @@ def _parse_q(text: str, as_q, parse_q):
     return q
 
 
-def run(args) -> int:
-    """Run ``mcroute qs``."""
-    from mcroute._cards.cards import load_model
-    from mcroute._labeled.qs import (
-        PAPER_CASES,
-        PAPER_CONTEXTS,
-        PAPER_GPUS,
-        PAPER_HARDWARE,
-        default_q,
-        qs_analysis,
-    )
-    from mcroute._quality.quality import as_q, parse_q
-
+def _checked(args) -> dict:
+    """Every flag of ``qs`` parsed and checked, before any work (errors name the flag)."""
     check_output_path(args.output)
-    contexts = parse_size_list("--context", args.context, maximum=MAX_CONTEXT)
-    trials = parse_int(args.n_trials, "--n-trials", minimum=2)
-    q_samples = parse_int(args.n_q_samples, "--n-q-samples", minimum=1)
-    seed = parse_int(args.seed, "--seed", minimum=0)
-    ci_prob = check_prob("--ci-prob", args.ci_prob)
-    hardware = PAPER_HARDWARE if args.hardware is None else args.hardware
-    check_input_path("--hardware", hardware)
-    gpus = PAPER_GPUS if args.n_gpus is None else parse_int(args.n_gpus, "--n-gpus", 1,
-                                                            MAX_GPUS)
-    dense_gpus = (None if args.dense_n_gpus is None
-                  else parse_int(args.dense_n_gpus, "--dense-n-gpus", 1, MAX_GPUS))
-    hbm_fraction = (None if args.hbm_fraction is None else parse_real(
-        args.hbm_fraction, "--hbm-fraction", minimum=0.0, maximum=1.0, open_min=True))
-    for flag, value in (("MODEL", args.model), ("--dense-model", args.dense_model)):
+    for flag, value in (("MODEL", args.model), ("--dense-model", args.dense_model),
+                        ("--hardware", args.hardware)):
         if value is not None:
             check_input_path(flag, value)
-    q_given = None  # --q parsed once, before any work, unless it depends on the model
-    if args.q is not None:
-        if args.dense_model is not None:
-            q_given = parse_real(args.q, "--q", minimum=0.0, maximum=MAX_Q, open_min=True)
-        elif args.q.strip().lower() != "estimate":
-            q_given = _parse_q(args.q, as_q, parse_q)
+    max_gpus = int(_OPT["n_gpus"].maximum)
+    return {
+        "contexts": parse_size_list("--context", args.context, maximum=MAX_CONTEXT),
+        "trials": parse_int(args.n_trials, "--n-trials", minimum=2),
+        "q_samples": parse_int(args.n_q_samples, "--n-q-samples", minimum=1),
+        "seed": parse_int(args.seed, "--seed", minimum=0),
+        "ci_prob": check_prob("--ci-prob", args.ci_prob),
+        "hardware": PAPER_HARDWARE if args.hardware is None else args.hardware,
+        "gpus": (PAPER_GPUS if args.n_gpus is None
+                 else parse_int(args.n_gpus, "--n-gpus", 1, max_gpus)),
+        "dense_gpus": (None if args.dense_n_gpus is None
+                       else parse_int(args.dense_n_gpus, "--dense-n-gpus", 1, max_gpus)),
+        "options": deployment_flags(args),
+        "q": _given_q(args),
+    }
+
+
+def _given_q(args):
+    """``--q`` parsed once, before any work (None: the default, or per-model ``estimate``)."""
+    if args.q is None:
+        return None
+    if args.dense_model is not None:
+        return parse_real(args.q, "--q", minimum=0.0, maximum=MAX_Q, open_min=True)
+    if args.q.strip().lower() == "estimate":
+        return None
+    return _parse_q(args.q)
+
+
+def _cases(args, run) -> list:
+    """(model name, its paper defaults) per case; every model and routing checked first."""
     if args.model:
         # a paper model named alone keeps its documented defaults (fp8 weights and
         # data-parallel attention for DeepSeek-V3); flags override them
-        paper = dict(PAPER_CASES)
-        cases = [(args.model, dict(paper.get(args.model, {})))]
+        cases = [(args.model, dict(dict(PAPER_CASES).get(args.model, {})))]
     else:
         cases = list(PAPER_CASES)
         if args.context == "4k,8k,16k,32k,64k,128k":
-            contexts = list(PAPER_CONTEXTS)
-    results = []
-    options = deployment_flags(args)
-    routings = {}  # every case's model and routing checked before anything is printed
+            run["contexts"] = list(PAPER_CONTEXTS)
+    run["routings"] = {}
     for name, _ in cases:
         moe = load_model(name)
         if not moe.is_moe:
             raise McrouteError(f"model {moe.name!r} is dense; the qs analysis needs a "
                                "Mixture-of-Experts model (its dense twin is built from it)")
-        routings[name] = (None if args.routing is None else
-                          parse_routing(args.routing, moe.n_experts, moe.top_k))
+        run["routings"][name] = (None if args.routing is None else
+                                 parse_routing(args.routing, moe.n_experts, moe.top_k))
+    return cases
+
+
+def _q_of(args, run, moe):
+    """The q of one case and where it came from."""
+    if args.dense_model is not None:
+        return run["q"], f"dense model {args.dense_model}"
+    if args.q is None:
+        return default_q(moe)
+    q = run["q"] if run["q"] is not None else _parse_q(f"estimate:{moe.name}")
+    return q, args.q
+
+
+def _one_case(args, run, out, name, defaults):
+    """Run and print one model; return its Dataset with a ``model`` dim."""
+    moe = load_model(name)
+    opts = dict(defaults) | run["options"]
+    q, q_note = _q_of(args, run, moe)
+    try:
+        ds = qs_analysis(moe, run["hardware"], run["gpus"], q, run["contexts"],
+                         run["routings"][name], n_trials=run["trials"], rng=run["seed"],
+                         ci_prob=run["ci_prob"], dense_style=args.dense_style,
+                         dense_n_gpus=run["dense_gpus"], n_q_samples=run["q_samples"],
+                         dense_model=args.dense_model, **opts)
+    except McrouteError as exc:
+        raise placement_error(exc, args) from None
+    dep = json.loads(ds.attrs.get("deployment", "{}"))
+    dep_note = (f"{run['gpus']} x {run['hardware']}, weights "
+                f"{dep.get('weight_dtype') or opts.get('weight_dtype', 'bf16')}, KV "
+                f"{dep.get('kv_dtype') or opts.get('kv_dtype', 'bf16')}, "
+                f"{dep.get('attention_parallel', 'tensor')}-parallel attention, dense twin: "
+                f"{args.dense_model or args.dense_style}")
+    _print_case(out, ds, moe.name, q_note, dep_note, run["ci_prob"])
+    sys.stdout.flush()
+    return ds.expand_dims(model=[moe.name])
+
+
+def _merged(results):
+    """One Dataset of every case (per-draw variables dropped when several models)."""
+    if len(results) == 1:
+        return results[0]
+    keep = [r.drop_vars([v for v in r.data_vars if "q_draw" in r[v].dims or v in
+                         ("q_samples",)], errors="ignore") for r in results]
+    return xr.concat(keep, dim="model", coords="minimal", compat="override",
+                     combine_attrs="drop_conflicts")
+
+
+def run(args) -> int:
+    """Run ``mcroute qs``."""
+    run = _checked(args)
+    cases = _cases(args, run)
     out = Printer(args)
-    out.line(f"mcroute qs: {len(cases)} model(s) on {gpus} x {hardware}, {trials} trials, "
-             f"seed {seed}")
+    out.line(f"mcroute qs: {len(cases)} model(s) on {run['gpus']} x {run['hardware']}, "
+             f"{run['trials']} trials, seed {run['seed']}")
     out.line("penalty = dense / MoE throughput, each at its admissible batch: mean [CI of the "
              "mean]\n(p5-p95 of single steps); bound: the penalty under the roofline bound of "
              "both models;\nreuse: both at the smaller batch; B ratio: dense / MoE admissible "
              "batch")
     sys.stdout.flush()
-    for name, defaults in cases:
-        moe = load_model(name)
-        opts = dict(defaults)
-        if args.weight_dtype is not None:
-            opts["weight_dtype"] = args.weight_dtype
-        opts["kv_dtype"] = args.kv_dtype
-        if hbm_fraction is not None:
-            opts["hbm_fraction"] = hbm_fraction
-        if args.attention_parallel is not None:
-            opts["attention_parallel"] = args.attention_parallel
-        opts.update(options)
-        if args.dense_model is not None:
-            q = q_given
-            q_note = f"dense model {args.dense_model}"
-        elif args.q is None:
-            q, q_note = default_q(moe)
-        else:
-            q = q_given if q_given is not None else _parse_q(f"estimate:{moe.name}", as_q,
-                                                             parse_q)
-            q_note = args.q
-        routing = routings[name]
-        try:
-            ds = qs_analysis(moe, hardware, gpus, q, contexts, routing, n_trials=trials,
-                             rng=seed, ci_prob=ci_prob, dense_style=args.dense_style,
-                             dense_n_gpus=dense_gpus, n_q_samples=q_samples,
-                             dense_model=args.dense_model, **opts)
-        except McrouteError as exc:
-            raise placement_error(exc, args) from None
-        attention = json.loads(ds.attrs.get("deployment", "{}")).get("attention_parallel",
-                                                                     "tensor")
-        dep_note = (f"{gpus} x {hardware}, weights {opts.get('weight_dtype', 'bf16')}, "
-                    f"KV {opts['kv_dtype']}, {attention}-parallel attention, dense twin: "
-                    f"{args.dense_model or args.dense_style}")
-        _print_case(out, ds, moe.name, q_note, dep_note, ci_prob)
-        sys.stdout.flush()
-        results.append(ds.expand_dims(model=[moe.name]))
+    results = [_one_case(args, run, out, name, defaults) for name, defaults in cases]
     out.close()
     if args.output:
-        if len(results) == 1:
-            merged = results[0]
-        else:
-            keep = [r.drop_vars([v for v in r.data_vars if "q_draw" in r[v].dims or v in
-                                 ("q_samples",)], errors="ignore") for r in results]
-            merged = xr.concat(keep, dim="model", coords="minimal", compat="override",
-                               combine_attrs="drop_conflicts")
-        write_output(merged, args.output, quiet=args.quiet)
+        write_output(_merged(results), args.output, quiet=args.quiet)
     return 0

@@ -1,34 +1,39 @@
 """``mcroute throughput``: decode throughput of a model on a GPU deployment, with intervals.
 
-May import: every floor below (front end); ``mcroute.cli.common``.
+Front end (5). May import: every floor below; ``mcroute.cli`` helpers.
 """
 
 from __future__ import annotations
 
 import sys
 
-from mcroute._base.validate import MAX_CONTEXT, MAX_GPUS, McrouteError, check_prob, check_real
+from mcroute._base.validate import MAX_CONTEXT, McrouteError, check_prob
 from mcroute._cards.cards import load_hardware, load_model
-from mcroute._cost.deployment import Deployment
+from mcroute._cost.deployment import DEPLOYMENT_OPTIONS, Deployment
 from mcroute._labeled.throughput import decode_throughput
 from mcroute.cli.common import (
     ROUTING_HELP,
-    add_deployment_flags,
-    batch_policy_flags,
     check_input_path,
     check_output_path,
-    deployment_flags,
     is_tty,
-    kernels_line,
     parse_int,
     parse_int_list,
     parse_routing,
     parse_size_list,
-    placement_error,
     refuse_renamed,
     write_output,
 )
+from mcroute.cli.deployment import (
+    add_deployment_flags,
+    batch_policy_flags,
+    deployment_flags,
+    flag_spec,
+    kernels_line,
+    placement_error,
+)
 from mcroute.cli.output import Column, Est, Printer, add_output_flags, fmt_tokens
+
+_OPT = {o.name: o for o in DEPLOYMENT_OPTIONS}
 
 
 def register(sub) -> None:
@@ -46,10 +51,9 @@ def register(sub) -> None:
         "reported with the reason.",
     )
     p.add_argument("model", help="model card name (e.g. deepseek-v3) or path to a .toml card")
-    p.add_argument("-H", "--hardware", required=True,
-                   help="hardware card name (e.g. h200) or path")
-    p.add_argument("-g", "--n-gpus", required=True, metavar="N",
-                   help="GPUs serving one replica")
+    for name in ("hardware", "n_gpus"):  # required here; spelled as declared
+        names, kw = flag_spec(_OPT[name])
+        p.add_argument(*names, **kw, required=True)
     p.add_argument("-c", "--context", default="4k,32k,128k", metavar="L[,L...]",
                    help="comma-separated context lengths, k = 1024 (default 4k,32k,128k)")
     p.add_argument("-b", "--batch-size", default=None, metavar="max|B[,B...]",
@@ -58,24 +62,6 @@ def register(sub) -> None:
     p.add_argument("-r", "--routing", default=None,
                    help=ROUTING_HELP + "; default: the model card's routing (uniform, "
                    "group-limited for DeepSeek-V2/V3)")
-    p.add_argument("--weight-dtype", default="bf16", help="weight storage dtype (default bf16)")
-    p.add_argument("--kv-dtype", default="bf16", help="KV cache dtype (default bf16)")
-    p.add_argument("--compute-dtype", default=None,
-                   help="dtype whose peak FLOP/s applies (default: weight dtype if the GPU "
-                   "lists it, else bf16)")
-    p.add_argument("--hbm-fraction", default=0.9, type=float,
-                   help="usable share of HBM for weights + KV (default 0.9)")
-    p.add_argument("--bandwidth-efficiency", default=1.0, type=float,
-                   help="achievable share of peak HBM bandwidth (default 1.0)")
-    p.add_argument("--flops-efficiency", default=1.0, type=float,
-                   help="achievable share of peak FLOP/s (default 1.0)")
-    p.add_argument("--attention-parallel", default="tensor", choices=["tensor", "data"],
-                   help="attention parallelism over the GPUs (default tensor)")
-    p.add_argument("--expert-parallel", default=None,
-                   help="expert-parallel degree (default: all GPUs)")
-    p.add_argument("--max-batch", default=None, help="cap on the batch size (default none)")
-    p.add_argument("--enforce-max-context", action="store_true",
-                   help="treat contexts above the model's max context as infeasible")
     add_deployment_flags(p, batch_policy=True)
     p.add_argument("-n", "--n-trials", default="1000", metavar="N",
                    help="Monte Carlo steps per point (default 1000)")
@@ -95,7 +81,7 @@ def run(args) -> int:
     check_input_path("--hardware", args.hardware)
     model = load_model(args.model)
     hardware = load_hardware(args.hardware)
-    gpus = parse_int(args.n_gpus, "--n-gpus", 1, MAX_GPUS)
+    gpus = parse_int(args.n_gpus, "--n-gpus", 1, int(_OPT["n_gpus"].maximum))
     contexts = parse_size_list("--context", args.context, maximum=MAX_CONTEXT)
     batch_given = args.batch_size is not None and str(args.batch_size).strip().lower() != "max"
     batch = parse_int_list("--batch-size", args.batch_size) if batch_given else "max"
@@ -104,11 +90,8 @@ def run(args) -> int:
     trials = parse_int(args.n_trials, "--n-trials", minimum=2)
     ci_prob = check_prob("--ci-prob", args.ci_prob)
     seed = None if args.seed is None else parse_int(args.seed, "--seed", minimum=0)
-    for name in ("hbm_fraction", "bandwidth_efficiency", "flops_efficiency"):
-        check_real("--" + name.replace("_", "-"), getattr(args, name), minimum=0.0, maximum=1.0,
-                   open_min=True)
     try:
-        dep = _deployment(args, model, hardware, gpus, options)
+        dep = Deployment(model, hardware, gpus, **options)
     except McrouteError as exc:
         raise placement_error(exc, args) from None
     routing = None
@@ -133,19 +116,6 @@ def run(args) -> int:
     if args.output:
         write_output(ds, args.output, quiet=args.quiet)
     return 0
-
-
-def _deployment(args, model, hardware, gpus, options):
-    return Deployment(
-        model, hardware, gpus,
-        weight_dtype=args.weight_dtype, kv_dtype=args.kv_dtype, compute_dtype=args.compute_dtype,
-        hbm_fraction=args.hbm_fraction, bandwidth_efficiency=args.bandwidth_efficiency,
-        flops_efficiency=args.flops_efficiency, attention_parallel=args.attention_parallel,
-        expert_parallel=None if args.expert_parallel is None else parse_int(
-            args.expert_parallel, "--expert-parallel", minimum=1),
-        max_batch=None if args.max_batch is None else parse_int(args.max_batch, "--max-batch", 1),
-        enforce_max_context=bool(args.enforce_max_context), **options,
-    )
 
 
 #: The printed table: step time with its p5-p95 band, throughput with the interval of its mean,

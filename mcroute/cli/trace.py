@@ -99,8 +99,8 @@ def _check_experts(trace, e: int) -> None:
     if hi >= e:
         raise McrouteError(f"{where}: expert id {hi} outside 0..{e - 1} (--n-experts {e})")
     if trace.n_experts != e:
-        raise McrouteError(f"{where}: --n-experts {e}, but the file records n_experts = "
-                           f"{trace.n_experts}")
+        raise McrouteError(f"{where}: --n-experts {e}, but the file records "
+                           f"{trace.n_experts} experts")
 
 
 def _convert_format(text: str) -> str:
