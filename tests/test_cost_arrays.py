@@ -138,8 +138,8 @@ def test_shapes_and_types_of_array_results():
     assert dep.max_batch_size(8192) == dep.max_batch_size([8192])[0] > 0
 
 
-@pytest.mark.parametrize("bad", [[4096, 0], [1.5, 2], [True, False], [4096, -3], ["8k"],
-                                 [2**41]])
+@pytest.mark.parametrize("bad", [[4096, 0], [1.5, 2], [True, False], [4096, -3], ["8x"],
+                                 [2**41], ["8k"], "8k", 0, None])
 def test_bad_context_arrays_are_refused_naming_context(bad):
     dep = Deployment("llama-3.1-70b", "h100-sxm", 4)
     for f in (dep.max_batch_size, dep.feasible, dep.infeasibility, dep.kv_bytes_per_sequence):

@@ -48,7 +48,7 @@ def test_the_default_passes_its_own_check(opt):
 def _refused_values(opt):
     """Values just outside each declared bound, and values of a wrong type."""
     if opt.type in ("int", "tokens"):
-        out = [1.5, "4", True]
+        out = [1.5, "4x" if opt.type == "tokens" else "4", True]
         if opt.minimum is not None:
             out.append(int(opt.minimum) - (0 if opt.open_min else 1))
         if opt.maximum is not None:
@@ -149,3 +149,10 @@ def test_weight_dtype_defaults_to_the_cards_release_dtype():
     assert dep.replace(model="llama-3.1-70b").weight_dtype == "bf16"
     given = Deployment("deepseek-v3", "h200", 8, weight_dtype="fp8")
     assert given.replace(model="llama-3.1-70b").weight_dtype == "fp8"
+
+
+def test_token_options_take_size_strings():
+    """A "tokens" option takes the CLI's spelling ("1k" = 1024, one parser in _base/units)."""
+    opt = BY_NAME["encoder_context"]
+    assert opt.check("1k") == 1024 and opt.check(0) == 0
+    assert Deployment("switch-c-2048", "h200", 8, encoder_context="1k").encoder_context == 1024

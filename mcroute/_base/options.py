@@ -1,6 +1,6 @@
 """One declaration per option: :class:`Option`, :func:`option`, :func:`options_of` (floor 2).
 
-May import: ``mcroute._base.validate``.
+May import: ``mcroute._base.validate``, ``mcroute._base.units``.
 
 An option is declared once, as the metadata of a dataclass field::
 
@@ -19,12 +19,12 @@ the options.
 Types
 -----
 ``"int"``, ``"float"``, ``"bool"`` and ``"str"`` (optionally with ``choices``) are checked fully
-here. ``"dtype"`` must be a string (the table of known dtypes belongs to the cards). Other types
-name a format whose parser lives on a higher floor (``"tokens"``: an int or ``"128k"``;
-``"time"``: seconds or ``"50ms"``; ``"acceptance"``: a number in [0, 1] or ``"beta:A,B"``;
-``"path"``: a card name or file; ``"model"``, ``"hardware"``, ``"placement"``, ...): ``check``
-takes integers for ``"tokens"`` and leaves the other formats to their owner, returning the
-value unchanged.
+here, and so is ``"tokens"`` (an int or a size string like ``"128k"``, parsed by
+:func:`mcroute._base.units.parse_size`, returned as an int). ``"dtype"`` must be a string (the
+table of known dtypes belongs to the cards). Other types name a format whose parser lives on a
+higher floor (``"time"``: seconds or ``"50ms"``; ``"acceptance"``: a number in [0, 1] or
+``"beta:A,B"``; ``"path"``: a card name or file; ``"model"``, ``"hardware"``, ``"placement"``,
+...): ``check`` leaves them to their owner and returns the value unchanged.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import functools
 
 import numpy as np
 
+from mcroute._base.units import parse_size
 from mcroute._base.validate import McrouteError, check_int, check_real, short_repr
 
 __all__ = ["REQUIRED", "SIMPLE_TYPES", "Option", "option", "options_of"]
@@ -150,6 +151,12 @@ class Option:
         return value if checker is None else checker(self, value)
 
 
+def _check_tokens(opt: Option, value):
+    if isinstance(value, str):  # "128k": the one size parser
+        value = parse_size(opt.name, value, None if opt.maximum is None else int(opt.maximum))
+    return _check_int(opt, value)
+
+
 def _check_int(opt: Option, value):
     lo = opt.minimum
     if lo is not None and opt.open_min:
@@ -175,7 +182,7 @@ def _check_str(opt: Option, value):
     return value
 
 
-_CHECKS = {"int": _check_int, "tokens": _check_int, "float": _check_float,
+_CHECKS = {"int": _check_int, "tokens": _check_tokens, "float": _check_float,
            "bool": _check_bool, "str": _check_str, "dtype": _check_str}
 
 

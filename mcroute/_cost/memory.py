@@ -330,6 +330,8 @@ def _ints(name: str, value, *, maximum: int):
     """``value`` (an int or an array of ints in [1, maximum]): flat int64 array, shape or None.
 
     The shape is None for a scalar. The first bad element is refused with check_int's message.
+    Size strings (``"128k"``) are parsed at the public edge (the labeled functions, the CLI),
+    not here: ``Deployment`` methods take integers, as they always have.
     """
     if np.ndim(value) == 0:
         return np.array([check_int(name, value, minimum=1, maximum=maximum)], dtype=np.int64), None
