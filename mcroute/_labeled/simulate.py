@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from mcroute._base.progress import progress_callback
 from mcroute._base.rng import CHUNK_TRIALS, resolve_seed
+from mcroute._base.units import parse_size_list
 from mcroute._base.validate import (
     MAX_BATCH_SIZE,
     MAX_CAPACITY_FACTOR,
@@ -17,10 +19,8 @@ from mcroute._base.validate import (
     McrouteError,
     check_bytes,
     check_int,
-    check_int_list,
     check_prob,
     check_real,
-    check_unique,
 )
 from mcroute._labeled.results import DEFAULT_QUANTILES, provenance, summarize
 from mcroute._routing import as_routing
@@ -63,7 +63,7 @@ _BLOCK_ELEMENTS = 4_000_000
 def simulate(
     routing,
     batch_size,
-    n_trials,
+    n_trials=1000,
     n_layers=1,
     n_devices=1,
     *,
@@ -77,6 +77,7 @@ def simulate(
     histogram=False,
     n_experts=None,
     top_k=None,
+    progress=None,
 ):
     """Monte Carlo of decode microbatches: fragmentation and load statistics with intervals.
 
@@ -87,10 +88,12 @@ def simulate(
         ``Correlated``, ``GroupLimited``, ``Trace``), or a routing string such as ``"zipf:1.2"``
         or ``"uniform+group:8,4"`` (``mcroute._routing.spec.ROUTING_SYNTAX``; then
         ``n_experts`` and ``top_k`` are required).
-    batch_size : int or sequence of int
-        Tokens per microbatch B; a sequence becomes the ``batch_size`` dim.
+    batch_size : int, str or sequence
+        Tokens per microbatch B (``"4k"`` = 4096 accepted, as on the command line); a sequence
+        (or ``"1,8,64"``) becomes the ``batch_size`` dim.
     n_trials : int
-        Microbatches drawn per batch size (Monte Carlo trials), >= 2 (intervals need two).
+        Microbatches drawn per batch size (Monte Carlo trials), >= 2 (intervals need two);
+        default 1000, as :func:`decode_throughput` and :func:`qs_analysis`.
         Sampling streams in blocks, but every trial's statistics are kept: requests whose
         results or random draws exceed the limits of mcroute._base.validate (``MAX_RESULT_BYTES``,
         ``MAX_DRAWS``) are refused before anything is drawn.
@@ -122,6 +125,9 @@ def simulate(
         each load per microbatch.
     n_experts, top_k : int, optional
         E and k of a routing string (with a routing object: None, or equal to its own).
+    progress : None, bool or callable
+        None (default): a progress line on stderr when it is a terminal and the work takes
+        more than about 2 s; False: none; a callable is called with the fraction done.
 
     Returns
     -------
@@ -142,22 +148,11 @@ def simulate(
     222.44
     """
     routing = check_routing(as_routing(routing, n_experts, top_k))
-    batches, scalar = check_int_list("batch_size", batch_size, minimum=1,
-                                     maximum=MAX_BATCH_SIZE)
-    check_unique("batch_size", batches)
+    batches, scalar = parse_size_list("batch_size", batch_size, maximum=MAX_BATCH_SIZE)
     n_trials = check_int("n_trials", n_trials, minimum=2)
     n_layers = check_int("n_layers", n_layers, minimum=1, maximum=MAX_LAYERS)
     n_devices = check_int("n_devices", n_devices, minimum=1)
-    balanced = placement if isinstance(placement, Placement) else None
-    if balanced is not None:
-        if (balanced.n_devices, balanced.n_experts) != (n_devices, routing.n_experts) or (
-                balanced.n_layers not in (1, n_layers)):
-            raise McrouteError(
-                f"placement is for {balanced.n_devices} devices, {balanced.n_experts} experts "
-                f"and {balanced.n_layers} layers; this simulation has n_devices={n_devices}, "
-                f"n_experts={routing.n_experts} and n_layers={n_layers}")
-        # the comparison: contiguous blocks (sizes differing by at most one expert)
-        placement = (np.arange(routing.n_experts) * n_devices) // routing.n_experts
+    balanced, placement = _check_placement(placement, routing, n_devices, n_layers)
     dev = device_map(routing.n_experts, n_devices, placement)
     capacity_factor = check_real("capacity_factor", capacity_factor, minimum=0.0,
                                  maximum=MAX_CAPACITY_FACTOR, open_min=True)
@@ -165,19 +160,13 @@ def simulate(
     for name, flag in (("expert_load", expert_load), ("histogram", histogram)):
         if not isinstance(flag, (bool, np.bool_)):
             raise McrouteError(f"{name} must be True or False, got {flag!r}"[:200])
+    if progress is not None and progress is not False and not callable(progress):
+        raise McrouteError(f"progress must be a callable, True, False or None, got {progress!r}")
     entropy = resolve_seed(rng)
     e = routing.n_experts
-    nb = len(batches)
-    check_bytes(f"the per-trial statistics ({nb} batch sizes x {n_trials} trials x {n_layers} "
-                f"layers x {len(STAT_META)} statistics, float64)",
-                nb * n_trials * n_layers * len(STAT_META) * 8, "n_trials or n_layers")
-    if histogram:
-        check_bytes(f"the load histogram ({nb} batch sizes x {n_layers} layers x "
-                    f"{max(batches) + 1} loads, float64)",
-                    nb * n_layers * (max(batches) + 1) * 8, "batch_size (with histogram=True)")
-    check_sampling_request(routing, batches, n_trials, n_layers, method,
-                           params="n_trials, n_layers or batch_size",
-                           expert_arrays=1 if expert_load else 0)
+    _check_sizes(routing, batches, n_trials, n_layers, method, expert_load, histogram)
+    tick, owned = progress_callback(progress, "simulate")
+    tick = tick or (lambda f: None)
 
     per_block = (_BLOCK_ELEMENTS // max(n_layers * e, 1)) // CHUNK_TRIALS * CHUNK_TRIALS
     per_block = max(CHUNK_TRIALS, per_block)
@@ -200,6 +189,9 @@ def simulate(
                 loads[i, t0:t0 + nt] = counts
             if hist is not None:
                 hist[i] += load_histogram(counts, hist_max) * nt
+            tick((i * n_trials + t0 + nt) / (len(batches) * n_trials))
+    if owned is not None:
+        owned.close()
     coords = {
         "batch_size": ("batch_size", np.asarray(batches, dtype=np.int64),
                        {"units": "tokens", "long_name": "tokens per decode microbatch (B)"}),
@@ -244,6 +236,36 @@ def simulate(
     if scalar:
         ds = ds.squeeze("batch_size", drop=False)
     return ds
+
+
+def _check_placement(placement, routing, n_devices, n_layers):
+    """``(balanced Placement or None, device placement to compare with)``."""
+    balanced = placement if isinstance(placement, Placement) else None
+    if balanced is None:
+        return None, placement
+    if (balanced.n_devices, balanced.n_experts) != (n_devices, routing.n_experts) or (
+            balanced.n_layers not in (1, n_layers)):
+        raise McrouteError(
+            f"placement is for {balanced.n_devices} devices, {balanced.n_experts} experts "
+            f"and {balanced.n_layers} layers; this simulation has n_devices={n_devices}, "
+            f"n_experts={routing.n_experts} and n_layers={n_layers}")
+    # the comparison: contiguous blocks (sizes differing by at most one expert)
+    return balanced, (np.arange(routing.n_experts) * n_devices) // routing.n_experts
+
+
+def _check_sizes(routing, batches, n_trials, n_layers, method, expert_load, histogram):
+    """Refuse, before any draw, results or sampling work above the limits."""
+    nb = len(batches)
+    check_bytes(f"the per-trial statistics ({nb} batch sizes x {n_trials} trials x {n_layers} "
+                f"layers x {len(STAT_META)} statistics, float64)",
+                nb * n_trials * n_layers * len(STAT_META) * 8, "n_trials or n_layers")
+    if histogram:
+        check_bytes(f"the load histogram ({nb} batch sizes x {n_layers} layers x "
+                    f"{max(batches) + 1} loads, float64)",
+                    nb * n_layers * (max(batches) + 1) * 8, "batch_size (with histogram=True)")
+    check_sampling_request(routing, batches, n_trials, n_layers, method,
+                           params="n_trials, n_layers or batch_size",
+                           expert_arrays=1 if expert_load else 0)
 
 
 def _balanced_stats(placement: Placement, counts, unbalanced_max) -> dict:
