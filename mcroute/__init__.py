@@ -40,6 +40,8 @@ _LAZY = {
     "estimate_q": "mcroute._labeled.q_estimate",
     "parse_q": "mcroute._quality.quality",
     "save_dataset": "mcroute._labeled.export",
+    "summarize": "mcroute._labeled.results",
+    "shared_data_dir": "mcroute._base.resources",
     "Correlated": "mcroute._routing.composite",
     "GroupLimited": "mcroute._routing.composite",
     "LogNormal": "mcroute._routing.distributions",
@@ -73,6 +75,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # static type checkers and IDEs see ordinary imports
+    from mcroute._base.resources import shared_data_dir
     from mcroute._cards.cards import (
         HardwareSpec,
         LayerSpec,
@@ -85,10 +88,10 @@ if TYPE_CHECKING:  # static type checkers and IDEs see ordinary imports
     )
     from mcroute._cost.deployment import Deployment, roofline_time
     from mcroute._labeled.export import save_dataset
-    from mcroute._labeled.q_estimate import estimate_q
     from mcroute._labeled.paper import paper_cases
+    from mcroute._labeled.q_estimate import estimate_q
     from mcroute._labeled.qs import min_gpus, qs_analysis
-    from mcroute._twin.twin import dense_twin
+    from mcroute._labeled.results import summarize
     from mcroute._labeled.simulate import simulate
     from mcroute._labeled.throughput import decode_throughput
     from mcroute._labeled.trace_fit import (
@@ -122,6 +125,7 @@ if TYPE_CHECKING:  # static type checkers and IDEs see ordinary imports
     from mcroute._traces.io import load_trace, save_trace
     from mcroute._traces.overdispersed import Overdispersed
     from mcroute._traces.trace import PopularityTrace, Trace
+    from mcroute._twin.twin import dense_twin
     from mcroute.sweeps.core import load_sweep_spec, sweep
 
 __all__ = [
@@ -177,7 +181,9 @@ __all__ = [
     "sample_counts",
     "save_dataset",
     "save_trace",
+    "shared_data_dir",
     "simulate",
+    "summarize",
     "sweep",
 ]
 

@@ -35,8 +35,6 @@ import tempfile
 import xarray as xr
 
 import mcroute as mr
-from mcroute._base.resources import shared_data_dir
-from mcroute._labeled.results import summarize
 
 TRIALS = int(os.environ.get("MCROUTE_NB_TRIALS", "2000"))
 BOOT = max(20, min(200, TRIALS))
@@ -53,7 +51,7 @@ try:
     HAVE_MPL = True
 except ImportError:  # the plot extra is optional
     HAVE_MPL = False
-TRACES = shared_data_dir() / "traces"
+TRACES = mr.shared_data_dir() / "traces"  # $MCROUTE_SHARED_DATA, else ../shared/data
 print(f"{TRIALS} trials per point, {BOOT} bootstrap replicates; data {TRACES}; "
       f"figures -> {OUT if HAVE_MPL else 'none (matplotlib not installed)'}")
 
@@ -144,7 +142,7 @@ def sweep(routings, n_layers, n_devices):
         keep = ds[["active_experts", "max_device_load"]].mean("layer")
         for v in keep.data_vars:
             keep[v].attrs = ds[v].attrs
-        parts.append(summarize(keep, ["active_experts", "max_device_load"]))
+        parts.append(mr.summarize(keep, ["active_experts", "max_device_load"]))
     out = xr.concat(parts, dim="routing", coords="minimal", compat="override")
     out = out.assign_coords(routing=list(routings))
     out.attrs = {"n_trials": TRIALS, "n_devices": n_devices, "n_layers": n_layers}
@@ -190,9 +188,10 @@ for name, res in (("Mixtral-8x7B, 4 devices", mix_res),
 # %%
 if HAVE_MPL:
     for name, res in (("mixtral", mix_res), ("olmoe", olmoe_res)):
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
         for ax, var in zip(axes, ("active_experts", "max_device_load"), strict=True):
-            plot_band(res, var, "batch_size", hue="routing", ax=ax, caption=False)
+            plot_band(res, var, "batch_size", hue="routing", ax=ax, caption=False,
+                      legend=var == "max_device_load")
             ax.set_title(f"{name}: {var.replace('_', ' ')}")
         path = save_figure(fig, os.path.join(OUT, f"traces_{name}.png"))
         print("figure:", path)

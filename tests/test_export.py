@@ -4,6 +4,7 @@ pandas recipes run on real results (docs/results.md)."""
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -156,3 +157,10 @@ def test_docs_recipes_run_and_do_not_average_over_dims(qs, sim, sweep, tmp_path,
     act = ns["act"]
     with pytest.raises(ValueError, match="duplicate"):
         act.set_index(["routing", "batch_size"])["value"].unstack("routing")
+    # docs/sweeps.md shows the same recipe
+    text = (DOCS.parent / "sweeps.md").read_text()
+    (block,) = re.findall(r"```python\n(.*?)```",
+                          text[text.index("* **`.csv`**"):text.index("* **`.json`**")], flags=re.S)
+    sweeps_ns: dict = {}
+    exec(textwrap.dedent(block), sweeps_ns)  # noqa: S102
+    pd.testing.assert_frame_equal(sweeps_ns["tbl"], by_routing)

@@ -56,7 +56,9 @@ PUBLIC = sorted(
         "sample_counts",
         "save_dataset",
         "save_trace",
+        "shared_data_dir",
         "simulate",
+        "summarize",
         "sweep",
     ]
 )

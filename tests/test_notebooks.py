@@ -21,6 +21,14 @@ def test_notebook_runs(path, tmp_path):
     assert r.stdout.strip(), "a notebook should print its results"
 
 
+def test_notebooks_use_only_the_public_api():
+    # `import mcroute as mr` and `mcroute.plot`: no private module, in code or in the text
+    # (issue 12)
+    for p in NOTEBOOKS:
+        private = [line for line in p.read_text().splitlines() if "mcroute._" in line]
+        assert not private, f"{p.name}: {private}"
+
+
 def test_notebooks_are_jupytext_percent_files():
     assert NOTEBOOKS, "no notebooks found"
     for p in NOTEBOOKS:
