@@ -10,10 +10,16 @@ that the results printed on stdout are never interleaved with it.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
-__all__ = ["Progress", "progress_callback", "stderr_is_tty", "notice"]
+__all__ = ["Progress", "progress_callback", "stderr_is_tty", "notice", "kernels_cached",
+           "compile_notice", "COMPILE_NOTICE"]
+
+#: Said once per process, on a terminal, before the first kernels compile.
+COMPILE_NOTICE = ("compiling kernels (first run only; `mcroute warmup` does it ahead of "
+                  "time)...")
 
 #: Seconds of work before a progress line appears.
 PROGRESS_DELAY = 2.0
@@ -106,3 +112,39 @@ def progress_callback(progress, label: str):
     if progress is False:
         return None, None
     return progress, None
+
+
+def _index_paths(module) -> list[str]:
+    """Paths of numba's cache index file of every cached kernel of ``module`` (``cache=True``)."""
+    paths = []
+    for obj in vars(module).values():
+        cache_file = getattr(getattr(obj, "_cache", None), "_cache_file", None)
+        path = getattr(cache_file, "_index_path", None)
+        if isinstance(path, str):
+            paths.append(path)
+    return paths
+
+
+def kernels_cached(module) -> bool:
+    """Whether numba's on-disk cache holds compiled code for ``module``'s kernels.
+
+    True when any kernel's cache index file exists where numba looks for it (``__pycache__``
+    beside the module, ``NUMBA_CACHE_DIR``, or the user-wide cache of a read-only install);
+    False on an empty cache, where the first call of each kernel compiles it.
+    """
+    return any(os.path.exists(p) for p in _index_paths(module))
+
+
+_NOTICED = []
+
+
+def compile_notice(module, stream=None) -> bool:
+    """Print :data:`COMPILE_NOTICE` once per process when the kernels are not compiled yet.
+
+    Only if stderr is a terminal and the kernel cache of ``module`` is empty (the labeled
+    functions pass ``mcroute._kernels``). Returns whether it was printed.
+    """
+    if _NOTICED or not stderr_is_tty(stream) or kernels_cached(module):
+        return False
+    _NOTICED.append(True)
+    return notice(COMPILE_NOTICE, stream)

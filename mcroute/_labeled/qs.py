@@ -33,7 +33,8 @@ import numbers
 
 import numpy as np
 
-from mcroute._base.progress import progress_callback
+from mcroute import _kernels as K
+from mcroute._base.progress import compile_notice, progress_callback
 from mcroute._base.rng import generator, resolve_seed
 from mcroute._base.units import parse_size_list
 from mcroute._base.validate import (
@@ -469,6 +470,7 @@ def qs_analysis(
                    deployment_options)
     if progress is not None and progress is not False and not callable(progress):
         raise McrouteError(f"progress must be a callable, True, False or None, got {progress!r}")
+    compile_notice(K)
     callback, owned = progress_callback(progress, f"qs_analysis {req.moe.name}")
     try:
         moe_dep = Deployment(req.moe, req.hw, req.n_gpus, **req.options)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from mcroute._base.progress import progress_callback
+from mcroute import _kernels as K
+from mcroute._base.progress import compile_notice, progress_callback
 from mcroute._base.rng import CHUNK_TRIALS, resolve_seed
 from mcroute._base.units import parse_size_list
 from mcroute._base.validate import (
@@ -165,6 +166,7 @@ def simulate(
     entropy = resolve_seed(rng)
     e = routing.n_experts
     _check_sizes(routing, batches, n_trials, n_layers, method, expert_load, histogram)
+    compile_notice(K)
     tick, owned = progress_callback(progress, "simulate")
     tick = tick or (lambda f: None)
 

@@ -12,7 +12,8 @@ import re
 import numpy as np
 import xarray as xr
 
-from mcroute._base.progress import progress_callback
+from mcroute import _kernels as K
+from mcroute._base.progress import compile_notice, progress_callback
 from mcroute._base.rng import CHUNK_TRIALS, generator, resolve_seed
 from mcroute._base.units import parse_size, parse_size_list
 from mcroute._base.validate import (
@@ -367,6 +368,7 @@ def decode_throughput(
         raise McrouteError(f"progress must be a callable, True, False or None, got {progress!r}")
     _check_request(req.dep, req.routing, req.contexts, req.batches, req.b_max_mode,
                    req.n_trials, method)
+    compile_notice(K)
     callback, owned = progress_callback(progress, f"decode_throughput {req.dep.model.name}")
     try:
         run = _run_context(req.dep, req.routing, req.n_trials, req.entropy)

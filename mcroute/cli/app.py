@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "mcroute.cli.q_estimate",
     "mcroute.cli.trace",
     "mcroute.cli.sweep",
+    "mcroute.cli.warmup",
 ]
 
 #: Environment variable: when set to 1, an internal error (a bug) shows its traceback.
