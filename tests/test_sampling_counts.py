@@ -136,3 +136,32 @@ def test_iter_counts_refuses_bad_input_when_called(kwargs, words):
 def test_iter_counts_refuses_a_run_beyond_the_draw_limit():
     with pytest.raises(mr.McrouteError, match="MAX_DRAWS"):
         mr.iter_counts(mr.Zipf(64, 8, 1.0), 10**6, 10**9)
+
+
+def test_tables_built_once_per_run(monkeypatch):
+    # iter_counts and sample_counts(out=) draw in blocks; the weighted sampler's tables are
+    # built for the first block and reused by value for the others (same numbers).
+    from mcroute import _kernels as K
+    from mcroute._routing import tables as T
+
+    calls = []
+    real = K.weighted_tables
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    r = mr.Zipf(64, 4, 1.1)
+    want = mr.sample_counts(r, 32, 100, n_layers=2, rng=5, method="assignment")
+    monkeypatch.setattr(K, "weighted_tables", counting)
+    got = np.concatenate([c for _, c in mr.iter_counts(r, 32, 100, n_layers=2, rng=5,
+                                                       method="assignment", chunk_trials=16)])
+    assert np.array_equal(got, want) and len(calls) == 1  # 7 blocks, one build
+    mr.sample_counts(r, 32, 100, n_layers=2, rng=5, method="assignment")
+    assert len(calls) == 2  # no block open: built again, nothing kept between calls
+    assert getattr(T._LOCAL, "cache", None) is None
+    with T.reuse_tables():
+        for _ in range(3):
+            mr.sample_counts(r, 32, 10, n_layers=2, rng=5, method="assignment")
+        mr.sample_counts(mr.Zipf(64, 4, 1.2), 32, 10, n_layers=2, rng=5)  # other weights
+    assert len(calls) == 4

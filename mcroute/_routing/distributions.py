@@ -1,6 +1,7 @@
 """Routing distributions: which experts the tokens of a decode microbatch are sent to.
 
-May import: numpy, scipy, ``mcroute._kernels``, ``mcroute._base``, ``mcroute._routing.inclusion``.
+May import: numpy, scipy, ``mcroute._kernels``, ``mcroute._base``, ``mcroute._routing.inclusion``,
+``mcroute._routing.tables``.
 
 A routing distribution describes one token's choice at each MoE layer: ``top_k`` *distinct*
 experts out of ``n_experts``. Tokens are independent. Weighted distributions choose by successive
@@ -37,6 +38,7 @@ from mcroute import _kernels as K
 from mcroute._base.rng import CHUNK_TRIALS
 from mcroute._base.validate import MAX_EXPERTS, McrouteError, check_int, check_real
 from mcroute._routing.inclusion import pl_inclusion_cached
+from mcroute._routing.tables import weighted_tables
 
 __all__ = ["Routing", "Uniform", "Zipf", "LogNormal", "Popularity"]
 
@@ -237,7 +239,7 @@ class Routing:
             )
         else:
             K.counts_weighted(seeds, CHUNK_TRIALS, counts,
-                              K.weighted_tables(w, k, self._log_weights(n_layers)), k,
+                              weighted_tables(w, k, self._log_weights(n_layers)), k,
                               batch_size, record, assign)
         return counts, assign
 

@@ -31,6 +31,7 @@ from mcroute._base.validate import (
     check_work,
 )
 from mcroute._routing.spec import as_routing, is_routing
+from mcroute._routing.tables import reuse_tables
 
 #: ``method="auto"`` switches to count-space sampling (where exact) once the microbatch has at
 #: least this many tokens per expert (B / E). Count-space costs O(E·k) binomial draws per
@@ -178,11 +179,14 @@ def _blocks(routing, batch_size, n_trials, n_layers, entropy, method, chunk_tria
     """Yield (first trial, counts) blocks of one stream; together they equal one draw."""
     m = resolve_method(routing, batch_size, method)
     seeds = chunk_seeds(entropy, n_trials, ())
+    tables: dict = {}  # the sampler's tables, built for the first block, serve the others
     for t0 in range(0, n_trials, chunk_trials):
         nt = min(chunk_trials, n_trials - t0)
         c0 = t0 // CHUNK_TRIALS
-        yield t0, routing._draw_counts(batch_size, nt, n_layers,
-                                       seeds[c0:c0 + n_chunks(nt)], m)
+        with reuse_tables(tables):
+            block = routing._draw_counts(batch_size, nt, n_layers,
+                                         seeds[c0:c0 + n_chunks(nt)], m)
+        yield t0, block
 
 
 def sample_counts(routing, batch_size, n_trials, n_layers=1, *, rng=None, method="auto",

@@ -12,6 +12,7 @@ from mcroute import _kernels as K
 from mcroute._base.rng import CHUNK_TRIALS
 from mcroute._base.validate import McrouteError, check_int, check_real
 from mcroute._routing.distributions import Routing
+from mcroute._routing.tables import weighted_tables
 from mcroute._traces.trace import Trace
 
 __all__ = ["Overdispersed"]
@@ -152,7 +153,7 @@ class Overdispersed(Routing):
                 lw = base._log_weights(n_layers)  # ratios that underflow in w
         counts = K.counts_weighted_urn(seeds, CHUNK_TRIALS,
                                        K.new_counts(n_trials, w.shape[0], w.shape[1]),
-                                       K.weighted_tables(w, k, lw), k, batch_size, conc, record,
+                                       weighted_tables(w, k, lw), k, batch_size, conc, record,
                                        assign)
         return counts, assign
 

@@ -51,6 +51,7 @@ from mcroute import _kernels as K
 from mcroute._base.rng import CHUNK_TRIALS
 from mcroute._base.validate import MAX_EXPERTS, McrouteError, check_choice, check_int
 from mcroute._routing.distributions import Popularity, Routing
+from mcroute._routing.tables import weighted_tables
 from mcroute._traces.calibrate import calibrate_pl_weights
 
 __all__ = ["Trace", "PopularityTrace", "LayeredPopularity", "calibrate_pl_weights", "MODES"]
@@ -489,7 +490,7 @@ class Trace(_TraceLayers, Routing):
             w = self.pl_weights()[idx]
             counts = K.counts_weighted(seeds, CHUNK_TRIALS,
                                        K.new_counts(n_trials, w.shape[0], self.n_experts),
-                                       K.weighted_tables(w, k), k, batch_size, record, assign)
+                                       weighted_tables(w, k), k, batch_size, record, assign)
         elif self._mode == "sequence":
             ex, seq_of, start, end = self._sequence_layout()
             counts = K.trace_counts_blocks(seeds, CHUNK_TRIALS,
