@@ -269,9 +269,9 @@ def _run_cli(argv):
     seen = []
     original = cli._error_message
 
-    def recording(command, exc):
+    def recording(command, exc, *rest):
         seen.append(type(exc).__name__)
-        return original(command, exc)
+        return original(command, exc, *rest)
 
     cli._error_message = recording
     out, err = io.StringIO(), io.StringIO()

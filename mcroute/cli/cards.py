@@ -45,8 +45,8 @@ _MODEL_COLUMNS = [
     Column("sparsity", "s", "ratio"),
     Column("n_layers", "layers", "int"),
     Column("moe", "MoE E/k/shared", "text"),
-    Column("attention", "attention", "text"),
-    Column("kv_bytes_per_token", "KV B/tok bf16", "int"),
+    Column("attention", "attention", "text", drop=2),
+    Column("kv_bytes_per_token", "KV B/tok bf16", "int", drop=3),
     Column("max_context", "max ctx", "tokens"),
     Column("release_dtype", "dtype", "text", drop=1),
 ]

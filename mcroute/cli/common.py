@@ -12,14 +12,12 @@ import stat
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from mcroute._base.validate import McrouteError, check_int, check_real
 from mcroute._labeled.export import save_dataset
 
 __all__ = ["parse_int", "parse_int_list", "parse_size", "parse_size_list", "parse_real",
            "parse_routing", "ROUTING_HELP", "check_input_path", "check_output_path",
-           "write_output", "format_table", "is_tty", "INT_MAX", "RENAMED", "refuse_renamed",
+           "write_output", "is_tty", "INT_MAX", "RENAMED", "refuse_renamed",
            "name_flags", "cli_names", "API_WORDS"]
 
 _SUFFIX = {"": 1, "k": 1024, "m": 1024**2}
@@ -207,8 +205,8 @@ ROUTING_HELP = ("BASE[+correlated:SIGMA][+group:NG,TG], BASE = uniform | zipf:AL
 def check_output_path(path, allowed=(".nc", ".csv", ".json"), flag: str = "--output") -> None:
     """Refuse a bad output path before any work is done.
 
-    Checks the extension, that the folder exists, and that no folder or non-regular file is in
-    the way (the write itself checks again, atomically).
+    Checks the extension, that the folder exists and is writable, and that no folder or
+    non-regular file is in the way (the write itself checks again, atomically).
     """
     if path is None:
         return
@@ -225,6 +223,9 @@ def check_output_path(path, allowed=(".nc", ".csv", ".json"), flag: str = "--out
         raise McrouteError(f"{flag}: output folder {str(folder)!r} does not exist")
     if target.exists() and not target.is_file():
         raise McrouteError(f"{flag}: {str(path)!r} exists and is not a regular file")
+    # the file is written beside its target and renamed into place: the folder must be writable
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise McrouteError(f"{flag}: output folder {str(folder)!r} is not writable")
 
 
 def write_output(ds, path, quiet: bool = False) -> None:
@@ -238,28 +239,3 @@ def is_tty(stream=None) -> bool:
     """Whether progress output should be shown (a terminal, not a pipe)."""
     stream = sys.stderr if stream is None else stream
     return bool(getattr(stream, "isatty", lambda: False)())
-
-
-def _fmt(x) -> str:
-    if isinstance(x, str):
-        return x
-    if x is None or (isinstance(x, float) and np.isnan(x)):
-        return "—"
-    if isinstance(x, (int, np.integer)):
-        return f"{x:d}"
-    ax = abs(x)
-    if ax != 0 and (ax >= 1e6 or ax < 1e-3):
-        return f"{x:.3e}"
-    return f"{x:.4g}" if ax < 1000 else f"{x:,.0f}"
-
-
-def format_table(header: list[str], rows: list[list]) -> str:
-    """A plain aligned text table."""
-    cells = [[_fmt(c) for c in r] for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
-              for i, h in enumerate(header)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    for r in cells:
-        lines.append("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
-    return "\n".join(lines)

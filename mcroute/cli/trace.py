@@ -188,8 +188,8 @@ def run_inspect(args) -> int:
              f"uniform share {1 / trace.n_experts:.3g})")
     columns = [Column("layer", "layer", "int"), Column("n_tokens", "tokens", "int"),
                Column("hottest_share", "hottest share", "ratio"),
-               Column("entropy", "entropy [nat]", "ratio"),
-               Column("effective_experts", "eff. experts", "ratio"),
+               Column("entropy", "entropy [nat]", "ratio", drop=2),
+               Column("effective_experts", "eff. experts", "ratio", drop=1),
                Column("gini", "Gini", "ratio"),
                Column("layer_correlation", "corr next layer", "ratio"),
                Column("step_overlap", "step overlap", "ratio"),
@@ -222,12 +222,14 @@ def run_fit(args) -> int:
     out.line(f"{trace!r}, {boot} bootstrap replicates, seed {ds.attrs['seed']}")
     out.line(f"estimate [{ci_prob:.0%} interval]; gof = bootstrap p-value of the deviance")
     columns = [Column("layer", "layer", "int"), Column("n_tokens", "tokens", "int"),
-               Column("alpha", "zipf alpha"), Column("gof_zipf", "gof", "ratio"),
-               Column("sigma", "lognormal sigma"), Column("gof_lognormal", "gof", "ratio"),
+               Column("alpha", "zipf alpha", "ratio"),
+               Column("gof_zipf", "gof", "ratio", drop=2),
+               Column("sigma", "lognormal sigma", "ratio"),
+               Column("gof_lognormal", "gof", "ratio", drop=2),
                Column("better_family", "better", "text"),
                Column("delta_loglik", "dloglik", drop=1)]
     if "rho" in ds:
-        columns.append(Column("rho", "overdispersion rho"))
+        columns.append(Column("rho", "overdispersion rho", "ratio"))
     rows = []
     for i, layer in enumerate(ds["layer"].values):
         r = ds.isel(layer=i)
