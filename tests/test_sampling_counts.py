@@ -165,3 +165,19 @@ def test_tables_built_once_per_run(monkeypatch):
             mr.sample_counts(r, 32, 10, n_layers=2, rng=5, method="assignment")
         mr.sample_counts(mr.Zipf(64, 4, 1.2), 32, 10, n_layers=2, rng=5)  # other weights
     assert len(calls) == 4
+
+
+def test_draw_counts_tables_argument_keeps_the_numbers(monkeypatch):
+    # the labeled drivers pass one dict across their blocks: one build, the same numbers
+    from mcroute import _kernels as K
+    from mcroute._routing.sampling import draw_counts
+
+    r = mr.LogNormal(64, 4, 1.0)
+    want = draw_counts(r, 32, 64, 2, 5, (3,), "assignment")
+    calls = []
+    real = K.weighted_tables
+    monkeypatch.setattr(K, "weighted_tables", lambda *a, **k: calls.append(1) or real(*a, **k))
+    tables = {}
+    got = np.concatenate([draw_counts(r, 32, 16, 2, 5, (3,), "assignment", first_trial=t0,
+                                      tables=tables) for t0 in range(0, 64, 16)])
+    assert np.array_equal(got, want) and len(calls) == 1 and len(tables) == 1

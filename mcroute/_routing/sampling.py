@@ -120,17 +120,22 @@ def check_sampling_request(routing, batches, n_trials, n_layers, method, *, para
 
 
 def draw_counts(routing, batch_size, n_trials, n_layers, entropy, key=(), method="auto",
-                first_trial=0):
+                first_trial=0, tables=None):
     """Counts for trials ``first_trial .. first_trial + n_trials`` of stream ``(entropy, key)``.
 
     ``first_trial`` must be a multiple of :data:`~mcroute._base.rng.CHUNK_TRIALS`, so that blocks of
-    trials drawn separately equal one large draw.
+    trials drawn separately equal one large draw. ``tables``: a dict the caller keeps across
+    the blocks of one run, so that the weighted sampler's tables are built once
+    (:func:`mcroute._routing.tables.reuse_tables`); the numbers do not depend on it.
     """
     if first_trial % CHUNK_TRIALS:
         raise McrouteError(f"first_trial must be a multiple of {CHUNK_TRIALS}")
     m = resolve_method(routing, batch_size, method)
     seeds = chunk_seeds(entropy, first_trial + n_trials, key)[first_trial // CHUNK_TRIALS:]
-    return routing._draw_counts(batch_size, n_trials, n_layers, seeds, m)
+    if tables is None:
+        return routing._draw_counts(batch_size, n_trials, n_layers, seeds, m)
+    with reuse_tables(tables):
+        return routing._draw_counts(batch_size, n_trials, n_layers, seeds, m)
 
 
 #: Default ``chunk_trials`` of :func:`iter_counts` and of ``sample_counts(..., out=)``: blocks
