@@ -360,3 +360,21 @@ def test_number_formats():
         "37.6B", "671B", "1,571B"]
     assert [f(None), f(float("nan")), f("infeasible")] == ["—", "—", "infeasible"]
     assert f(0.0421, "pct") == "+4.2%" and f(1978.9, "g") == "1978.9"
+
+
+def test_unknown_names_fail_before_anything_is_printed(capsys):
+    """A misspelt hardware card is refused (with "did you mean") before qs prints its header."""
+    assert main(["qs", "-H", "h2000", "-n", "4"]) == 2
+    cap = capsys.readouterr()
+    assert cap.out == ""
+    assert "did you mean h200" in cap.err and len(cap.err.strip().splitlines()) == 1
+
+
+def test_a_command_that_cannot_load_is_one_line(monkeypatch, capsys):
+    import mcroute.cli.app as app
+
+    monkeypatch.setattr(app, "COMMAND_MODULES", [*app.COMMAND_MODULES, "mcroute.cli.no_such"])
+    monkeypatch.delenv(app.DEBUG_ENV, raising=False)
+    assert main(["models"]) == app.EXIT_INTERNAL
+    line = _one_error_line(capsys)
+    assert line.startswith("mcroute: internal error") and "no_such" in line

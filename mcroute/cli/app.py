@@ -145,7 +145,13 @@ def main(argv=None) -> int:
 
     Every failure prints exactly one line on stderr and no traceback.
     """
-    parser = make_parser()
+    try:
+        parser = make_parser()
+    except Exception as exc:  # a command module that cannot load: a broken install, one line
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        print(_error_message("", exc)[1].replace("mcroute :", "mcroute:"), file=sys.stderr)
+        return EXIT_INTERNAL
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help, --version, usage errors

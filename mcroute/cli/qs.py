@@ -16,7 +16,7 @@ import numpy as np
 import xarray as xr
 
 from mcroute._base.validate import MAX_CONTEXT, MAX_Q, McrouteError, check_prob
-from mcroute._cards.cards import load_model
+from mcroute._cards.cards import load_hardware, load_model
 from mcroute._cost.deployment import DEPLOYMENT_OPTIONS
 from mcroute._labeled.qs import (
     PAPER_CASES,
@@ -202,6 +202,8 @@ def _checked(args) -> dict:
         if value is not None:
             check_input_path(flag, value)
     max_gpus = int(_OPT["n_gpus"].maximum)
+    if args.hardware is not None:
+        load_hardware(args.hardware)  # an unknown name fails here, before anything is printed
     return {
         "contexts": parse_size_list("--context", args.context, maximum=MAX_CONTEXT),
         "trials": parse_int(args.n_trials, "--n-trials", minimum=2),
