@@ -42,13 +42,13 @@ _MODEL_COLUMNS = [
     Column("name", "name", "text"),
     Column("total_params", "total", "params"),
     Column("active_params", "active", "params"),
-    Column("sparsity", "s", "ratio"),
+    Column("sparsity", "s", "share"),
     Column("n_layers", "layers", "int"),
     Column("moe", "MoE E/k/shared", "text"),
-    Column("attention", "attention", "text", drop=2),
-    Column("kv_bytes_per_token", "KV B/tok bf16", "int", drop=3),
+    Column("attention", "attention", "text", drop=1),
+    Column("kv_bytes_per_token", "KV B/tok", "int", drop=2),  # bf16 (the description)
     Column("max_context", "max ctx", "tokens"),
-    Column("release_dtype", "dtype", "text", drop=1),
+    Column("release_dtype", "dtype", "text", drop=3),  # hidden first
 ]
 
 _HARDWARE_COLUMNS = [

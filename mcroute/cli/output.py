@@ -93,7 +93,7 @@ class Column:
 
     kind: ``num`` (4 significant digits), ``ratio`` (3), ``int``, ``tokens`` (``4k``),
     ``rate`` (``47,070``), ``pct`` (``+1.2%``), ``params`` (``37.6B``, ``671B``), ``g`` (as
-    written, up to 6 digits), ``text``.
+    written, up to 6 digits), ``share`` (3 decimals), ``text``.
     ``drop`` > 0 lets the table hide the column to fit :data:`WIDTH` (largest ``drop``
     first); ``shown=False`` keeps the column out of the table (csv/json only);
     ``machine=False`` keeps it out of csv/json (a table-only summary of other columns);
@@ -149,6 +149,8 @@ def fmt_value(x, kind: str = "num") -> str:
         return fmt_rate(float(x))
     if kind == "pct":
         return f"{float(x):+.1%}"
+    if kind == "share":  # a share in [0, 1] to 3 decimals
+        return f"{float(x):.3f}"
     if kind == "g":  # a datasheet figure as written (up to 6 significant digits)
         return f"{float(x):g}"
     if kind == "params":
