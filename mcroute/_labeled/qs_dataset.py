@@ -16,6 +16,7 @@ from mcroute._labeled.results import (
     summary_arrays,
     summary_coords,
     summary_variables,
+    summary_variables_many,
 )
 from mcroute._labeled.throughput import uncertainty_sources
 
@@ -241,7 +242,10 @@ def qs_dataset(req, moe_dep, moe, tw, same, q_values, draw_of_trial, moe_min) ->
                               "context (-1: none)")
     names = list(_SUMMARISED) + (["q", "qs", "capacity_penalty"] if req.q_spec is not None
                                  else [])
-    for name in names:
+    data.update(summary_variables_many(
+        _SUMMARISED, [data[n].values for n in _SUMMARISED], data[_SUMMARISED[0]].dims[:-1],
+        {n: data[n].attrs for n in _SUMMARISED}, req.ci_prob, req.quantiles))
+    for name in names[len(_SUMMARISED):]:
         var = data[name]
         data.update(summary_variables(name, var.values, var.dims[:-1], var.attrs,
                                       req.ci_prob, req.quantiles))

@@ -17,6 +17,7 @@ NaN trials (e.g. infeasible points) are skipped; a cell with no valid trial give
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 
 import numpy as np
@@ -31,11 +32,23 @@ DEFAULT_QUANTILES = (0.05, 0.5, 0.95)
 
 __all__ = ["DEFAULT_QUANTILES", "summarize", "provenance", "strict_json", "json_safe",
            "check_quantiles", "summary_variables", "summary_coords", "squeeze_variables",
-           "build_dataset", "summary_arrays"]
+           "build_dataset", "summary_arrays", "summary_variables_many"]
 
 
 def summary_arrays(x: np.ndarray, ci_prob: float, quantiles: np.ndarray):
     """Summaries over the last axis of ``x``, NaN-aware and warning-free."""
+    mean, se, ci, valid, n = _moments(x, ci_prob)
+    return mean, se, ci, _quantile_band(x, valid, n, quantiles)
+
+
+@functools.lru_cache(maxsize=256)
+def _t_quantile(ci_prob: float, df: int) -> float:
+    """Student-t quantile at ``0.5 + ci_prob / 2`` with ``df`` degrees of freedom."""
+    return float(stats.t.ppf(0.5 + ci_prob / 2, df))
+
+
+def _moments(x: np.ndarray, ci_prob: float):
+    """Mean, standard error and Student-t interval of the mean over the last axis of ``x``."""
     valid = ~np.isnan(x)
     n = valid.sum(axis=-1)
     xs = np.where(valid, x, 0.0)
@@ -46,13 +59,19 @@ def summary_arrays(x: np.ndarray, ci_prob: float, quantiles: np.ndarray):
         se = np.sqrt(var / n)
     mean = np.where(n > 0, mean, np.nan)
     se = np.where(n > 1, se, np.nan)
-    tq = np.where(n > 1, stats.t.ppf(0.5 + ci_prob / 2, np.maximum(n - 1, 1)), np.nan)
+    df = np.maximum(n - 1, 1)
+    tq = np.array([_t_quantile(ci_prob, int(d)) for d in df.reshape(-1)]).reshape(df.shape)
+    tq = np.where(n > 1, tq, np.nan)
     half = tq * se
     # A constant sample has se = 0 and an interval of zero width, which is exact.
     ci = np.stack([mean - half, mean + half], axis=-1)
+    return mean, se, ci, valid, n
+
+
+def _quantile_band(x: np.ndarray, valid: np.ndarray, n: np.ndarray, quantiles: np.ndarray):
+    """Quantiles of single draws over the last axis of ``x`` (NaN draws skipped)."""
     if valid.all():
-        qs = np.moveaxis(np.quantile(x, quantiles, axis=-1), 0, -1)
-        return mean, se, ci, qs
+        return np.moveaxis(np.quantile(x, quantiles, axis=-1), 0, -1)
     srt = np.sort(np.where(valid, x, np.inf), axis=-1)
     qs = np.full(x.shape[:-1] + (quantiles.size,), np.nan)
     flat_n = n.reshape(-1)
@@ -61,7 +80,7 @@ def summary_arrays(x: np.ndarray, ci_prob: float, quantiles: np.ndarray):
     for i, m in enumerate(flat_n):
         if m > 0:
             flat_q[i] = np.quantile(flat_srt[i, :m], quantiles)
-    return mean, se, ci, flat_q.reshape(qs.shape)
+    return flat_q.reshape(qs.shape)
 
 
 def check_quantiles(quantiles) -> np.ndarray:
@@ -87,6 +106,10 @@ def summary_variables(name: str, x: np.ndarray, dims: tuple, attrs: dict, ci_pro
     the building blocks of :func:`summarize`, for functions that build their Dataset once.
     """
     mean, se, ci, qq = summary_arrays(np.asarray(x, dtype=float), ci_prob, quantiles)
+    return _summary_from_arrays(name, mean, se, ci, qq, dims, attrs, ci_prob)
+
+
+def _summary_from_arrays(name, mean, se, ci, qq, dims, attrs, ci_prob) -> dict:
     units = attrs.get("units", "1")
     desc = attrs.get("long_name", name)
     return {
@@ -124,7 +147,36 @@ def squeeze_variables(variables: dict, dim: str, *, drop: bool) -> dict:
     for name, var in variables.items():
         if name == dim and drop:
             continue
-        out[name] = var.isel({dim: 0}) if dim in var.dims else var
+        if dim in var.dims:
+            axis = var.dims.index(dim)
+            values = np.asarray(var.values)[(slice(None),) * axis + (0,)]
+            var = xr.Variable(var.dims[:axis] + var.dims[axis + 1:], values, var.attrs)
+        out[name] = var
+    return out
+
+
+def summary_variables_many(names, arrays, dims: tuple, attrs: dict, ci_prob: float,
+                           quantiles: np.ndarray) -> dict:
+    """:func:`summary_variables` of several per-trial arrays of one shape.
+
+    The quantile bands of the arrays without NaN take one NumPy call for all of them (their
+    values are those of separate calls: each row's order statistics); the moments are
+    computed per array, exactly as :func:`summary_arrays` does. ``attrs`` maps each name to
+    its attrs.
+    """
+    xs = [np.asarray(a, dtype=float) for a in arrays]
+    moments = [_moments(x, ci_prob) for x in xs]
+    full = [i for i, m in enumerate(moments) if m[3].all()]
+    bands = {}
+    if full:
+        stacked = np.quantile(np.stack([xs[i] for i in full]), quantiles, axis=-1)
+        for j, i in enumerate(full):
+            bands[i] = np.moveaxis(stacked[:, j], 0, -1)
+    out = {}
+    for i, name in enumerate(names):
+        mean, se, ci, valid, n = moments[i]
+        qq = bands[i] if i in bands else _quantile_band(xs[i], valid, n, quantiles)
+        out.update(_summary_from_arrays(name, mean, se, ci, qq, dims, attrs[name], ci_prob))
     return out
 
 

@@ -33,7 +33,7 @@ from mcroute._labeled.results import (
     provenance,
     squeeze_variables,
     summary_coords,
-    summary_variables,
+    summary_variables_many,
 )
 from mcroute._routing.composite import GroupLimited
 from mcroute._routing.distributions import Uniform
@@ -588,9 +588,10 @@ def _data(req: _Request, run, res) -> dict:
         "units": "B", "long_name": "KV cache of one sequence at this context"})
     data["exceeds_max_context"] = xr.Variable("context", res["exceeds"], {
         "units": "1", "long_name": "context above the model card's max_context"})
-    for name in THROUGHPUT_VARIABLES:
-        data.update(summary_variables(name, data[name].values, d2, data[name].attrs,
-                                      req.ci_prob, req.quantiles))
+    names = list(THROUGHPUT_VARIABLES)
+    data.update(summary_variables_many(names, [values[n] for n in names], d2,
+                                       {n: data[n].attrs for n in names}, req.ci_prob,
+                                       req.quantiles))
     return data
 
 
