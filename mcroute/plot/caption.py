@@ -162,6 +162,9 @@ def caption_parts(ds: xr.Dataset, fixed: dict | None = None, exclude=()) -> list
     fixed = dict(fixed or {})
     drop = set(fixed) | set(exclude)
     facts = {k: v for k, v in _facts(dict(ds.attrs)).items() if k not in drop}
+    for key in ("model", "hardware"):  # a model held fixed is the subject, not a "dim = value"
+        if isinstance(fixed.get(key), (str, np.str_)):
+            facts[key] = str(fixed.pop(key))
     subject = _subject(facts)
     parts = [(_KEEP, "what", subject)] if subject else []
     parts += [(_DETAIL, "what", d) for d in _details(facts)]
