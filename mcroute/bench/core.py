@@ -353,10 +353,21 @@ def run_answers(quick: bool = False, out=print) -> list[tuple[str, float, str, b
     def bare_point():
         dense.step_breakdown(L, dense.max_batch_size(L))
 
+    params = dense.kernel_params(1000, 0)
+
+    def trials_arithmetic():
+        # the same point's arithmetic over its 1000 trials of kernel parameters (calibrated)
+        b = dense.max_batch_size(L)
+        dense.step_time(L, b)
+        calibrated_step(dense, L, b, None, params, n_trials=1000)
+
     api_point()
     r, t_api, t_bare = _median_ratio(api_point, bare_point, reps * 4)
     report("dense_point_api_over_arithmetic[llama-3.1-70b,8xh100,8k]", r, "<=", 3.0,
            f"({t_api * 1e3:.2f} ms vs {t_bare * 1e3:.2f} ms)")
+    r_t, _, t_trials = _median_ratio(api_point, trials_arithmetic, reps * 4)
+    out(f"dense_point_api_over_1000_trial_arithmetic{'':<8} {r_t:10.3f}  (information: the "
+        f"calibrated arithmetic of the point's 1000 trials alone takes {t_trials * 1e3:.2f} ms)")
 
     # 2. qs_analysis of the paper's four models against its sampling + arithmetic
     n_trials = 100 if quick else 400
@@ -385,13 +396,21 @@ def run_answers(quick: bool = False, out=print) -> list[tuple[str, float, str, b
     if quick:
         out("cold_start_over_warm: skipped (--quick)")
     else:
+        main_job = "from mcroute.cli import main; main(['qs'])"
+        warmup = "from mcroute.cli import main; main(['warmup'])"
         with tempfile.TemporaryDirectory() as cache:
             env = {**os.environ, "NUMBA_CACHE_DIR": cache}
-            main_job = "from mcroute.cli import main; main(['qs'])"
             cold = _subprocess_seconds(main_job, env)
             warm = _subprocess_seconds(main_job, env)
+        with tempfile.TemporaryDirectory() as cache:
+            env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+            t_warmup = _subprocess_seconds(warmup, env)
+            after = _subprocess_seconds(main_job, env)
         report("cold_start_over_warm[mcroute qs]", cold / warm, "<=", 3.0,
                f"({cold:.1f} s vs {warm:.1f} s)")
+        out(f"cold_start_after_warmup_over_warm[mcroute qs]{'':<4} {after / warm:10.3f}  "
+            f"(information: `mcroute warmup` {t_warmup:.1f} s on an empty cache, then the "
+            f"first qs {after:.1f} s)")
 
     # 4. import mcroute against import numpy, numba
     ratios = []
