@@ -14,7 +14,8 @@ import mcroute as mr
 from mcroute._routing.sampling import COUNT_BLOCK_ELEMENTS
 
 TRACE = mr.Trace(np.random.default_rng(5).permuted(
-    np.tile(np.arange(16), (40, 2, 1)), axis=2)[:, :, :2], n_experts=16, layer_map="cycle")
+    np.tile(np.arange(16), (40, 2, 1)), axis=2)[:, :, :2], n_experts=16, layer_map="cycle",
+    sequence=np.repeat(np.arange(8), 5), step=np.tile(np.arange(5), 8))
 
 ROUTINGS = [
     (mr.Uniform(16, 4), "auto"),
@@ -24,8 +25,12 @@ ROUTINGS = [
     (mr.Correlated(mr.LogNormal(32, 4, 1.0), 0.3), "auto"),
     (mr.GroupLimited(mr.Uniform(32, 4), 8, 2), "auto"),
     (TRACE, "auto"),
+    (TRACE.with_mode("sequence", block_size=4), "auto"),
+    (TRACE.with_mode("marginal"), "auto"),
+    (mr.Overdispersed(mr.Zipf(16, 2, 1.0), 0.1), "auto"),
 ]
-IDS = ["uniform", "uniform-counts", "zipf", "popularity-top1", "correlated", "group", "trace"]
+IDS = ["uniform", "uniform-counts", "zipf", "popularity-top1", "correlated", "group", "trace",
+       "trace-sequence", "trace-marginal", "overdispersed"]
 
 
 @pytest.mark.parametrize(("routing", "method"), ROUTINGS, ids=IDS)
