@@ -100,6 +100,10 @@ def test_api_takes_strings_with_the_same_numbers():
                           mr.sample_assignments(z, 16, 2, rng=3))
     assert np.array_equal(mr.expected_active_experts("zipf:1.2", [4, 16], **kw),
                           mr.expected_active_experts(z, [4, 16]))
+    u = dict(n_experts=16, top_k=2)
+    assert mr.active_experts_variance("uniform", 8, **u) == mr.active_experts_variance(
+        mr.Uniform(16, 2), 8)
+    assert mr.expert_load_distribution("uniform", 8, **u).mean() == pytest.approx(1.0)
     a = mr.simulate("zipf:1.2", [4, 16], 30, rng=5, **kw)
     b = mr.simulate(z, [4, 16], 30, rng=5)
     assert a.attrs["routing"] == b.attrs["routing"]

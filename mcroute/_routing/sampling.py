@@ -472,15 +472,16 @@ def expected_active_experts(routing, batch_size, n_layers=1, *, n_experts=None, 
     return out[0] if n_layers == 1 else out
 
 
-def active_experts_variance(routing, batch_size):
+def active_experts_variance(routing, batch_size, *, n_experts=None, top_k=None):
     """Exact variance of the number of distinct experts touched, for uniform or top-1 routing.
 
     With U_e the indicator that expert e is untouched,
     ``Var = Σ_e Var(U_e) + Σ_{e≠f} [P(U_e U_f) − P(U_e) P(U_f)]``; per token
     P(avoid e) = 1 − π_e and P(avoid e and f) = 1 − π_e − π_f + π_ef, with
-    π_ef = k(k−1) / (E(E−1)) for uniform routing and 0 for top-1.
+    π_ef = k(k−1) / (E(E−1)) for uniform routing and 0 for top-1. A routing string needs
+    ``n_experts`` and ``top_k``.
     """
-    check_routing(routing)
+    routing = check_routing(as_routing(routing, n_experts, top_k))
     b = check_int("batch_size", batch_size, minimum=1, maximum=MAX_BATCH_SIZE)
     e, k = routing.n_experts, routing.top_k
     check_bytes(f"the pair table ({e} x {e} experts)", e * e * 8 * 4, "n_experts")
@@ -498,9 +499,12 @@ def active_experts_variance(routing, batch_size):
     return float(cov.sum())
 
 
-def expert_load_distribution(routing, batch_size):
-    """Exact law of one expert's load for uniform routing: ``scipy.stats.binom(B, k/E)``."""
-    check_routing(routing)
+def expert_load_distribution(routing, batch_size, *, n_experts=None, top_k=None):
+    """Exact law of one expert's load for uniform routing: ``scipy.stats.binom(B, k/E)``.
+
+    A routing string (``"uniform"``) needs ``n_experts`` and ``top_k``.
+    """
+    routing = check_routing(as_routing(routing, n_experts, top_k))
     b = check_int("batch_size", batch_size, minimum=1, maximum=MAX_BATCH_SIZE)
     if getattr(routing, "kind", "") != "uniform":
         raise McrouteError("expert_load_distribution is exact only for Uniform routing")
