@@ -13,6 +13,8 @@ from mcroute.cli.common import is_tty, parse_int, refuse_renamed
 #: Most local Dask worker processes ``--workers`` starts (each is a Python process with its own
 #: memory; more than this is a typo, not a cluster; use --scheduler for a real cluster).
 MAX_WORKERS = 1024
+#: Exit status after Ctrl-C (128 + SIGINT, as shells report it).
+EXIT_INTERRUPTED = 130
 
 
 def register(sub) -> None:
@@ -68,7 +70,10 @@ def run(args) -> int:
                              n_trials=trials, recompute_bad=args.recompute_bad)
     except SweepInterrupted as exc:  # Ctrl-C: one line, how many cells are saved, exit 130
         print(f"mcroute sweep: {exc}", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # while the cells were checked, before any file was created
+        print("mcroute sweep: interrupted before any cell was computed", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if not args.quiet:
         dims = " x ".join(f"{n} {len(ds[n])}" for n in spec.axis_names) or "1 cell"
         print(f"sweep {spec.kind}: {info['cells']} cells ({dims}), {info['computed']} "

@@ -128,7 +128,6 @@ class PartStore:
         self.folder = Path(folder)
         self.manifest_path = self.folder / "manifest.json"
         self.created = False  # this run created the folder
-        self.n_written = 0  # parts written by this run
         self.datasets: dict[str, xr.Dataset] = {}  # name -> normalized part, validated
         self.manifest: dict = {}
 
@@ -307,7 +306,6 @@ class PartStore:
                                         "n_cells": len(cells), "schema": schemas.index(schema)}
         self._write_manifest()
         self.datasets[name] = ds
-        self.n_written += 1
         return path
 
     def _write_manifest(self) -> None:
@@ -316,6 +314,18 @@ class PartStore:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+
+    def saved_cells(self) -> int:
+        """Cells of the parts recorded in the manifest on disk (what a resume finds).
+
+        The manifest on disk is the commit point: a part renamed into place but not yet
+        recorded (an interruption between the two writes) is deleted on resume.
+        """
+        try:
+            parts = json.loads(self.manifest_path.read_bytes().decode("utf-8"))["parts"]
+            return sum(int(e["n_cells"]) for e in parts.values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+            return 0  # missing or malformed: nothing a resume would use
 
     def parts(self) -> list[Path]:
         """The part files recorded in the manifest, in name order."""

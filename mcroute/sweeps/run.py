@@ -52,7 +52,7 @@ class SweepInterrupted(KeyboardInterrupt):
     total : int
         Cells of the grid.
     folder : pathlib.Path or None
-        The parts folder ``resume`` continues from (None when nothing was kept).
+        The parts folder ``resume`` continues from (None without an output file).
     """
 
     def __init__(self, saved: int, total: int, folder: Path | None):
@@ -432,8 +432,21 @@ def _run_on_dask(spec, remaining, store, show, where, numba_threads) -> None:
             bar.close()
 
 
-def _saved_cells(store: PartStore) -> int:
-    return sum(int(ds.sizes["cell"]) for ds in store.datasets.values())
+def _is_interrupt(exc: BaseException) -> bool:
+    """A KeyboardInterrupt, also one that arrived inside a numba kernel.
+
+    Numba turns an exception set while its compiled code runs into a ``SystemError`` whose
+    cause is the KeyboardInterrupt.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        if not isinstance(exc, SystemError):
+            return False
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def run_sweep(spec, output=None, *, resume=False, workers=None, scheduler=None, client=None,
@@ -484,13 +497,12 @@ def run_sweep(spec, output=None, *, resume=False, workers=None, scheduler=None, 
             save_dataset(ds, output)
             store.remove()
     except BaseException as exc:
-        kept = store.created is False or store.n_written > 0
-        if not kept:  # nothing worth keeping: leave no debris
+        saved = store.saved_cells()
+        if store.created and saved == 0:  # nothing worth keeping: leave no debris
             store.remove()
-        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, SweepInterrupted):
-            saved = _saved_cells(store) if kept and tmpdir is None else 0
-            raise SweepInterrupted(saved, spec.n_cells,
-                                   folder if saved and tmpdir is None else None) from None
+        if _is_interrupt(exc) and not isinstance(exc, SweepInterrupted):
+            raise SweepInterrupted(saved if tmpdir is None else 0, spec.n_cells,
+                                   folder if tmpdir is None else None) from None
         raise
     finally:
         if tmpdir is not None:
