@@ -378,3 +378,11 @@ def test_a_command_that_cannot_load_is_one_line(monkeypatch, capsys):
     assert main(["models"]) == app.EXIT_INTERNAL
     line = _one_error_line(capsys)
     assert line.startswith("mcroute: internal error") and "no_such" in line
+
+
+def test_infeasible_notes_name_flags(capsys):
+    assert main(["throughput", "qwen3-30b-a3b", "-H", "h200", "-g", "1", "-c", "4k",
+                 "-b", "99999999", "-n", "4", "-s", "0"]) == 0
+    note = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("infeasible")]
+    assert note == ["infeasible: context 4k, batch 99999999: --batch-size 99999999 exceeds the "
+                    "admissible 186 at context 4096"]

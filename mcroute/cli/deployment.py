@@ -34,7 +34,7 @@ from mcroute.cli.common import (
 )
 
 __all__ = ["add_deployment_flags", "deployment_flags", "flag_spec", "batch_policy_flags",
-           "placement_error", "kernels_line", "DEPLOYMENT_FLAGS", "EXTRA_CHOICES"]
+           "placement_error", "kernels_line", "DEPLOYMENT_FLAGS", "EXTRA_CHOICES", "FLAG_NAMES"]
 
 #: Options every command declares itself (a positional MODEL, and --hardware / --n-gpus whose
 #: requiredness and defaults differ between throughput and qs; they still use the declaration's
@@ -42,8 +42,9 @@ __all__ = ["add_deployment_flags", "deployment_flags", "flag_spec", "batch_polic
 _OWN = ("model", "hardware", "n_gpus")
 #: The Deployment options exposed as generated flags.
 DEPLOYMENT_FLAGS = tuple(o for o in DEPLOYMENT_OPTIONS if o.cli and o.name not in _OWN)
-#: Keyword -> flag of every Deployment option (help texts name flags, not keywords).
-_FLAGS = {o.name: o.flag for o in DEPLOYMENT_OPTIONS if o.cli}
+#: Keyword -> flag of every Deployment option (help texts and notes name flags, not keywords).
+FLAG_NAMES = {o.name: o.flag for o in DEPLOYMENT_OPTIONS if o.cli} | {
+    "batch_size": "--batch-size"}
 #: Values the CLI accepts beyond the declared choices: ``--all-to-all serial`` is the older
 #: CLI name of ``none`` (charged, not overlapped).
 EXTRA_CHOICES = {"all_to_all": {"serial": "none"}}
@@ -75,7 +76,7 @@ def _help(opt) -> str:
         text += f"; {_range(opt)}"
     if opt.default is not None and opt.default is not REQUIRED and opt.type != "bool":
         text += f" (default {opt.default})"
-    return name_flags(text, _FLAGS).replace("%", "%%")
+    return name_flags(text, FLAG_NAMES).replace("%", "%%")
 
 
 def flag_spec(opt) -> tuple[list[str], dict]:

@@ -16,6 +16,7 @@ from mcroute.cli.common import (
     check_input_path,
     check_output_path,
     is_tty,
+    name_flags,
     parse_int,
     parse_int_list,
     parse_routing,
@@ -24,6 +25,7 @@ from mcroute.cli.common import (
     write_output,
 )
 from mcroute.cli.deployment import (
+    FLAG_NAMES,
     add_deployment_flags,
     batch_policy_flags,
     deployment_flags,
@@ -100,7 +102,7 @@ def run(args) -> int:
                    else parse_routing(args.routing, model.n_experts, model.top_k))
     elif args.routing is not None and str(args.routing).strip().lower() != "uniform":
         raise McrouteError(f"--routing: model {model.name!r} is dense (no routed experts)")
-    show = is_tty()
+    show = is_tty() and not args.quiet
 
     def progress(frac):
         print(f"\r  {frac:6.1%} of trials", end="", file=sys.stderr, flush=True)
@@ -193,7 +195,7 @@ def _print(out, ds, dep, routing, trials, ci_prob, b_max_mode) -> None:
         if not r["feasible"]:
             where = f"context {fmt_tokens(r['context'])}" + (
                 f", batch {r['batch_size']}" if r["batch_size"] else "")
-            out.line(f"infeasible: {where}: {r['reason']}")
+            out.line(f"infeasible: {where}: {name_flags(r['reason'], FLAG_NAMES)}")
     for c, flag in zip(flat["context"].values, flat["exceeds_max_context"].values, strict=True):
         if flag:
             out.line(f"note: context {fmt_tokens(c)} exceeds the model's max_context "
