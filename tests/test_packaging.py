@@ -28,6 +28,10 @@ def test_wheel_ships_cards_and_data_and_finds_them(tmp_path):
         assert f"mcroute/models/kernels/{card.name}" in names
     assert "mcroute/data/q_estimates.csv" in names
     assert "mcroute/py.typed" in names  # PEP 561: the package's type hints are public
+    # every package folder of the source ships (pyproject.toml lists them by hand)
+    for init in (ROOT / "mcroute").rglob("__init__.py"):
+        rel = init.relative_to(ROOT).as_posix()
+        assert rel in names, f"{rel} is not in the wheel: add it to [tool.setuptools] packages"
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
                     str(site), str(whl)], check=True, capture_output=True, timeout=600)
