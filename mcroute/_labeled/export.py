@@ -104,7 +104,7 @@ def tidy_frame(ds: xr.Dataset):
 
 
 def _one_line(value) -> str:
-    """An attr value on one header line: line breaks written as the two characters ``\\n``."""
+    """An attr value on one header line: a line break is written as backslash and n."""
     return str(value).replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\n")
 
 
