@@ -42,7 +42,7 @@ def _modules():
 def _name(path: Path) -> str:
     rel = path.relative_to(ROOT).with_suffix("")
     parts = list(rel.parts)
-    if parts[-1] == "__init__" and len(parts) > 1:
+    if parts[-1] == "__init__":
         parts = parts[:-1]
     return ".".join(["mcroute", *parts])
 
@@ -95,7 +95,6 @@ IDS = [str(p.relative_to(ROOT)) for p in MODULES]
 #: Violations being mended (issue 12). Each is a strict xfail: once mended the test passes, the
 #: xfail turns into a failure, and the entry must be deleted here. This list only shrinks.
 PENDING = {
-    'test_importlib_only_where_a_loader_is_needed',
 }
 
 
