@@ -46,6 +46,12 @@ def test_labeled_api_accepts_cli_strings():
     a = mr.decode_throughput(dep, "4k,8k", batch_size="8", n_trials=4, rng=0, progress=False)
     b = mr.decode_throughput(dep, [4096, 8192], batch_size=8, n_trials=4, rng=0, progress=False)
     assert a["throughput"].equals(b["throughput"])
+    qwen = mr.Deployment("qwen3-235b-a22b", "h200", 8)
+    z = mr.decode_throughput(qwen, "4k", 8, routing="zipf:1.2", n_trials=4, rng=0,
+                             progress=False)
+    zo = mr.decode_throughput(qwen, "4k", 8, routing=mr.Zipf(128, 8, 1.2), n_trials=4, rng=0,
+                              progress=False)
+    assert z["throughput"].equals(zo["throughput"]) and z.attrs["routing"] == zo.attrs["routing"]
     s = mr.simulate(mr.Uniform(64, 4), "1,4k", n_trials=4, rng=0, progress=False)
     assert s["batch_size"].values.tolist() == [1, 4096]
     q = mr.qs_analysis("qwen3-235b-a22b", "h200", 8, 2.0, "8k,16k", n_trials=4, rng=0,

@@ -397,8 +397,9 @@ def qs_analysis(
     context : int, str or sequence, optional
         Context length(s) [tokens]; ``"128k"`` = 131072, ``"4k,32k"`` a list. Default: the
         main job's 4k, 8k, 16k, 32k, 64k and 128k.
-    routing : Routing, optional
-        Routing of the MoE's layers. Default: as :func:`decode_throughput`, uniform over its E
+    routing : Routing or str, optional
+        Routing of the MoE's layers (a routing string such as ``"zipf:1.2"`` as on the command
+        line). Default: as :func:`decode_throughput`, uniform over its E
         experts, top-k, group-limited when the model card says so (DeepSeek-V2/V3).
     n_trials : int
         Monte Carlo decode steps per context, >= 2 (intervals need two).

@@ -35,6 +35,7 @@ from mcroute._labeled.results import (
     summary_coords,
     summary_variables_many,
 )
+from mcroute._routing import as_routing
 from mcroute._routing.composite import GroupLimited
 from mcroute._routing.distributions import Uniform
 from mcroute._routing.sampling import (
@@ -85,6 +86,8 @@ def _resolve_routing(dep: Deployment, routing):
         ng, tg = getattr(dep.model, "n_groups", 0), getattr(dep.model, "topk_groups", 0)
         base = Uniform(dep.n_experts, dep.top_k)
         return GroupLimited(base, ng, tg) if ng else base
+    if isinstance(routing, str):  # the CLI's routing strings, e.g. "zipf:1.2"
+        routing = as_routing(routing, dep.n_experts, dep.top_k)
     check_routing(routing)
     if routing.n_experts != dep.n_experts or routing.top_k != dep.top_k:
         raise McrouteError(
@@ -296,8 +299,10 @@ def decode_throughput(
         (as many sequences as the KV cache allows), reported as the variable ``batch_size``
         over ``context``. Integers become the ``batch_size`` dim; a batch above the admissible
         one is reported infeasible.
-    routing : Routing, optional
-        Routing distribution of the MoE layers. Default: the model card's routing,
+    routing : Routing or str, optional
+        Routing distribution of the MoE layers, or a routing string as on the command line
+        (``"zipf:1.2"``, ``"uniform+group:8,4"``; E and k are the model's). Default: the
+        model card's routing,
         ``GroupLimited(Uniform(E, k), n_groups, topk_groups)`` for a card with group-limited
         routing (DeepSeek-V2/V3, ``ModelSpec.n_groups``), else ``Uniform(E, k)``; the one used
         is in ``attrs["routing"]``. Its E and k must match the model. Ignored for a dense model.
