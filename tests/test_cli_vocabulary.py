@@ -389,3 +389,15 @@ def test_infeasible_notes_name_flags(capsys):
     assert len(note) == 1 and re.fullmatch(
         r"infeasible: context 4k, batch 99999999: --batch-size 99999999 exceeds the admissible "
         r"\d+ at context 4096", note[0]), note
+
+
+def test_a_keyword_is_named_as_the_flag_of_the_command_that_ran(tmp_path, capsys):
+    """``model`` is the MODEL positional of qs but the --model flag of trace."""
+    rows = ["model,hf_model,num_experts,top_k,domain,layer,selection,expert,count,n_tokens"]
+    rows += [f"toy,org/toy,4,1,{d},0,topk,{e},{e + 1},10" for d in ("a", "b") for e in range(4)]
+    (tmp_path / "h.csv").write_text("\n".join(rows) + "\n")
+    assert main(["trace", "inspect", str(tmp_path / "h.csv")]) == 2
+    line = _one_error_line(capsys)
+    assert "--model=" in line and "--domain=" in line and "MODEL" not in line
+    names = cli_names(make_parser()._subparsers._group_actions[0].choices["qs"])
+    assert names["model"] == "MODEL" and names["n_gpus"] == "--n-gpus"

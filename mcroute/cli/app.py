@@ -86,7 +86,21 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    _remember_parsers(parser)
     return parser
+
+
+def _remember_parsers(parser) -> None:
+    """Let every (sub)command's parsed arguments carry its parser (``cli_parser``).
+
+    Errors then name the flags of the command that ran (the innermost subcommand's default
+    wins, as argparse applies it last).
+    """
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.set_defaults(cli_parser=sub)
+                _remember_parsers(sub)
 
 
 def _error_message(command: str, exc: BaseException, flags: dict | None = None
@@ -173,7 +187,8 @@ def main(argv=None) -> int:
         _silence_stdout()
         return 0
     except Exception as exc:
-        status, line = _error_message(args.command, exc, cli_names(parser))
+        status, line = _error_message(args.command, exc,
+                                      cli_names(getattr(args, "cli_parser", parser)))
         if status == EXIT_INTERNAL and os.environ.get(DEBUG_ENV, "") not in ("", "0"):
             raise
         print(line, file=sys.stderr)

@@ -95,14 +95,17 @@ def name_flags(text: str, flags: dict) -> str:
 def cli_names(parser) -> dict:
     """API keyword -> CLI flag, for every option of ``parser`` and its subcommands.
 
-    Only options spelled as their keyword count (``--n-experts`` for ``n_experts``); the
-    positional ``model`` is ``MODEL``.
+    Only options spelled as their keyword count (``--n-experts`` for ``n_experts``); a
+    positional ``model`` is ``MODEL``. Give the parser of the command that ran: one keyword
+    may be a flag in one command and a positional in another (``trace --model``, ``qs MODEL``).
     """
-    out = {"model": "MODEL"}
+    out = {}
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
                 out.update(cli_names(sub))
+        if not action.option_strings and action.dest == "model":
+            out["model"] = "MODEL"
         for flag in action.option_strings:
             if flag.startswith("--") and flag[2:].replace("-", "_") == action.dest:
                 out[action.dest] = flag
