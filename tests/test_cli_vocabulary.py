@@ -401,3 +401,36 @@ def test_a_keyword_is_named_as_the_flag_of_the_command_that_ran(tmp_path, capsys
     assert "--model=" in line and "--domain=" in line and "MODEL" not in line
     names = cli_names(make_parser()._subparsers._group_actions[0].choices["qs"])
     assert names["model"] == "MODEL" and names["n_gpus"] == "--n-gpus"
+
+
+def _documented_command_lines():
+    """(file, command words, flags) of every ``mcroute COMMAND ...`` line in the docs."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    files = [root / "README.md", *sorted((root / "docs").glob("*.md")),
+             *sorted((root / "notebooks").glob("*.py")), *sorted((root / "examples").glob("*"))]
+    line_re = re.compile(r"mcroute ((?:trace )?[a-z][a-z-]*)((?:[^`\n#|]|\\\n)*)")
+    for f in files:
+        for m in line_re.finditer(f.read_text(encoding="utf-8")):
+            flags = re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", m.group(2))
+            yield f.name, m.group(1).split(), flags
+
+
+def test_documented_command_lines_use_existing_flags():
+    """Every flag on a documented ``mcroute ...`` line exists on that command (so a renamed
+    flag left in the README, docs, notebooks or examples fails here)."""
+    subs = make_parser()._subparsers._group_actions[0].choices
+    checked = 0
+    for name, words, flags in _documented_command_lines():
+        if words[0] not in subs:
+            continue
+        p = subs[words[0]]
+        if len(words) > 1 and p._subparsers is not None:
+            p = p._subparsers._group_actions[0].choices.get(words[1], p)
+        known = {s for a in p._actions for s in a.option_strings}
+        for flag in flags:
+            assert flag in known, f"{name}: mcroute {' '.join(words)} has no {flag}"
+            checked += 1
+    assert checked > 20  # the README, cli.md, quality.md, plotting.md and sweeps.md lines
