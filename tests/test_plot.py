@@ -615,3 +615,23 @@ def test_cli_ref_and_legend_flags(mix, tmp_path, capsys):
     assert main(["plot", str(nc), "--ref", "high", "--output", str(tmp_path / "c.png")]) == 2
     assert "--ref must be auto, none or a finite number" in capsys.readouterr().err
     assert not (tmp_path / "c.png").exists()
+
+
+def test_categorical_x_draws_points_with_error_bars(qs_like):
+    ds = qs_like.sel(context=65536)
+    ax = plot_band(ds, "penalty", "model", hue="hardware")
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(ds["model"].values)
+    lines = _data_lines(ax)
+    assert len(lines) == 2 and all(ln.get_linestyle() == "None" for ln in lines)
+    # the two hardware values sit side by side at each model, not on top of each other
+    x0, x1 = (ln.get_xdata() for ln in lines)
+    assert np.all(x0 < x1) and np.allclose(np.round((x0 + x1) / 2), [0, 1, 2])
+    for hw, line in zip(ds["hardware"].values, lines, strict=True):
+        (bars,) = [c for c in ax.collections if c.get_gid() == f"ci_bars:{hw}"]
+        ci = ds["penalty_ci"].sel(hardware=hw)
+        for seg, lo, hi in zip(bars.get_segments(), ci.sel(ci_bound="lower").values,
+                               ci.sel(ci_bound="upper").values, strict=True):
+            np.testing.assert_allclose(sorted(seg[:, 1]), [lo, hi], rtol=1e-12)
+        np.testing.assert_allclose(line.get_ydata(), ds["penalty_mean"].sel(hardware=hw))
+        assert [c for c in ax.collections if c.get_gid() == f"band:{hw}"]
+    assert not [c for c in ax.collections if str(c.get_gid()).startswith("ci:")]  # no fill

@@ -157,12 +157,54 @@ def _tag(hv) -> str:
     return "" if hv is None else f":{fmt_value(hv)}"
 
 
+#: Horizontal distance between the points of neighbouring hue values along a categorical x,
+#: as a fraction of the distance between categories.
+DODGE = 0.12
+
+
+def categorical(p: Panel) -> bool:
+    """Whether x holds names (models, routings): points, not lines and bands, are drawn."""
+    return _finite(p.xvals) is None
+
+
+def xs(p: Panel, i: int) -> np.ndarray:
+    """Where hue value ``i`` is drawn.
+
+    The x values; along a categorical x, the category's position 0, 1, ... moved aside by hue
+    so that the points do not hide each other.
+    """
+    if not categorical(p):
+        return p.xvals
+    return np.arange(p.xvals.size) + (i - (len(p.hue_vals) - 1) / 2) * DODGE
+
+
+def label_categories(ax, p: Panel) -> None:
+    """Ticks at the categories, labelled by name."""
+    if categorical(p):
+        ax.set_xticks(np.arange(p.xvals.size), [fmt_value(v) for v in p.xvals])
+        ax.set_xlim(-0.5, p.xvals.size - 0.5)
+
+
 def draw_lines(ax, p: Panel) -> list:
-    """The mean line per hue value, with its single-step band and its CI band."""
+    """The mean line per hue value, with its single-step band and its CI band.
+
+    Along a categorical x (names) a line or band between neighbours would mean nothing: the
+    means are markers, the single-step range a wide translucent bar and the CI error bars
+    (:func:`draw_narrow_ci`).
+    """
     lines = []
     for i, hv in enumerate(p.hue_vals):
         label = fmt_value(hv) if hv is not None else (
             "Monte Carlo mean" if p.summarised else words(p.base))
+        if categorical(p):
+            (line,) = ax.plot(xs(p, i), p.y[i], marker="o", markersize=6, linestyle="none",
+                              label=label, zorder=3)
+            lines.append(line)
+            if p.q is not None:
+                bar = ax.vlines(xs(p, i), p.q[0][i], p.q[1][i], colors=line.get_color(),
+                                alpha=ALPHA_Q * 2, linewidth=12, zorder=1)
+                bar.set_gid(f"band{_tag(hv)}")
+            continue
         (line,) = ax.plot(p.xvals, p.y[i], marker="o", markersize=3.5, linewidth=1.6,
                           label=label, zorder=3)
         lines.append(line)
@@ -239,13 +281,12 @@ def draw_infeasible(ax, p: Panel, lines) -> tuple:
         # one row at the bottom; several hue values side by side, so none hides another
         shift = (k - (len(rows) - 1) / 2) * MARKER_STEP
         tf = offset_copy(ax.get_xaxis_transform(), fig=ax.figure, x=shift, units="points")
-        (mark,) = ax.plot(p.xvals[bad], np.full(int(bad.sum()), INFEASIBLE_Y), transform=tf,
+        (mark,) = ax.plot(xs(p, i)[bad], np.full(int(bad.sum()), INFEASIBLE_Y), transform=tf,
                           linestyle="none", marker="x", markersize=7, markeredgewidth=1.6,
                           color=lines[i].get_color(), clip_on=False, zorder=4)
         mark.set_gid(f"infeasible{_tag(p.hue_vals[i])}")
         # the shifted transform hides the markers from autoscaling: keep their x in view
-        xs = np.asarray(ax.convert_xunits(p.xvals[bad]), dtype=float)
-        ax.dataLim.update_from_data_x(xs, ignore=False)
+        ax.dataLim.update_from_data_x(np.asarray(xs(p, i)[bad], dtype=float), ignore=False)
     if not any_bad:
         return None, None
     label = _failed_words(failed)
@@ -270,7 +311,10 @@ def fix_limits(ax, p: Panel, ref_value: float | None) -> None:
 
 
 def draw_narrow_ci(ax, p: Panel, lines) -> None:
-    """Error bars with caps where the confidence band is too thin to see (< 3% of the axis)."""
+    """Error bars with caps where the confidence band is too thin to see.
+
+    Thin means under 3% of the y axis; along a categorical x every CI is drawn as error bars.
+    """
     if p.ci is None:
         return
     lo_ax, hi_ax = ax.get_ylim()
@@ -285,10 +329,10 @@ def draw_narrow_ci(ax, p: Panel, lines) -> None:
                 ok &= (lo > 0) & (hi > 0)
             height = np.where(ok, np.abs(f(np.where(ok, hi, 1.0)) - f(np.where(ok, lo, 1.0))),
                               np.inf)
-            narrow = ok & (height < NARROW_FRACTION * span)
+            narrow = ok & ((height < NARROW_FRACTION * span) | categorical(p))
             if not narrow.any():
                 continue
-            bars = ax.errorbar(p.xvals[narrow], y[narrow],
+            bars = ax.errorbar(xs(p, i)[narrow], y[narrow],
                                yerr=[y[narrow] - lo[narrow], hi[narrow] - y[narrow]],
                                fmt="none", ecolor=line.get_color(), elinewidth=1.2, capsize=4,
                                capthick=1.2, zorder=3.5)

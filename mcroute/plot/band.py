@@ -161,6 +161,7 @@ def plot_band(ds, var, x, *, hue=None, ax=None, ci=True, band=True, logx="auto",
     if ybase:
         ax.set_yscale("log", base=ybase)
     marks, _ = A.draw_infeasible(ax, p, lines)
+    A.label_categories(ax, p)
     A.fix_limits(ax, p, ref_value)
     A.draw_narrow_ci(ax, p, lines)
     ax.set_xlabel(A.x_label(p))
