@@ -434,3 +434,65 @@ def test_documented_command_lines_use_existing_flags():
             assert flag in known, f"{name}: mcroute {' '.join(words)} has no {flag}"
             checked += 1
     assert checked > 20  # the README, cli.md, quality.md, plotting.md and sweeps.md lines
+
+
+def _spellings(o):
+    """(valid CLI text, its Python value, invalid CLI text or None, invalid Python value)."""
+    if o.choices:
+        return o.choices[0], o.choices[0], "bogus", "bogus"
+    if o.type == "bool":
+        return None, True, None, "yes"
+    if o.type == "int":
+        lo = int(o.minimum or 0) + (1 if o.open_min else 0)
+        bad = int(o.maximum) + 1 if o.maximum is not None else lo - 1
+        return str(lo), lo, str(bad), bad
+    if o.type == "float":
+        return "0.5", 0.5, "1.5" if o.maximum == 1.0 else "-1", 1.5 if o.maximum == 1.0 else -1.0
+    if o.type == "tokens":
+        return "4k", 4096, str(int(o.maximum) + 1), int(o.maximum) + 1
+    if o.type == "dtype":
+        return "bf16", "bf16", "fp7", "fp7"
+    if o.type == "acceptance":
+        return "0.5", 0.5, "2", 2.0
+    if o.type == "path":
+        return "generic", "generic", "no-such-kernel-card", "no-such-kernel-card"
+    raise AssertionError(f"no sample values for type {o.type!r}")
+
+
+#: Options whose value needs another one to be valid (cross-field rules).
+_WITH = {"mtp_acceptance": {"mtp_depth": 1}, "replicate_dense": {"attention_parallel": "data"}}
+_BASE = ("deepseek-v3", "h200", 8)
+
+
+@pytest.mark.parametrize("opt", [o for o in DEPLOYMENT_FLAGS if o.type != "placement"],
+                         ids=lambda o: o.name)
+def test_cli_api_and_sweep_accept_the_same_values(opt):
+    """One parametrised test over every Deployment option: the CLI flag, the API keyword and
+    the sweep key accept the same value (as the same Python value) and refuse the same one."""
+    from mcroute._cost.deployment import Deployment
+    from mcroute.sweeps.params import normalize
+
+    good_text, good, bad_text, bad = _spellings(opt)
+    extra = _WITH.get(opt.name, {})
+    extra_argv = [a for k, v in extra.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+    parser = make_parser()
+    base = ["throughput", _BASE[0], "-H", _BASE[1], "-g", str(_BASE[2])]
+    argv = base + extra_argv + ([opt.flag] if good_text is None else [opt.flag, good_text])
+    cli = deployment_flags(parser.parse_args(argv))
+    assert cli[opt.name] == good
+    swept = normalize(opt, good, "spec.toml: [fixed]")
+    assert swept == good
+    Deployment(*_BASE, **(extra | {opt.name: good}))  # the API accepts it
+    # the same bad value is refused by all three (the sweep at latest when the cell's
+    # Deployment is built, as for dtypes and card names)
+    with pytest.raises(mr.McrouteError):
+        Deployment(*_BASE, **(extra | {opt.name: bad}))
+    with pytest.raises(mr.McrouteError):
+        Deployment(*_BASE, **(extra | {opt.name: normalize(opt, bad, "spec.toml: [fixed]")}))
+    if bad_text is not None:
+        try:
+            args = parser.parse_args(base + extra_argv + [opt.flag, bad_text])
+        except SystemExit:  # refused by argparse (choices)
+            return
+        with pytest.raises(mr.McrouteError):
+            Deployment(*_BASE, **deployment_flags(args))
