@@ -249,3 +249,26 @@ def test_paper_cases_are_the_main_job():
     assert all(c["hardware"] == "h200" and c["n_gpus"] == 8 for c in cases)
     assert all(c["context"] == list(PAPER_CONTEXTS) for c in cases)
     assert cases[0]["weight_dtype"] == "fp8" and cases[0]["attention_parallel"] == "data"
+
+
+@pytest.mark.slow
+def test_main_job_values_pinned():
+    """A few values of the main job (`mcroute qs`: seed 0, 400 trials, 256 draws of q) as it
+    printed them before the issue-15 rework, to three significant digits: the MoE's admissible
+    batch, the twin's median batch and the mean penalty. Any subset of contexts reproduces the
+    full run's numbers (streams keyed by the point), so two contexts per case suffice."""
+    expected = {  # model: {context: (MoE B, dense B median, penalty mean)}
+        "deepseek-v3": {131072: (32, 104, "2.51")},
+        "qwen3-235b-a22b": {4096: (393, 648, "1.65"), 131072: (12, 20, "1.78")},
+        "grok-1": {4096: (427, 853, "1.48"), 131072: (13, 26, "2.12")},
+        "switch-c-2048": {4096: (0, 1073, "nan")},
+    }
+    for case in mr.paper_cases():
+        want = expected[case["model"]]
+        ds = mr.qs_analysis(**{**case, "context": list(want)}, n_trials=400, n_q_samples=256,
+                            rng=0, progress=False)
+        for L, (moe_b, dense_b, pen) in want.items():
+            c = ds.sel(context=L)
+            assert int(c["moe_batch_size"]) == moe_b
+            assert int(np.median(c["dense_batch_size"].values)) == dense_b
+            assert f"{float(c['penalty_mean']):.3g}" == pen

@@ -21,12 +21,15 @@ __all__ = ["PAPER_CASES", "PAPER_CONTEXTS", "PAPER_GPUS", "PAPER_HARDWARE",
 #: under tensor-parallel attention every rank holds the whole latent cache (the calibrated
 #: model's engine memory layout), which cuts the admissible batch 8x. Its dense twin (same
 #: attention) runs the same way. Switch-C (1.57T parameters) does not fit on the node, which is
-#: the feasibility question the paper raises.
+#: the feasibility question the paper raises. The weight dtype is pinned for every case: since
+#: issue 12 a Deployment defaults to the card's release dtype, and Grok-1's card says int8 (its
+#: released checkpoint), which would change the documented main job (bf16) without saying so;
+#: ``mcroute qs grok-1 --weight-dtype int8`` runs its release.
 PAPER_CASES = (
     ("deepseek-v3", {"weight_dtype": "fp8", "attention_parallel": "data"}),
-    ("qwen3-235b-a22b", {}),
-    ("grok-1", {}),
-    ("switch-c-2048", {}),
+    ("qwen3-235b-a22b", {"weight_dtype": "bf16"}),
+    ("grok-1", {"weight_dtype": "bf16"}),
+    ("switch-c-2048", {"weight_dtype": "bf16"}),
 )
 PAPER_HARDWARE = "h200"
 PAPER_GPUS = 8
