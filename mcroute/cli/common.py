@@ -12,6 +12,7 @@ import stat
 import sys
 from pathlib import Path
 
+from mcroute._base import units
 from mcroute._base.validate import McrouteError, check_int, check_real
 from mcroute._labeled.export import save_dataset
 
@@ -20,8 +21,6 @@ __all__ = ["parse_int", "parse_int_list", "parse_size", "parse_size_list", "pars
            "write_output", "is_tty", "INT_MAX", "RENAMED", "refuse_renamed",
            "name_flags", "cli_names", "API_WORDS"]
 
-_SUFFIX = {"": 1, "k": 1024, "m": 1024**2}
-
 #: Largest integer any option accepts: every count and size ends up in an int64 array or
 #: product, so larger values could only overflow. Commands and the API refuse far smaller
 #: values where a resource limit applies.
@@ -29,7 +28,6 @@ INT_MAX = 2**63 - 1
 
 #: Digits read from an integer option (more cannot fit below INT_MAX).
 _MAX_DIGITS = 40
-_SIZE_RE = re.compile(r"\s*([0-9]{1,40})\s*([kKmM]?)\s*")
 
 
 #: Flags renamed in issue 12 so that every long flag is spelled as its API keyword
@@ -145,29 +143,15 @@ def parse_real(text, name: str, *, minimum: float | None = None,
 
 def parse_size(name: str, text: str, maximum: int = INT_MAX) -> int:
     """Parse ``4096``, ``4k`` or ``128K`` (k = 1024 tokens, as context lengths are quoted)."""
-    m = _SIZE_RE.fullmatch(str(text))
-    if not m:
-        raise McrouteError(
-            f"{name} must be a positive integer like 4096 or 128k, got {_shown(text)}")
-    value = int(m.group(1)) * _SUFFIX[m.group(2).lower()]
-    if value < 1 or value > maximum:
-        raise McrouteError(f"{name} must be in [1, {maximum}], got {_shown(text)}")
-    return value
+    return units.parse_size(name, str(text), maximum)
 
 
 def parse_size_list(name: str, text: str, maximum: int = INT_MAX) -> list[int]:
     """Comma-separated distinct sizes, e.g. ``4k,32k,128k``."""
-    parts = [p for p in str(text).split(",") if p.strip()]
-    if not parts:
+    if not str(text).replace(",", "").strip():
         raise McrouteError(
             f"{name} must be a comma-separated list of sizes, got {_shown(text)}")
-    values = [parse_size(name, p, maximum) for p in parts]
-    seen = set()
-    for v, p in zip(values, parts, strict=True):
-        if v in seen:
-            raise McrouteError(f"{name} lists {v} twice (as {p.strip()!r}); give each value once")
-        seen.add(v)
-    return values
+    return units.parse_size_list(name, str(text), maximum)[0]
 
 
 def parse_int_list(name: str, text: str, maximum: int = INT_MAX) -> list[int]:
