@@ -190,8 +190,9 @@ def dense_twin(model, q, style="widen", *, name=None) -> ModelSpec:
     )
 
 
-#: Twins remembered by :func:`twin_for` (an uncertain q asks for a few hundred per model).
-TWIN_CACHE_SIZE = 4096
+#: Twins remembered by :func:`twin_for`: an uncertain q asks for one per draw (the main job:
+#: 4 models x 256 draws); a twin card takes about 17 KB, so the cache stays under 20 MB.
+TWIN_CACHE_SIZE = 1024
 
 
 @functools.lru_cache(maxsize=TWIN_CACHE_SIZE)
