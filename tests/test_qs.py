@@ -272,3 +272,13 @@ def test_main_job_values_pinned():
             assert int(c["moe_batch_size"]) == moe_b
             assert int(np.median(c["dense_batch_size"].values)) == dense_b
             assert f"{float(c['penalty_mean']):.3g}" == pen
+
+
+def test_twins_are_remembered_by_value():
+    from mcroute._twin import twin_for
+
+    moe = mr.load_model(QWEN)
+    a = twin_for(moe, 2.5)
+    assert twin_for(mr.load_model(QWEN), 2.5) is a  # an equal card and q: the same twin
+    assert a == mr.dense_twin(moe, 2.5)
+    assert twin_for(moe, 2.5, "llama") == mr.dense_twin(moe, 2.5, "llama") != a
