@@ -496,3 +496,22 @@ def test_cli_api_and_sweep_accept_the_same_values(opt):
             return
         with pytest.raises(mr.McrouteError):
             Deployment(*_BASE, **deployment_flags(args))
+
+
+def test_quiet_silences_warnings(monkeypatch, capsys):
+    import warnings
+
+    import mcroute.cli.simulate as sim
+
+    real = sim.simulate
+
+    def warn_then_run(*a, **k):
+        warnings.warn("a modelling caveat", UserWarning, stacklevel=1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(sim, "simulate", warn_then_run)
+    assert main(SIM) == 0
+    assert "mcroute: warning: a modelling caveat (UserWarning)" in capsys.readouterr().err
+    assert main(SIM + ["--quiet"]) == 0
+    cap = capsys.readouterr()
+    assert cap.out == "" and cap.err == ""

@@ -177,6 +177,8 @@ def main(argv=None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
+            if getattr(args, "quiet", False):  # --quiet: nothing but errors
+                warnings.simplefilter("ignore")
             status = int(args.func(args) or 0)
             sys.stdout.flush()  # a closed pipe shows here, inside the handler below
             return status
