@@ -498,6 +498,7 @@ def test_cli_api_and_sweep_accept_the_same_values(opt):
             Deployment(*_BASE, **deployment_flags(args))
 
 
+@pytest.mark.filterwarnings("default::UserWarning")  # the suite turns warnings into errors
 def test_quiet_silences_warnings(monkeypatch, capsys):
     import warnings
 
