@@ -1,6 +1,5 @@
 """Sweep engine: spec validation, reproducibility per cell, the part store, resume, Dask."""
 
-import dataclasses
 import io
 import json
 import os
@@ -108,13 +107,64 @@ def test_bad_cell_is_reported_before_any_work(tmp_path):
     assert not (tmp_path / "out.nc.parts").exists()
 
 
-def test_deployment_params_match_deployment():
-    fields = {f.name: f.default for f in dataclasses.fields(mr.Deployment)}
-    for name in ("model", "hardware", "n_gpus", "expert_placement"):
-        fields.pop(name)
-    assert set(kinds.DEPLOYMENT_KEYS) == set(fields)
-    for p in kinds.DEPLOYMENT_PARAMS:  # the documented defaults are Deployment's
-        assert p.default == fields[p.name], p.name
+def test_deployment_params_are_deployments_declarations():
+    """The sweep's Deployment parameters are Deployment's own declarations, every option but
+    those each kind declares itself (model, hardware, n_gpus) and expert_placement."""
+    from mcroute._cost.deployment import DEPLOYMENT_OPTIONS
+
+    declared = {o.name: o for o in DEPLOYMENT_OPTIONS}
+    assert set(kinds.DEPLOYMENT_KEYS) == set(declared) - {"model", "hardware", "n_gpus",
+                                                          "expert_placement"}
+    for p in kinds.DEPLOYMENT_PARAMS:
+        assert p is declared[p.name], p.name
+    for kind in ("throughput", "qs"):
+        for name in ("model", "hardware", "n_gpus"):
+            p = S.CELL_KINDS[kind].param(name)
+            assert (p.type, p.required, p.minimum, p.maximum) == (
+                declared[name].type, True, declared[name].minimum, declared[name].maximum)
+
+
+def _bounds():
+    """(option, value, Deployment accepts it) at each end of every declared numeric range."""
+    from mcroute._cost.deployment import DEPLOYMENT_OPTIONS
+
+    out = []
+    for o in DEPLOYMENT_OPTIONS:
+        if o.type not in ("int", "float", "tokens") or o.name == "n_gpus":
+            continue
+        kind = float if o.type == "float" else int
+        step = kind(0.25 if o.type == "float" else 1)
+        if o.minimum is not None:
+            out.append((o.name, kind(o.minimum), not o.open_min))
+            out.append((o.name, kind(o.minimum) - step, False))
+        if o.maximum is not None:
+            out.append((o.name, kind(o.maximum) + step, False))
+            if kind is float:  # (integer maxima such as MAX_GPUS break cross-field rules)
+                out.append((o.name, o.maximum, True))
+    assert any(name == "hbm_fraction" and v == 0 and not ok for name, v, ok in out)
+    return out
+
+
+@pytest.mark.parametrize("name, value, ok", _bounds())
+def test_sweep_accepts_what_deployment_accepts(name, value, ok):
+    """Range rules agree (issue 12: the sweep used to accept hbm_fraction = 0, which Deployment
+    refuses): at each end of a declared range, the spec and Deployment say the same."""
+    spec = {"kind": "throughput", "seed": 0, "axes": {name: [value]},
+            "fixed": {"model": "mixtral-8x7b", "hardware": "h100-sxm", "n_gpus": 8,
+                      "context": 4096}}
+    try:
+        mr.Deployment("mixtral-8x7b", "h100-sxm", 8, **{name: value})
+        deployment_ok = True
+    except mr.McrouteError as exc:
+        deployment_ok = False
+        assert name in str(exc)  # refused for this option, not for another reason
+    assert deployment_ok == ok, name
+    if ok:
+        mr.load_sweep_spec(spec)
+    else:
+        assert not deployment_ok
+        with pytest.raises(mr.McrouteError, match=rf"\[axes\] {name}\[0\]: {name} must be"):
+            mr.load_sweep_spec(spec)
 
 
 def test_param_defaults_are_the_functions_defaults():
@@ -555,7 +605,7 @@ def test_tpot_cell_and_batch_policy_conflict(tmp_path):
 @pytest.mark.parametrize("key, value, words", [
     ("kernels", "exact", ["kernels must be one of"]),
     ("all_to_all", "always", ["all_to_all must be one of"]),
-    ("redundant_experts", -1, ["redundant_experts must be an integer >= 0"]),
+    ("redundant_experts", -1, ["redundant_experts must be an integer in [0, "]),
     ("mtp_depth", 1.5, ["mtp_depth must be an integer"]),
     ("mtp_acceptance", 1.5, ["mtp_acceptance must be a number in [0, 1] or 'beta:A,B'"]),
     ("mtp_acceptance", "beta:1", ["mtp_acceptance must be"]),

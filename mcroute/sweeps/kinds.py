@@ -7,9 +7,11 @@ check run on every cell before any work starts.
 
 from __future__ import annotations
 
-from mcroute._base.validate import McrouteError
+import dataclasses
+
+from mcroute._base.validate import MAX_CAPACITY_FACTOR, McrouteError
 from mcroute._cards.cards import load_model
-from mcroute._cost.deployment import Deployment
+from mcroute._cost.deployment import DEPLOYMENT_OPTIONS, Deployment
 from mcroute._labeled.qs import qs_analysis
 from mcroute._labeled.simulate import simulate
 from mcroute._labeled.throughput import decode_throughput
@@ -50,78 +52,27 @@ def _prepare_simulate(p):
         sampling_draws(routing, b, 1, 1, p.get("method", "auto"))
 
 
+_METHODS = ("auto", "assignment", "counts")
+
 _SIMULATE_PARAMS = (
-    Param("routing", "routing", "uniform", "1",
-          "routing distribution: " + ROUTING_SYNTAX),
-    Param("n_experts", "int", REQUIRED, "experts", "routed experts per layer E"),
-    Param("top_k", "int", REQUIRED, "experts", "experts per token k"),
+    Param("routing", "routing", "uniform", doc="routing distribution: " + ROUTING_SYNTAX),
+    Param("n_experts", "int", REQUIRED, "experts", "routed experts per layer E", minimum=1),
+    Param("top_k", "int", REQUIRED, "experts", "experts per token k", minimum=1),
     Param("batch_size", "int", REQUIRED, "tokens", "tokens per decode microbatch B",
-          vector=True),
-    Param("n_layers", "int", 1, "layers", "MoE layers per microbatch"),
-    Param("n_devices", "int", 1, "devices", "devices for expert parallelism"),
-    Param("capacity_factor", "float", 1.0, "1", "expert capacity factor (overflow_fraction)",
-          minimum=0.0),
-    Param("method", "str", "auto", "1", "sampling method",
-          choices=("auto", "assignment", "counts")),
+          minimum=1, vector=True),
+    Param("n_layers", "int", 1, "layers", "MoE layers per microbatch", minimum=1),
+    Param("n_devices", "int", 1, "devices", "devices for expert parallelism", minimum=1),
+    Param("capacity_factor", "float", 1.0, doc="expert capacity factor (overflow_fraction)",
+          minimum=0.0, open_min=True, maximum=MAX_CAPACITY_FACTOR),
+    Param("method", "str", "auto", doc="sampling method", choices=_METHODS),
 )
 
-#: Deployment options shared by the throughput and qs kinds (see mcroute.Deployment).
-DEPLOYMENT_PARAMS = (
-    Param("weight_dtype", "str", "bf16", "1", "weight storage dtype"),
-    Param("kv_dtype", "str", "bf16", "1", "KV cache dtype"),
-    Param("compute_dtype", "str", None, "1",
-          "dtype whose peak FLOP/s applies (default: weight dtype if listed, else bf16)"),
-    Param("activation_dtype", "str", None, "1",
-          "activation dtype of the all-to-all dispatch (default: fp8 under calibrated kernels "
-          "with 8-bit or narrower weights, else bf16)"),
-    Param("hbm_fraction", "float", 0.9, "1", "usable share of HBM", minimum=0.0, maximum=1.0),
-    Param("bandwidth_efficiency", "float", 1.0, "1", "achievable share of peak HBM bandwidth",
-          minimum=0.0, maximum=1.0),
-    Param("flops_efficiency", "float", 1.0, "1", "achievable share of peak FLOP/s",
-          minimum=0.0, maximum=1.0),
-    Param("attention_parallel", "str", "tensor", "1", "attention parallelism",
-          choices=("tensor", "data")),
-    Param("expert_parallel", "int", None, "GPUs", "expert-parallel degree (default: n_gpus)"),
-    Param("max_batch", "int", None, "sequences", "cap on the batch size (default: none)"),
-    Param("encoder_context", "tokens", None, "tokens",
-          "encoder tokens of encoder-decoder models (default: the context)"),
-    Param("charge_all_to_all", "bool", None, "1",
-          "older spelling of all_to_all: false is 'off', true 'overlap' (or 'none' with "
-          "overlap_all_to_all = false)"),
-    Param("overlap_all_to_all", "bool", None, "1",
-          "older spelling of all_to_all, with charge_all_to_all = true"),
-    Param("interconnect_efficiency", "float", 1.0, "1",
-          "achievable share of interconnect bandwidth", minimum=0.0, maximum=1.0),
-    Param("enforce_max_context", "bool", False, "1",
-          "treat contexts above the model's max_context as infeasible"),
-    Param("kernels", "str", "calibrated", "1",
-          "time model: calibrated kernel efficiencies, or the roofline",
-          choices=("calibrated", "roofline")),
-    Param("kernel_card", "str", None, "1",
-          "kernel-efficiency card name or path (default: the card listing the hardware, "
-          "else generic)"),
-    Param("calibration_uncertainty", "bool", True, "1",
-          "draw the kernel parameters per trial from their fitted uncertainty"),
-    Param("all_to_all", "str", None, "1",
-          "expert dispatch + combine (default: none under calibrated kernels, off under "
-          "roofline)", choices=("off", "none", "overlap", "two-batch")),
-    Param("memory_layout", "str", None, "1",
-          "engine or ideal memory layout (default: engine under calibrated kernels)",
-          choices=("engine", "ideal")),
-    Param("replicate_dense", "bool", None, "1",
-          "under data-parallel attention, keep dense layers whole on every GPU"),
-    Param("redundant_experts", "int", 0, "experts",
-          "extra expert slots holding replicas of the hottest experts (EPLB-style)",
-          minimum=0),
-    Param("attention_compute_dtype", "str", None, "1",
-          "dtype whose peak FLOP/s applies to the attention core (default: bf16 under "
-          "calibrated kernels)"),
-    Param("mtp_depth", "int", 0, "tokens", "draft tokens per step (MTP / speculative decoding)",
-          minimum=0),
-    Param("mtp_acceptance", "acceptance", None, "1",
-          "acceptance rate of a draft token: a number in [0, 1] or 'beta:A,B' (required with "
-          "mtp_depth > 0)"),
-)
+#: Deployment's own declarations (type, default, units, range, doc) of the options a sweep
+#: passes to ``Deployment``: all but the model, hardware and GPU count (declared by each kind)
+#: and ``expert_placement`` (a per-expert list or Placement object: give it through the API).
+_DEPLOYMENT_OPTION = {o.name: o for o in DEPLOYMENT_OPTIONS}
+DEPLOYMENT_PARAMS = tuple(o for o in DEPLOYMENT_OPTIONS
+                          if o.name not in ("model", "hardware", "n_gpus", "expert_placement"))
 DEPLOYMENT_KEYS = tuple(p.name for p in DEPLOYMENT_PARAMS)
 
 
@@ -176,21 +127,22 @@ def _prepare_throughput(p):
 
 
 _THROUGHPUT_PARAMS = (
-    Param("model", "str", REQUIRED, "1", "model card name or path"),
-    Param("hardware", "str", REQUIRED, "1", "hardware card name or path"),
-    Param("n_gpus", "int", REQUIRED, "GPUs", "GPUs serving one replica"),
-    Param("context", "tokens", REQUIRED, "tokens", "context length L (k = 1024)", vector=True),
+    _DEPLOYMENT_OPTION["model"],
+    _DEPLOYMENT_OPTION["hardware"],
+    _DEPLOYMENT_OPTION["n_gpus"],
+    Param("context", "tokens", REQUIRED, "tokens", "context length L (k = 1024)", minimum=1,
+          vector=True),
     Param("batch_size", "batch", "max", "sequences",
-          "sequences per decode batch, or 'max' (the admissible batch)", vector=True),
+          "sequences per decode batch, or 'max' (the admissible batch)", minimum=1,
+          vector=True),
     Param("batch_per_gpu", "int", None, "sequences",
           "sequences per GPU instead of batch_size (batch_size = batch_per_gpu x n_gpus)",
-          vector=True),
+          minimum=1, vector=True),
     Param("tpot", "time", None, "s",
           "time-per-output-token target: the largest batch meeting it (instead of batch_size)"),
     Param("routing", "routing", "uniform", "1",
           "routing of the MoE layers (E and k from the model card): " + ROUTING_SYNTAX),
-    Param("method", "str", "auto", "1", "sampling method",
-          choices=("auto", "assignment", "counts")),
+    Param("method", "str", "auto", doc="sampling method", choices=_METHODS),
     *DEPLOYMENT_PARAMS,
 )
 
@@ -220,23 +172,24 @@ def _prepare_qs(p):
 
 
 _QS_PARAMS = (
-    Param("model", "str", REQUIRED, "1", "Mixture-of-Experts model card name or path"),
-    Param("hardware", "str", REQUIRED, "1", "hardware card name or path"),
-    Param("n_gpus", "int", REQUIRED, "GPUs", "GPUs serving the MoE (and the twin)"),
+    dataclasses.replace(_DEPLOYMENT_OPTION["model"],
+                        doc="Mixture-of-Experts model card name or path"),
+    _DEPLOYMENT_OPTION["hardware"],
+    dataclasses.replace(_DEPLOYMENT_OPTION["n_gpus"], doc="GPUs serving the MoE (and the twin)"),
     Param("q", "q", None, "1",
           "quality-equivalence factor: a number or a q string (required unless dense_model)",
           vector=True),
     Param("context", "tokens", REQUIRED, "tokens",
           "context length(s) L; give a list in [fixed] to get the crossover context",
-          vector=True),
+          minimum=1, vector=True),
     Param("routing", "routing", "uniform", "1", "routing of the MoE layers: " + ROUTING_SYNTAX),
     Param("dense_style", "str", "widen", "1", "how the dense twin is built",
           choices=("widen", "llama")),
-    Param("dense_n_gpus", "int", None, "GPUs", "GPUs of the twin (default: n_gpus)"),
-    Param("n_q_samples", "int", 256, "1", "draws of an uncertain q"),
-    Param("method", "str", "auto", "1", "sampling method",
-          choices=("auto", "assignment", "counts")),
-    Param("dense_model", "str", None, "1", "compare with this dense card instead of a twin"),
+    Param("dense_n_gpus", "int", None, "GPUs", "GPUs of the twin (default: n_gpus)",
+          minimum=1),
+    Param("n_q_samples", "int", 256, "1", "draws of an uncertain q", minimum=1),
+    Param("method", "str", "auto", doc="sampling method", choices=_METHODS),
+    Param("dense_model", "model", None, "1", "compare with this dense card instead of a twin"),
     *DEPLOYMENT_PARAMS,
 )
 

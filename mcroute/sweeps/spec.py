@@ -22,6 +22,7 @@ from mcroute._base.validate import McrouteError, check_prob
 from mcroute._labeled.results import DEFAULT_QUANTILES
 from mcroute._version import __version__
 from mcroute.sweeps.kinds import CELL_KINDS
+from mcroute.sweeps.params import normalize
 
 __all__ = ["MAX_CELLS", "MAX_SPEC_BYTES", "TOP_LEVEL_KEYS", "SweepSpec", "cell_seed",
            "load_sweep_spec"]
@@ -299,7 +300,7 @@ def _axis(p, values, at: str) -> tuple:
     """``(name, canonical values)`` of one [axes] entry."""
     if not isinstance(values, list) or not values:
         raise McrouteError(f"{at} must be a non-empty list of values, got {values!r}")
-    norm = tuple(p.normalize(v, f"{at}[{i}]") for i, v in enumerate(values))
+    norm = tuple(normalize(p, v, f"{at}[{i}]") for i, v in enumerate(values))
     if p.type == "batch" and "max" in norm:
         raise McrouteError(f"{at}: 'max' is only allowed in [fixed] (the default); an "
                            "axis of batch sizes must be integers")
@@ -314,13 +315,13 @@ def _axis(p, values, at: str) -> tuple:
 def _fixed(p, value, at: str):
     """The canonical value of one [fixed] entry (a tuple for a list of a vector parameter)."""
     if not isinstance(value, list):
-        return p.normalize(value, at)
+        return normalize(p, value, at)
     if not p.vector:
         raise McrouteError(f"{at}: a single value is expected (lists go in [axes]), "
                            f"got {value!r}")
     if not value:
         raise McrouteError(f"{at}: empty list")
-    norm = tuple(p.normalize(v, f"{at}[{i}]") for i, v in enumerate(value))
+    norm = tuple(normalize(p, v, f"{at}[{i}]") for i, v in enumerate(value))
     if len({type(v) for v in norm}) > 1 or (len(norm) > 1 and not all(
             isinstance(v, (int, float)) for v in norm)):
         raise McrouteError(f"{at}: a list must hold numbers only, got {value!r}")
