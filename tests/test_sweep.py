@@ -621,3 +621,30 @@ def test_bad_calibrated_options_name_the_key(key, value, words):
         mr.load_sweep_spec(spec)
     for w in words:
         assert w in str(err.value)
+
+
+@pytest.mark.parametrize("kind, module", [("simulate", "simulate"),
+                                          ("throughput", "throughput"), ("qs", "qs")])
+def test_cells_draw_no_progress_line_of_their_own(monkeypatch, kind, module):
+    """On a terminal the labeled functions draw a progress line; inside a sweep, whose bar
+    covers every cell, each cell is called with progress=False."""
+    import importlib
+
+    mod = importlib.import_module(f"mcroute._labeled.{module}")
+    seen = []
+    real = mod.progress_callback
+
+    def spy(progress, label):
+        seen.append(progress)
+        return real(progress, label)
+
+    monkeypatch.setattr(mod, "progress_callback", spy)
+    spec = {"simulate": {**SIM, "axes": {"batch_size": [4]}},
+            "throughput": {"kind": "throughput", "seed": 1, "n_trials": 8,
+                           "fixed": {"model": "mixtral-8x7b", "hardware": "h100-sxm",
+                                     "n_gpus": 2, "context": 4096, "batch_size": 8}},
+            "qs": {"kind": "qs", "seed": 1, "n_trials": 8,
+                   "fixed": {"model": "mixtral-8x7b", "hardware": "h100-sxm", "n_gpus": 2,
+                             "context": 4096, "q": 2.0}}}[kind]
+    mr.sweep(spec, progress=False)
+    assert seen and all(p is False for p in seen), seen

@@ -2,7 +2,8 @@
 
 Each kind is a :class:`~mcroute.sweeps.params.CellKind`: its parameters (the keys a spec may
 give), a ``run`` function calling the labeled function once per cell and a cheap ``prepare``
-check run on every cell before any work starts.
+check run on every cell before any work starts. Cells draw no progress line of their own (the
+sweep has one for all cells).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def _run_simulate(p, *, rng, n_trials, ci_prob, quantiles):
     routing = parse_routing(p.get("routing", "uniform"), p["n_experts"], p["top_k"])
     bs = list(p["batch_size"]) if isinstance(p["batch_size"], tuple) else p["batch_size"]
     kw = {k: p[k] for k in ("n_layers", "n_devices", "capacity_factor", "method") if k in p}
-    return simulate(routing, bs, n_trials, rng=rng, ci_prob=ci_prob, quantiles=quantiles, **kw)
+    return simulate(routing, bs, n_trials, rng=rng, ci_prob=ci_prob, quantiles=quantiles,
+                    progress=False, **kw)
 
 
 def _prepare_simulate(p):
@@ -103,7 +105,7 @@ def _run_throughput(p, *, rng, n_trials, ci_prob, quantiles):
     if "method" in p:
         kw["method"] = p["method"]
     return decode_throughput(dep, _context(p), batch, routing, n_trials, rng=rng,
-                             ci_prob=ci_prob, quantiles=quantiles, **kw)
+                             ci_prob=ci_prob, quantiles=quantiles, progress=False, **kw)
 
 
 def _batch_policy(p) -> dict:
@@ -157,7 +159,8 @@ def _run_qs(p, *, rng, n_trials, ci_prob, quantiles):
     q = list(q) if isinstance(q, tuple) else q
     kw = {k: p[k] for k in (*_QS_OWN, *DEPLOYMENT_KEYS) if k in p}
     return qs_analysis(model, p["hardware"], p["n_gpus"], q, _context(p), routing,
-                       n_trials=n_trials, rng=rng, ci_prob=ci_prob, quantiles=quantiles, **kw)
+                       n_trials=n_trials, rng=rng, ci_prob=ci_prob, quantiles=quantiles,
+                       progress=False, **kw)
 
 
 def _prepare_qs(p):
