@@ -92,27 +92,12 @@ def _imports(path: Path):
 MODULES = _modules()
 IDS = [str(p.relative_to(ROOT)) for p in MODULES]
 
-#: Violations being mended (issue 12). Each is a strict xfail: once mended the test passes, the
-#: xfail turns into a failure, and the entry must be deleted here. This list only shrinks.
-PENDING = {
-}
-
-
-def _params(test):
-    out = []
-    for p, i in zip(MODULES, IDS, strict=True):
-        marks = ([pytest.mark.xfail(strict=True, reason="issue 12: being mended")]
-                 if f"{test}[{i}]" in PENDING else [])
-        out.append(pytest.param(p, id=i, marks=marks))
-    return out
-
-
 def test_every_package_has_a_floor():
     unknown = {_package(_name(p)) for p in MODULES} - set(FLOORS)
     assert not unknown, f"packages without a floor in FLOORS: {sorted(unknown)}"
 
 
-@pytest.mark.parametrize("path", _params("test_imports_go_down_and_keep_private_names_inside"))
+@pytest.mark.parametrize("path", MODULES, ids=IDS)
 def test_imports_go_down_and_keep_private_names_inside(path):
     me = _name(path)
     my_pkg = _package(me)
@@ -139,7 +124,7 @@ def test_imports_go_down_and_keep_private_names_inside(path):
     assert not problems, f"{me}:\n" + "\n".join(problems)
 
 
-@pytest.mark.parametrize("path", _params("test_no_private_attribute_of_another_package"))
+@pytest.mark.parametrize("path", MODULES, ids=IDS)
 def test_no_private_attribute_of_another_package(path):
     """``K._x`` where ``K`` is a module of another package is a private name crossing over."""
     me = _name(path)
@@ -195,7 +180,7 @@ def test_package_docstring_states_floor_and_imports(pkg):
     assert "May import" in doc, f"mcroute/{pkg}/__init__.py must say what it may import"
 
 
-@pytest.mark.parametrize("path", _params("test_module_length"))
+@pytest.mark.parametrize("path", MODULES, ids=IDS)
 def test_module_length(path):
     if path.name == "_kernels.py":  # one file for numba's cache
         return
@@ -203,8 +188,6 @@ def test_module_length(path):
     assert n <= MAX_LINES, f"{path.relative_to(ROOT)} has {n} lines (at most {MAX_LINES})"
 
 
-@pytest.mark.xfail("test_importlib_only_where_a_loader_is_needed" in PENDING, strict=True,
-                   reason="issue 12: being mended")
 def test_importlib_only_where_a_loader_is_needed():
     """Modules load each other by ``import``; ``importlib`` is for the lazy public names, the
     CLI's command table and package data only."""
