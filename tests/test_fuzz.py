@@ -218,7 +218,7 @@ CLI_COMMANDS = {
     "models": ([(None, "mixtral-8x7b")], ["#0"]),
     "hardware": ([(None, "h200")], ["#0"]),
     "plot": ([(None, "missing.nc"), ("--output", "fig.png")],
-             ["#0", "--output", "--var", "--x", "--hue", "--sel"]),
+             ["#0", "--output", "--var", "--x", "--hue", "--sel", "--ref"]),
     "sweep": ([(None, "missing.toml"), ("--output", "sweep.nc")],
               ["#0", "--output", "--workers", "--n-trials"]),
 }

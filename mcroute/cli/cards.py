@@ -22,7 +22,7 @@ def register(sub) -> None:
         "min(context, window) / context).",
     )
     p.add_argument("name", nargs="?", default=None,
-                   help="show one card (a card name or a path to a .toml card)")
+                   help="show one card (a card name, a .toml card or a config.json)")
     add_output_flags(p)
     p.set_defaults(func=run_models)
     h = sub.add_parser(
@@ -33,7 +33,7 @@ def register(sub) -> None:
         "interconnect per GPU in one direction.",
     )
     h.add_argument("name", nargs="?", default=None,
-                   help="show one card (a card name or a path to a .toml card)")
+                   help="show one card (a card name, a .toml card or a config.json)")
     add_output_flags(h)
     h.set_defaults(func=run_hardware)
 

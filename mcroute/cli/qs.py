@@ -60,7 +60,8 @@ def register(sub) -> None:
         "the kernel calibration and the uncertainty of q; the penalty under the roofline "
         "bound is printed beside it. Without MODEL: the paper's four models on 8 x H200.",
     )
-    p.add_argument("model", nargs="?", help="MoE model card (default: the paper's four models)")
+    p.add_argument("model", nargs="?", help="MoE model card name, .toml card or config.json "
+                   "(default: the paper's four models)")
     for name, default in (("hardware", "h200"), ("n_gpus", "8")):  # spelled as declared
         names, kw = flag_spec(_OPT[name])
         p.add_argument(*names, **(kw | {"help": f"{kw['help']} (default {default})"}))

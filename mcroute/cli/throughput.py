@@ -52,7 +52,8 @@ def register(sub) -> None:
         "modelling assumption is an option; see docs/assumptions.md. Infeasible points are "
         "reported with the reason.",
     )
-    p.add_argument("model", help="model card name (e.g. deepseek-v3) or path to a .toml card")
+    p.add_argument("model", help="model card name (e.g. deepseek-v3), a .toml card, or a "
+                   "Hugging Face config.json (or its folder)")
     for name in ("hardware", "n_gpus"):  # required here; spelled as declared
         names, kw = flag_spec(_OPT[name])
         p.add_argument(*names, **kw, required=True)

@@ -154,7 +154,7 @@ class PartStore:
         if old["spec_hash"] != h:
             diff = _spec_difference(old["spec"], spec.to_dict(), old["mcroute_version"])
             raise McrouteError(f"--resume: the spec differs from the interrupted run's "
-                               f"({diff}); use the same spec and --trials, or delete "
+                               f"({diff}); use the same spec and --n-trials, or delete "
                                f"{self.folder}")
         if old["n_cells"] != spec.n_cells:
             raise McrouteError(f"{self.manifest_path}: n_cells is {old['n_cells']}, the spec "
