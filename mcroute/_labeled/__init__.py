@@ -5,5 +5,5 @@ units and provenance (``simulate``, ``decode_throughput``, ``qs_analysis``, trac
 Input is validated here, at the public edge; the floors below trust what they receive.
 
 May import: the array floor (``mcroute._routing``, ``_traces``, ``_cards``, ``_cost``,
-``_quality``), ``mcroute._base``, ``mcroute._kernels``.
+``_quality``, ``_twin``), ``mcroute._base``, ``mcroute._kernels``.
 """
