@@ -16,20 +16,19 @@ __all__ = ["PAPER_CASES", "PAPER_CONTEXTS", "PAPER_GPUS", "PAPER_HARDWARE",
            "SCALING_LAW_LOG_SD", "default_q", "paper_cases"]
 
 #: The paper's four models on the default deployment of ``mcroute qs`` (docs/qs.md): one 8-GPU
-#: H200 node (141 GiB HBM, 4.8 TB/s each), bf16 weights and KV cache except DeepSeek-V3, whose
-#: released weights are fp8 and whose MLA attention runs data-parallel, as engines serve it:
-#: under tensor-parallel attention every rank holds the whole latent cache (the calibrated
-#: model's engine memory layout), which cuts the admissible batch 8x. Its dense twin (same
-#: attention) runs the same way. Switch-C (1.57T parameters) does not fit on the node, which is
-#: the feasibility question the paper raises. The weight dtype is pinned for every case: since
-#: issue 12 a Deployment defaults to the card's release dtype, and Grok-1's card says int8 (its
-#: released checkpoint), which would change the documented main job (bf16) without saying so;
-#: ``mcroute qs grok-1 --weight-dtype int8`` runs its release.
+#: H200 node (141 GiB HBM, 4.8 TB/s each), each model's weights in the dtype they were released
+#: in (the card's ``release_dtype``, the same default as every other command: DeepSeek-V3 fp8,
+#: Grok-1 int8, Qwen3-235B and Switch-C bf16) and a bf16 KV cache. DeepSeek-V3's MLA attention
+#: runs data-parallel, as engines serve it: under tensor-parallel attention every rank holds the
+#: whole latent cache (the calibrated model's engine memory layout), which cuts the admissible
+#: batch 8x. Each dense twin keeps its MoE's dtype and attention. Switch-C (1.57T parameters)
+#: does not fit on the node, which is the feasibility question the paper raises.
+#: ``--weight-dtype bf16`` runs every case in bf16 (the main job before 2026-11-30).
 PAPER_CASES = (
-    ("deepseek-v3", {"weight_dtype": "fp8", "attention_parallel": "data"}),
-    ("qwen3-235b-a22b", {"weight_dtype": "bf16"}),
-    ("grok-1", {"weight_dtype": "bf16"}),
-    ("switch-c-2048", {"weight_dtype": "bf16"}),
+    ("deepseek-v3", {"attention_parallel": "data"}),
+    ("qwen3-235b-a22b", {}),
+    ("grok-1", {}),
+    ("switch-c-2048", {}),
 )
 PAPER_HARDWARE = "h200"
 PAPER_GPUS = 8
@@ -81,16 +80,17 @@ def paper_cases() -> list[dict]:
     """The paper's four cases as ``mcroute qs`` runs them, ready for :func:`mcroute.qs_analysis`.
 
     Each is a dict of keyword arguments: ``model``, ``hardware`` (H200), ``n_gpus`` (8),
-    ``context`` (4k … 128k) and the case's deployment options (DeepSeek-V3: fp8 weights and
-    data-parallel attention); q is left to its default, the estimate (:func:`default_q`).
+    ``context`` (4k … 128k) and the case's deployment options (DeepSeek-V3: data-parallel
+    attention); the weights are in the card's release dtype and q is left to its default, the
+    estimate (:func:`default_q`).
 
     Examples
     --------
     >>> import mcroute as mr
     >>> [c["model"] for c in mr.paper_cases()]
     ['deepseek-v3', 'qwen3-235b-a22b', 'grok-1', 'switch-c-2048']
-    >>> mr.paper_cases()[0]["weight_dtype"], mr.paper_cases()[0]["context"][-1]
-    ('fp8', 131072)
+    >>> mr.paper_cases()[0]["attention_parallel"], mr.paper_cases()[0]["context"][-1]
+    ('data', 131072)
     """
     return [{"model": model, "hardware": PAPER_HARDWARE, "n_gpus": PAPER_GPUS,
              "context": list(PAPER_CONTEXTS), **options} for model, options in PAPER_CASES]
