@@ -1,4 +1,4 @@
-"""The package layout keeps its floors (../shared/DESIGN.md §3, issue 12).
+"""The package layout keeps its floors (README "Layout", issue 12).
 
 Read from the source with ``ast``, nothing is imported:
 

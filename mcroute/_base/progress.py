@@ -2,7 +2,7 @@
 
 Floor 2 (base). May import: the standard library. Nothing from mcroute.
 
-DESIGN.md §6: long runs show progress on a terminal and stay quiet when piped. A
+Long runs show progress on a terminal and stay quiet when piped. A
 :class:`Progress` writes nothing until ``delay`` seconds (default 2) have passed, nothing at all
 when stderr is not a terminal (pipes, files, pytest's capture), and clears its line when done, so
 that the results printed on stdout are never interleaved with it.

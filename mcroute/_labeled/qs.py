@@ -4,7 +4,7 @@ Labeled floor (4). May import: numpy, xarray, and the floors below (``mcroute._b
 ``_cards``, ``_cost``, ``_quality``, ``_twin``), and the labeled modules ``throughput``,
 ``results`` and ``paper``.
 
-Science (DESIGN.md §1). With s = N_active / N_total and q the factor by which a dense model must
+Science (docs/qs.md). With s = N_active / N_total and q the factor by which a dense model must
 exceed the MoE's active parameters to match its quality, the dense twin has q·N_active = q·s·N_total
 parameters (``mcroute._twin``). When decode is bandwidth-bound and every expert is touched, the
 MoE streams ≈ b·N_total weight bytes per step and the twin b·q·s·N_total, and the twin leaves
@@ -18,7 +18,7 @@ admissible batch. It splits exactly into
   admissible batch adds (the dense twin's larger KV headroom),
 
 so that ``penalty = reuse_penalty × capacity_factor``. ``capacity_penalty`` is the ratio of the
-admissible batch sizes themselves (dense / MoE), as in DESIGN.md.
+admissible batch sizes themselves (dense / MoE).
 
 :func:`qs_analysis` runs in steps: validate the request (:func:`_request`), the MoE's Monte
 Carlo (:func:`decode_throughput`), the draws of q, the twins (one per value of q, their

@@ -2,7 +2,7 @@
 
 May import: numpy, scipy, xarray, and the array layer (``_validate``, ``_rng``, ``_version``).
 
-Conventions (DESIGN.md §4, docs/schema.md): a per-trial variable ``x`` (dim ``trial``) gets
+Conventions (docs/schema.md): a per-trial variable ``x`` (dim ``trial``) gets
 
 * ``x_mean`` — the Monte Carlo mean over trials;
 * ``x_se`` — its standard error, ``std(ddof=1) / sqrt(n)``;

@@ -2,7 +2,7 @@
 
 Array floor (3). May import: numpy, ``mcroute._base`` and ``mcroute._cards``.
 
-Science (DESIGN.md §1): with s = N_active / N_total and q the factor by which a dense model must
+Science (docs/qs.md): with s = N_active / N_total and q the factor by which a dense model must
 exceed the MoE's active parameters to match its quality, the twin has q·N_active = q·s·N_total
 parameters. :func:`dense_twin` builds it (two styles); :func:`twin_for` is the same, remembered
 per value of (model, q, style), because an uncertain q asks for one twin per draw and repeated
