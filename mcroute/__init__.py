@@ -61,6 +61,7 @@ _LAZY = {
     "simulate": "mcroute._labeled.simulate",
     "load_sweep_spec": "mcroute.sweeps.core",
     "sweep": "mcroute.sweeps.core",
+    "SweepInterrupted": "mcroute.sweeps.run",
     "decode_throughput": "mcroute._labeled.throughput",
     "Overdispersed": "mcroute._traces.overdispersed",
     "PopularityTrace": "mcroute._traces.trace",
@@ -127,6 +128,7 @@ if TYPE_CHECKING:  # static type checkers and IDEs see ordinary imports
     from mcroute._traces.trace import PopularityTrace, Trace
     from mcroute._twin.twin import dense_twin
     from mcroute.sweeps.core import load_sweep_spec, sweep
+    from mcroute.sweeps.run import SweepInterrupted
 
 __all__ = [
     "Correlated",
@@ -144,6 +146,7 @@ __all__ = [
     "PopularityTrace",
     "QSpec",
     "Routing",
+    "SweepInterrupted",
     "Trace",
     "Uniform",
     "Zipf",

@@ -19,6 +19,7 @@ PUBLIC = sorted(
         "PopularityTrace",
         "QSpec",
         "Routing",
+        "SweepInterrupted",
         "Trace",
         "Uniform",
         "Zipf",
