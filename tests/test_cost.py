@@ -328,15 +328,38 @@ def test_bad_models_and_sizes():
     with pytest.raises(mr.McrouteError, match="no MoE layers"):
         Deployment(DENSE, HW, 1, expert_placement=[0])
     d = dep()
-    for bad in (0, -5, 2.5, "4k"):
+    for bad in (0, -5, 2.5, "4q", "", "4k5"):
         with pytest.raises(mr.McrouteError, match="context"):
             d.max_batch_size(bad)
+    for bad in ("4q", ""):  # a malformed size string is refused naming the parameter
+        for method in (d.kv_bytes_per_sequence, d.feasible, d.infeasibility):
+            with pytest.raises(mr.McrouteError, match="^context must be"):
+                method(bad)
+        with pytest.raises(mr.McrouteError, match="^context must be"):
+            d.step_breakdown(bad, 1)
+        with pytest.raises(mr.McrouteError, match="^batch_size must be"):
+            d.step_time(100, bad)
     with pytest.raises(mr.McrouteError, match="batch_size"):
         d.step_breakdown(100, 0)
     with pytest.raises(mr.McrouteError, match="counts"):
         dep(MOE, n=2).step_breakdown(10, 2)
     with pytest.raises(mr.McrouteError, match="counts must be"):
         dep(MOE, n=2).step_breakdown(10, 2, np.ones((3, 4), dtype=int))
+
+
+def test_size_strings_accepted_as_the_cli_accepts_them():
+    """Issue 12: the API accepts every string the CLI accepts ("4k" = 4096, one parser)."""
+    d = dep()
+    assert d.max_batch_size("4k") == d.max_batch_size(4096)
+    assert d.max_batch_size(" 4K ") == d.max_batch_size(4096)
+    assert d.kv_bytes_per_sequence("4k") == d.kv_bytes_per_sequence(4096)
+    assert d.kv_bytes_per_sequence_per_gpu("4k") == d.kv_bytes_per_sequence_per_gpu(4096)
+    assert d.feasible("4k") == d.feasible(4096)
+    assert d.infeasibility("4k", "1k") == d.infeasibility(4096, 1024)
+    np.testing.assert_array_equal(d.max_batch_size(np.array(["4k", "8k"], dtype=object)),
+                                  d.max_batch_size(np.array([4096, 8192])))
+    assert d.step_breakdown("4k", "8") == d.step_breakdown(4096, 8)
+    np.testing.assert_array_equal(d.step_time("4k", 8), d.step_time(4096, 8))
 
 
 def test_describe_is_json_able_and_complete():

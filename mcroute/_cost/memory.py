@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mcroute._base.units import parse_size
 from mcroute._base.validate import MAX_BATCH_SIZE, MAX_CONTEXT, McrouteError, check_int
 from mcroute._cost.roofline import (
     _admissible,
@@ -180,7 +181,7 @@ class MemoryMixin:
 
     def kv_bytes_by_attention(self, context) -> dict:
         """KV cache of one sequence at context L split by attention kind (``"mla"``, ...) [B]."""
-        L = check_int("context", context, minimum=1, maximum=MAX_CONTEXT)
+        L = parse_size("context", context, MAX_CONTEXT)
         out = {}
         per = self._kv_layer_bytes(L) if self._kv_fp8 else None
         for i, ly in enumerate(self._layers):
@@ -329,12 +330,12 @@ class MemoryMixin:
 def _ints(name: str, value, *, maximum: int):
     """``value`` (an int or an array of ints in [1, maximum]): flat int64 array, shape or None.
 
-    The shape is None for a scalar. The first bad element is refused with check_int's message.
-    Size strings (``"128k"``) are parsed at the public edge (the labeled functions, the CLI),
-    not here: ``Deployment`` methods take integers, as they always have.
+    The shape is None for a scalar. Size strings (``"128k"``, as the CLI accepts them) are
+    parsed by the one size parser, :func:`mcroute._base.units.parse_size`; the first bad
+    element is refused with its message, naming ``name``.
     """
     if np.ndim(value) == 0:
-        return np.array([check_int(name, value, minimum=1, maximum=maximum)], dtype=np.int64), None
+        return np.array([parse_size(name, value, maximum)], dtype=np.int64), None
     a = np.asarray(value)
     flat = a.ravel()
     if a.dtype.kind in "iu":
@@ -342,8 +343,8 @@ def _ints(name: str, value, *, maximum: int):
     elif a.dtype.kind == "f":
         with np.errstate(invalid="ignore"):
             ok = np.isfinite(flat) & (flat == np.floor(flat)) & (flat >= 1) & (flat <= maximum)
-    else:  # objects, bools, strings: element by element (check_int says what is wrong)
-        return np.array([check_int(name, v, minimum=1, maximum=maximum) for v in flat.tolist()],
+    else:  # objects, bools, strings: element by element (parse_size says what is wrong)
+        return np.array([parse_size(name, v, maximum) for v in flat.tolist()],
                         dtype=np.int64), a.shape
     if not ok.all():
         check_int(name, flat[np.argmin(ok)].item(), minimum=1, maximum=maximum)

@@ -15,6 +15,7 @@ import numpy as np
 
 from mcroute import _kernels as K
 from mcroute._base.rng import generator
+from mcroute._base.units import parse_size
 from mcroute._base.validate import MAX_BATCH_SIZE, MAX_CONTEXT, McrouteError, check_int
 from mcroute._cost.calibrated import (
     CALIBRATION_STREAM,
@@ -328,8 +329,8 @@ class StepMixin:
             acceptance] and ``"weight_bytes_per_step"`` [B] (all GPUs). Under calibrated kernels
             also ``"all_reduce"`` and ``"overhead"`` [s].
         """
-        L = check_int("context", context, minimum=1, maximum=MAX_CONTEXT)
-        B = check_int("batch_size", batch_size, minimum=1, maximum=MAX_BATCH_SIZE)
+        L = parse_size("context", context, MAX_CONTEXT)  # "128k" as the CLI accepts it
+        B = parse_size("batch_size", batch_size, MAX_BATCH_SIZE)
         tok = act = active = None
         if self.n_moe_layers:
             if counts is None:
@@ -387,7 +388,7 @@ class StepMixin:
         are ignored (may be None) for a dense model. Returns an array (trial,) (length 1 for a
         dense model).
         """
-        L = check_int("context", context, minimum=1, maximum=MAX_CONTEXT)
-        B = check_int("batch_size", batch_size, minimum=1, maximum=MAX_BATCH_SIZE)
+        L = parse_size("context", context, MAX_CONTEXT)  # "128k" as the CLI accepts it
+        B = parse_size("batch_size", batch_size, MAX_BATCH_SIZE)
         return self._terms(L, B, max_tokens, max_active,
                            tokens_per_seq=self.tokens_per_seq)["step_time"]
