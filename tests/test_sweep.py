@@ -79,7 +79,7 @@ def test_spec_canonical_values():
     ('kind = "simulate"\nseed = 1\n[axes]\nbatch_size = []\n[fixed]\nn_experts = 4\ntop_k = 1\n',
      ["[axes] batch_size", "non-empty list"]),
     ('kind = "simulate"\nseed = 1\n[axes]\nbatch_size = [0]\n[fixed]\nn_experts = 4\n'
-     'top_k = 1\n', ["batch_size[0]", ">= 1"]),
+     'top_k = 1\n', ["batch_size[0]", "in [1, "]),
     ('kind = "simulate"\nseed = 1\n[fixed]\nn_experts = [4, 8]\ntop_k = 1\nbatch_size = 1\n',
      ["[fixed] n_experts", "lists go in [axes]"]),
     ('kind = "simulate"\nseed = 1\n[axes]\nrouting = ["zipf"]\n[fixed]\nn_experts = 4\n'

@@ -84,9 +84,11 @@ class Option:
         One line for help texts, docs and error messages.
     minimum, maximum : float, optional
         Allowed range of ``"int"``, ``"float"`` and ``"tokens"`` values (inclusive, except the
-        minimum with ``open_min``).
+        minimum with ``open_min`` and the maximum with ``open_max``, the latter for floats).
     open_min : bool
         The minimum itself is excluded (e.g. a share in (0, 1]).
+    open_max : bool
+        The maximum itself is excluded (e.g. a probability in (0, 1)).
     choices : tuple of str, optional
         Allowed values of a ``"str"`` option.
     vector : bool
@@ -107,6 +109,7 @@ class Option:
     minimum: float | None = None
     maximum: float | None = None
     open_min: bool = False
+    open_max: bool = False
     choices: tuple | None = None
     vector: bool = False
     short: str | None = None
@@ -132,7 +135,8 @@ class Option:
         if self.type in ("int", "tokens", "float"):
             op = ">" if self.open_min else ">="
             lo = "" if self.minimum is None else f"{op} {self.minimum:g}"
-            hi = "" if self.maximum is None else f"<= {self.maximum:g}"
+            top = "<" if self.open_max else "<="
+            hi = "" if self.maximum is None else f"{top} {self.maximum:g}"
             kind = "a number" if self.type == "float" else "an integer"
             return " ".join(x for x in (kind, lo, "and" if lo and hi else "", hi) if x)
         if self.type == "dtype":
@@ -167,7 +171,7 @@ def _check_int(opt: Option, value):
 
 def _check_float(opt: Option, value):
     return check_real(opt.name, value, minimum=opt.minimum, maximum=opt.maximum,
-                      open_min=opt.open_min)
+                      open_min=opt.open_min, open_max=opt.open_max)
 
 
 def _check_bool(opt: Option, value):

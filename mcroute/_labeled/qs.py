@@ -36,21 +36,19 @@ import numpy as np
 from mcroute import _kernels as K
 from mcroute._base.progress import compile_notice, progress_callback
 from mcroute._base.rng import generator, resolve_seed
-from mcroute._base.units import parse_size_list
 from mcroute._base.validate import (
     MAX_CONTEXT,
     MAX_GPUS,
     MAX_Q,
-    MAX_Q_SAMPLES,
     McrouteError,
     check_bytes,
     check_int,
     check_int_list,
-    check_prob,
     check_unique,
 )
 from mcroute._cards.cards import ModelSpec, load_hardware, load_model
 from mcroute._cost.deployment import Deployment, check_deployment_options
+from mcroute._labeled.options import QS_OPTIONS, by_name, check_sizes
 from mcroute._labeled.paper import (
     PAPER_CASES,
     PAPER_CONTEXTS,
@@ -126,6 +124,9 @@ def _parse_q_arg(q):
 #: summaries' working copies), for the memory check before starting.
 _QS_ARRAYS = 14
 
+#: qs_analysis's options, declared once (range, type, doc): the checks below use them.
+_OPT = by_name(QS_OPTIONS)
+
 
 @dataclasses.dataclass
 class _Request:
@@ -197,13 +198,12 @@ def _request(model, hardware, n_gpus, q, context, routing, n_trials, rng, ci_pro
     q = _resolve_q(q, moe, dense_model)
     hw = load_hardware(hardware) if isinstance(hardware, str) else hardware
     n_gpus = check_int("n_gpus", n_gpus, minimum=1, maximum=MAX_GPUS)
-    dense_n = n_gpus if dense_n_gpus is None else check_int("dense_n_gpus", dense_n_gpus,
-                                                            minimum=1, maximum=MAX_GPUS)
-    contexts, ctx_scalar = parse_size_list("context", context)
-    n_trials = check_int("n_trials", n_trials, minimum=2)
-    n_q_samples = check_int("n_q_samples", n_q_samples, minimum=1, maximum=MAX_Q_SAMPLES)
-    if not isinstance(dense_style, str) or dense_style not in DENSE_STYLES:
-        raise McrouteError(f"dense_style must be one of {DENSE_STYLES}, got {dense_style!r}")
+    dense_n = n_gpus if dense_n_gpus is None else _OPT["dense_n_gpus"].check(dense_n_gpus)
+    contexts, ctx_scalar = check_sizes(_OPT["context"], context)  # the one declaration
+    n_trials = _OPT["n_trials"].check(n_trials)
+    n_q_samples = _OPT["n_q_samples"].check(n_q_samples)
+    dense_style = _OPT["dense_style"].check(dense_style)
+    method = _OPT["method"].check(method)
     q_points, q_spec, q_scalar = _parse_q_arg(q)
     if q_spec is not None and dense_model is not None:
         raise McrouteError("with dense_model, q must be a number (it is only reported)")
@@ -215,7 +215,7 @@ def _request(model, hardware, n_gpus, q, context, routing, n_trials, rng, ci_pro
     return _Request(
         moe=moe, hw=hw, n_gpus=n_gpus, dense_n=dense_n, contexts=contexts,
         ctx_scalar=ctx_scalar, routing=routing, n_trials=n_trials,
-        ci_prob=check_prob("ci_prob", ci_prob), quantiles=check_quantiles(quantiles),
+        ci_prob=_OPT["ci_prob"].check(ci_prob), quantiles=check_quantiles(quantiles),
         dense_style=dense_style, n_q_samples=n_q_samples, method=method,
         dense_model=dense_model, q_points=q_points, q_spec=q_spec, q_scalar=q_scalar,
         entropy=resolve_seed(rng), options=dict(options), dense_options=_dense_options(options))

@@ -12,17 +12,8 @@ import xarray as xr
 from mcroute import _kernels as K
 from mcroute._base.progress import compile_notice, progress_callback
 from mcroute._base.rng import CHUNK_TRIALS, resolve_seed
-from mcroute._base.units import parse_size_list
-from mcroute._base.validate import (
-    MAX_BATCH_SIZE,
-    MAX_CAPACITY_FACTOR,
-    MAX_LAYERS,
-    McrouteError,
-    check_bytes,
-    check_int,
-    check_prob,
-    check_real,
-)
+from mcroute._base.validate import McrouteError, check_bytes
+from mcroute._labeled.options import SIMULATE_OPTIONS, by_name, check_sizes
 from mcroute._labeled.results import DEFAULT_QUANTILES, provenance, summarize
 from mcroute._routing import as_routing
 from mcroute._routing.placement import Placement
@@ -56,6 +47,9 @@ UNBALANCED_META = {
     "max_device_load_unbalanced": ("tokens", "tokens routed to the busiest device under the "
                                              "contiguous placement without replicas"),
 }
+
+#: simulate's options, declared once (range, type, doc): the checks below use them.
+_OPT = by_name(SIMULATE_OPTIONS)
 
 #: Cap on the count array held at once (elements); trials are processed in blocks below it.
 _BLOCK_ELEMENTS = 4_000_000
@@ -149,15 +143,15 @@ def simulate(
     222.44
     """
     routing = check_routing(as_routing(routing, n_experts, top_k))
-    batches, scalar = parse_size_list("batch_size", batch_size, maximum=MAX_BATCH_SIZE)
-    n_trials = check_int("n_trials", n_trials, minimum=2)
-    n_layers = check_int("n_layers", n_layers, minimum=1, maximum=MAX_LAYERS)
-    n_devices = check_int("n_devices", n_devices, minimum=1)
+    batches, scalar = check_sizes(_OPT["batch_size"], batch_size)  # the one declaration
+    n_trials = _OPT["n_trials"].check(n_trials)
+    n_layers = _OPT["n_layers"].check(n_layers)
+    n_devices = _OPT["n_devices"].check(n_devices)
     balanced, placement = _check_placement(placement, routing, n_devices, n_layers)
     dev = device_map(routing.n_experts, n_devices, placement)
-    capacity_factor = check_real("capacity_factor", capacity_factor, minimum=0.0,
-                                 maximum=MAX_CAPACITY_FACTOR, open_min=True)
-    ci_prob = check_prob("ci_prob", ci_prob)
+    capacity_factor = _OPT["capacity_factor"].check(capacity_factor)
+    ci_prob = _OPT["ci_prob"].check(ci_prob)
+    method = _OPT["method"].check(method)
     for name, flag in (("expert_load", expert_load), ("histogram", histogram)):
         if not isinstance(flag, (bool, np.bool_)):
             raise McrouteError(f"{name} must be True or False, got {flag!r}"[:200])

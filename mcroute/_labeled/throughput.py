@@ -15,17 +15,17 @@ import xarray as xr
 from mcroute import _kernels as K
 from mcroute._base.progress import compile_notice, progress_callback
 from mcroute._base.rng import CHUNK_TRIALS, generator, resolve_seed
-from mcroute._base.units import parse_size, parse_size_list
+from mcroute._base.units import parse_size
 from mcroute._base.validate import (
     MAX_BATCH_SIZE,
     McrouteError,
     check_bytes,
     check_int,
-    check_prob,
     check_work,
 )
 from mcroute._cost.calibrated import MTP_STREAM, accepted_tokens, draw_acceptance
 from mcroute._cost.deployment import OPERATORS, Deployment
+from mcroute._labeled.options import THROUGHPUT_OPTIONS, by_name, check_sizes
 from mcroute._labeled.results import (
     DEFAULT_QUANTILES,
     build_dataset,
@@ -110,6 +110,9 @@ def _spec_dict(spec):
 #: Arrays of n_trials values per (context, batch size) point held by decode_throughput: six
 #: per-trial terms and the seven summarised variables built from them.
 _PER_TRIAL_ARRAYS = 13
+
+#: decode_throughput's options, declared once (range, type, doc): the checks below use them.
+_OPT = by_name(THROUGHPUT_OPTIONS)
 
 
 def parse_tpot(value) -> float:
@@ -408,7 +411,7 @@ class _Request:
 def _batches(dep, batch_size, batch_per_gpu, tpot_s):
     """``(batches, given_as_one, "max" mode, mode name)`` of the batch arguments."""
     if batch_per_gpu is not None:
-        per_gpu, b_scalar = parse_size_list("batch_per_gpu", batch_per_gpu)
+        per_gpu, b_scalar = check_sizes(_OPT["batch_per_gpu"], batch_per_gpu)
         batches = [b * dep.n_gpus for b in per_gpu]
         for b in batches:
             check_int("batch_per_gpu x n_gpus", b, minimum=1, maximum=MAX_BATCH_SIZE)
@@ -418,7 +421,7 @@ def _batches(dep, batch_size, batch_per_gpu, tpot_s):
     if isinstance(batch_size, str) and not any(c.isdigit() for c in batch_size):
         raise McrouteError(f"batch_size must be 'max', an integer or a list of integers, "
                            f"got {batch_size!r}")
-    batches, b_scalar = parse_size_list("batch_size", batch_size)
+    batches, b_scalar = check_sizes(_OPT["batch_size"], batch_size)
     return batches, b_scalar, False, "given"
 
 
@@ -429,7 +432,7 @@ def _request(deployment, context, batch_size, routing, n_trials, rng, ci_prob, q
         raise McrouteError(
             f"deployment must be a mcroute.Deployment, got {type(deployment).__name__}")
     dep = deployment
-    contexts, ctx_scalar = parse_size_list("context", context)
+    contexts, ctx_scalar = check_sizes(_OPT["context"], context)  # the one declaration
     given_batch = not (isinstance(batch_size, str) and batch_size.strip().lower() == "max")
     if sum([given_batch, batch_per_gpu is not None, tpot is not None]) > 1:
         raise McrouteError("give one of batch_size (other than 'max'), batch_per_gpu and tpot")
@@ -438,9 +441,10 @@ def _request(deployment, context, batch_size, routing, n_trials, rng, ci_prob, q
     return _Request(
         dep=dep, contexts=contexts, ctx_scalar=ctx_scalar, batches=batches, b_scalar=b_scalar,
         b_max_mode=b_max_mode, mode=mode, tpot_s=tpot_s,
-        n_trials=check_int("n_trials", n_trials, minimum=2),
-        ci_prob=check_prob("ci_prob", ci_prob), quantiles=check_quantiles(quantiles),
-        routing=_resolve_routing(dep, routing), entropy=resolve_seed(rng), method=method)
+        n_trials=_OPT["n_trials"].check(n_trials),
+        ci_prob=_OPT["ci_prob"].check(ci_prob), quantiles=check_quantiles(quantiles),
+        routing=_resolve_routing(dep, routing), entropy=resolve_seed(rng),
+        method=_OPT["method"].check(method))
 
 
 def _ticker(progress, total: int):

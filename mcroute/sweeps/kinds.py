@@ -1,24 +1,26 @@
 """The built-in cell kinds: ``simulate``, ``throughput`` and ``qs``, and the kind registry.
 
 Each kind is a :class:`~mcroute.sweeps.params.CellKind`: its parameters (the keys a spec may
-give), a ``run`` function calling the labeled function once per cell and a cheap ``prepare``
-check run on every cell before any work starts. Cells draw no progress line of their own (the
-sweep has one for all cells).
+give: the labeled function's own options, declared once in :mod:`mcroute._labeled.options`,
+and Deployment's, ``DEPLOYMENT_OPTIONS``), a ``run`` function calling the labeled function
+once per cell and a cheap ``prepare`` check run on every cell before any work starts. Cells
+draw no progress line of their own (the sweep has one for all cells).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from mcroute._base.validate import MAX_CAPACITY_FACTOR, McrouteError
+from mcroute._base.validate import McrouteError
 from mcroute._cards.cards import load_model
 from mcroute._cost.deployment import DEPLOYMENT_OPTIONS, Deployment
+from mcroute._labeled.options import QS_OPTIONS, RUN_OPTIONS, SIMULATE_OPTIONS, THROUGHPUT_OPTIONS
 from mcroute._labeled.qs import qs_analysis
 from mcroute._labeled.simulate import simulate
 from mcroute._labeled.throughput import decode_throughput
 from mcroute._routing.sampling import sampling_draws
-from mcroute._routing.spec import ROUTING_SYNTAX, parse_routing
-from mcroute.sweeps.params import REQUIRED, CellKind, Param
+from mcroute._routing.spec import parse_routing
+from mcroute.sweeps.params import REQUIRED, CellKind
 
 __all__ = ["CELL_KINDS", "DEPLOYMENT_KEYS", "DEPLOYMENT_PARAMS", "register_cell_kind"]
 
@@ -54,20 +56,23 @@ def _prepare_simulate(p):
         sampling_draws(routing, b, 1, 1, p.get("method", "auto"))
 
 
-_METHODS = ("auto", "assignment", "counts")
+def _cell_params(options, **sweep_defaults) -> tuple:
+    """The cell parameters of a function's declared options (mcroute._labeled.options).
 
-_SIMULATE_PARAMS = (
-    Param("routing", "routing", "uniform", doc="routing distribution: " + ROUTING_SYNTAX),
-    Param("n_experts", "int", REQUIRED, "experts", "routed experts per layer E", minimum=1),
-    Param("top_k", "int", REQUIRED, "experts", "experts per token k", minimum=1),
-    Param("batch_size", "int", REQUIRED, "tokens", "tokens per decode microbatch B",
-          minimum=1, vector=True),
-    Param("n_layers", "int", 1, "layers", "MoE layers per microbatch", minimum=1),
-    Param("n_devices", "int", 1, "devices", "devices for expert parallelism", minimum=1),
-    Param("capacity_factor", "float", 1.0, doc="expert capacity factor (overflow_fraction)",
-          minimum=0.0, open_min=True, maximum=MAX_CAPACITY_FACTOR),
-    Param("method", "str", "auto", doc="sampling method", choices=_METHODS),
-)
+    Run-level options (``n_trials``, ``ci_prob``, ``seed``: set once per sweep) are not cell
+    parameters. ``sweep_defaults`` are the defaults a sweep documents where they differ from
+    the function's (a spec must give ``context``; routing is ``"uniform"`` unless given).
+    """
+    out = []
+    for o in options:
+        if o.name in RUN_OPTIONS:
+            continue
+        out.append(dataclasses.replace(o, default=sweep_defaults[o.name])
+                   if o.name in sweep_defaults else o)
+    return tuple(out)
+
+
+_SIMULATE_PARAMS = _cell_params(SIMULATE_OPTIONS)
 
 #: Deployment's own declarations (type, default, units, range, doc) of the options a sweep
 #: passes to ``Deployment``: all but the model, hardware and GPU count (declared by each kind)
@@ -132,19 +137,7 @@ _THROUGHPUT_PARAMS = (
     _DEPLOYMENT_OPTION["model"],
     _DEPLOYMENT_OPTION["hardware"],
     _DEPLOYMENT_OPTION["n_gpus"],
-    Param("context", "tokens", REQUIRED, "tokens", "context length L (k = 1024)", minimum=1,
-          vector=True),
-    Param("batch_size", "batch", "max", "sequences",
-          "sequences per decode batch, or 'max' (the admissible batch)", minimum=1,
-          vector=True),
-    Param("batch_per_gpu", "int", None, "sequences",
-          "sequences per GPU instead of batch_size (batch_size = batch_per_gpu x n_gpus)",
-          minimum=1, vector=True),
-    Param("tpot", "time", None, "s",
-          "time-per-output-token target: the largest batch meeting it (instead of batch_size)"),
-    Param("routing", "routing", "uniform", "1",
-          "routing of the MoE layers (E and k from the model card): " + ROUTING_SYNTAX),
-    Param("method", "str", "auto", doc="sampling method", choices=_METHODS),
+    *_cell_params(THROUGHPUT_OPTIONS, routing="uniform"),
     *DEPLOYMENT_PARAMS,
 )
 
@@ -179,20 +172,7 @@ _QS_PARAMS = (
                         doc="Mixture-of-Experts model card name or path"),
     _DEPLOYMENT_OPTION["hardware"],
     dataclasses.replace(_DEPLOYMENT_OPTION["n_gpus"], doc="GPUs serving the MoE (and the twin)"),
-    Param("q", "q", None, "1",
-          "quality-equivalence factor: a number or a q string (required unless dense_model)",
-          vector=True),
-    Param("context", "tokens", REQUIRED, "tokens",
-          "context length(s) L; give a list in [fixed] to get the crossover context",
-          minimum=1, vector=True),
-    Param("routing", "routing", "uniform", "1", "routing of the MoE layers: " + ROUTING_SYNTAX),
-    Param("dense_style", "str", "widen", "1", "how the dense twin is built",
-          choices=("widen", "llama")),
-    Param("dense_n_gpus", "int", None, "GPUs", "GPUs of the twin (default: n_gpus)",
-          minimum=1),
-    Param("n_q_samples", "int", 256, "1", "draws of an uncertain q", minimum=1),
-    Param("method", "str", "auto", doc="sampling method", choices=_METHODS),
-    Param("dense_model", "model", None, "1", "compare with this dense card instead of a twin"),
+    *_cell_params(QS_OPTIONS, context=REQUIRED, routing="uniform"),
     *DEPLOYMENT_PARAMS,
 )
 
