@@ -114,7 +114,7 @@ class Correlated(Routing):
     __slots__ = ("_base", "_sigma")
     kind = "correlated"
 
-    def __init__(self, base, sigma):
+    def __init__(self, base: Routing, sigma: float) -> None:
         base = _plain_base(base, "Correlated")
         super().__init__(base.n_experts, base.top_k)
         object.__setattr__(self, "_base", base)
@@ -132,7 +132,7 @@ class Correlated(Routing):
         """Standard deviation of the shared logit shift."""
         return self._sigma
 
-    def params(self):
+    def params(self) -> dict:
         return {"base": self._base.describe(), "sigma": self._sigma}
 
     def __repr__(self):
@@ -144,11 +144,13 @@ class Correlated(Routing):
     def _log_weights(self, n_layers):
         return self._base._log_weights(n_layers)
 
-    def popularity(self, n_layers: int = 1):
+    def popularity(self, n_layers: int = 1) -> np.ndarray:
         """Return the centre (base) routing's popularity."""
         return self._base.popularity(n_layers)
 
-    def inclusion_probabilities(self, n_layers: int = 1, *, return_error: bool = False):
+    def inclusion_probabilities(
+        self, n_layers: int = 1, *, return_error: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, float]:
         """Mean inclusion probabilities over microbatches, (layer, expert).
 
         sigma = 0: the base's (exact). Otherwise Monte Carlo with the sampler
@@ -240,7 +242,7 @@ class GroupLimited(Routing):
     __slots__ = ("_base", "_n_groups", "_topk_groups")
     kind = "group_limited"
 
-    def __init__(self, base, n_groups, topk_groups):
+    def __init__(self, base: Routing, n_groups: int, topk_groups: int) -> None:
         if isinstance(base, Correlated):
             inner = base
         else:
@@ -289,7 +291,7 @@ class GroupLimited(Routing):
     def _centre(self):
         return self._base.base if isinstance(self._base, Correlated) else self._base
 
-    def params(self):
+    def params(self) -> dict:
         return {"base": self._base.describe(), "n_groups": self._n_groups,
                 "topk_groups": self._topk_groups}
 
@@ -303,7 +305,7 @@ class GroupLimited(Routing):
     def _log_weights(self, n_layers):
         return self._centre()._log_weights(n_layers)
 
-    def popularity(self, n_layers: int = 1):
+    def popularity(self, n_layers: int = 1) -> np.ndarray:
         """Return the base's popularity (the law of each token's first pick)."""
         return self._base.popularity(n_layers)
 
@@ -320,7 +322,9 @@ class GroupLimited(Routing):
                     "every choice of topk_groups groups needs k positive-weight experts")
         return lw
 
-    def inclusion_probabilities(self, n_layers: int = 1, *, return_error: bool = False):
+    def inclusion_probabilities(
+        self, n_layers: int = 1, *, return_error: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, float]:
         """Inclusion probabilities (layer, expert): exact enumeration or Monte Carlo (class doc)."""
         n_layers = check_int("n_layers", n_layers, minimum=1)
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import special
@@ -39,6 +40,9 @@ from mcroute._base.rng import CHUNK_TRIALS
 from mcroute._base.validate import MAX_EXPERTS, McrouteError, check_int, check_real
 from mcroute._routing.inclusion import pl_inclusion_cached
 from mcroute._routing.tables import weighted_tables
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 __all__ = ["Routing", "Uniform", "Zipf", "LogNormal", "Popularity"]
 
@@ -90,7 +94,7 @@ class Routing:
     #: Name used in results and the CLI.
     kind = "routing"
 
-    def __init__(self, n_experts, top_k):
+    def __init__(self, n_experts: int, top_k: int) -> None:
         n_experts = check_int("n_experts", n_experts, minimum=1, maximum=MAX_EXPERTS)
         object.__setattr__(self, "_n_experts", n_experts)
         object.__setattr__(
@@ -173,7 +177,9 @@ class Routing:
         p = self.popularity(n_layers) if lw is None else lw
         return np.argsort(-p, axis=1, kind="stable").astype(np.int64)
 
-    def inclusion_probabilities(self, n_layers: int = 1, *, return_error: bool = False):
+    def inclusion_probabilities(
+        self, n_layers: int = 1, *, return_error: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, float]:
         """Probability pi_e that one token's k experts include expert e, (layer, expert).
 
         Exact for uniform routing (k / E) and for k = 1 (the popularity). For weighted k > 1
@@ -271,7 +277,7 @@ class Uniform(Routing):
     __slots__ = ()
     kind = "uniform"
 
-    def __init__(self, n_experts, top_k):
+    def __init__(self, n_experts: int, top_k: int) -> None:
         super().__init__(n_experts, top_k)
         self._freeze()
 
@@ -284,7 +290,8 @@ class _Ranked(Routing):
 
     __slots__ = ("_layer_seed", "_permute")
 
-    def __init__(self, n_experts, top_k, *, layer_seed=0, permute=True):
+    def __init__(self, n_experts: int, top_k: int, *, layer_seed: int = 0,
+                 permute: bool = True) -> None:
         super().__init__(n_experts, top_k)
         object.__setattr__(self, "_layer_seed", check_int("layer_seed", layer_seed, minimum=0))
         if not isinstance(permute, (bool, np.bool_)):
@@ -317,7 +324,7 @@ class _Ranked(Routing):
     def _log_weights(self, n_layers):
         return self._place(self._rank_log_weights(), n_layers)
 
-    def params(self):
+    def params(self) -> dict:
         return {**super().params(), "layer_seed": self._layer_seed, "permute": self._permute}
 
 
@@ -353,7 +360,8 @@ class Zipf(_Ranked):
     __slots__ = ("_alpha",)
     kind = "zipf"
 
-    def __init__(self, n_experts, top_k, alpha, *, layer_seed=0, permute=True):
+    def __init__(self, n_experts: int, top_k: int, alpha: float, *, layer_seed: int = 0,
+                 permute: bool = True) -> None:
         super().__init__(n_experts, top_k, layer_seed=layer_seed, permute=permute)
         object.__setattr__(self, "_alpha", check_real("alpha", alpha, minimum=0.0))
         self._freeze()
@@ -371,7 +379,7 @@ class Zipf(_Ranked):
         # underflows to 0 already, so capping keeps the law and -alpha * log(rank) finite.
         return -min(self._alpha, _SKEW_CAP) * np.log(np.arange(1, self.n_experts + 1, dtype=float))
 
-    def params(self):
+    def params(self) -> dict:
         p = super().params()
         return {"n_experts": p["n_experts"], "top_k": p["top_k"], "alpha": self._alpha,
                 "layer_seed": p["layer_seed"], "permute": p["permute"]}
@@ -396,7 +404,8 @@ class LogNormal(_Ranked):
     __slots__ = ("_sigma",)
     kind = "lognormal"
 
-    def __init__(self, n_experts, top_k, sigma, *, layer_seed=0, permute=True):
+    def __init__(self, n_experts: int, top_k: int, sigma: float, *, layer_seed: int = 0,
+                 permute: bool = True) -> None:
         super().__init__(n_experts, top_k, layer_seed=layer_seed, permute=permute)
         object.__setattr__(self, "_sigma", check_real("sigma", sigma, minimum=0.0))
         self._freeze()
@@ -419,7 +428,7 @@ class LogNormal(_Ranked):
         # between two ranks underflows to 0 already; capping keeps sigma * z finite.
         return min(self._sigma, _SKEW_CAP) * self._z()
 
-    def params(self):
+    def params(self) -> dict:
         p = super().params()
         return {"n_experts": p["n_experts"], "top_k": p["top_k"], "sigma": self._sigma,
                 "layer_seed": p["layer_seed"], "permute": p["permute"]}
@@ -445,7 +454,7 @@ class Popularity(Routing):
     __slots__ = ("_w", "_lw")
     kind = "popularity"
 
-    def __init__(self, weights, top_k=1):
+    def __init__(self, weights: ArrayLike, top_k: int = 1) -> None:
         try:
             w = np.array(weights, dtype=float)
         except (TypeError, ValueError, OverflowError) as exc:
@@ -507,7 +516,7 @@ class Popularity(Routing):
             return np.repeat(self._lw, n_layers, axis=0)
         return self._lw.copy()
 
-    def params(self):
+    def params(self) -> dict:
         w = self._w[0] if self._w.shape[0] == 1 else self._w
         return {"weights": np.round(w * 1.0, 12).tolist(), "top_k": self.top_k}
 

@@ -29,12 +29,16 @@ traffic; here the loads are the routing's exact expectations, and placement is f
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import stats
 
 from mcroute._base.validate import MAX_EXPERTS, MAX_LAYERS, McrouteError, check_int
 from mcroute._routing.distributions import Routing
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 __all__ = ["Placement", "balanced_placement"]
 
@@ -76,7 +80,7 @@ class Placement:
         """Routed experts per layer."""
         return int(self.slot_expert.shape[1]) - self.redundant_experts
 
-    def device_loads(self, counts) -> np.ndarray:
+    def device_loads(self, counts: ArrayLike) -> np.ndarray:
         """Tokens on each device, int64 (trial, layer, device), from counts (trial, layer, expert).
 
         A replicated expert's tokens are split evenly among its replicas.
@@ -101,7 +105,7 @@ class Placement:
         q, rem = np.divmod(m, self.slot_replicas[None])
         return q + (self.slot_rank[None] < rem)
 
-    def device_active_experts(self, counts) -> np.ndarray:
+    def device_active_experts(self, counts: ArrayLike) -> np.ndarray:
         """Distinct slots with at least one token on each device, (trial, layer, device)."""
         c = np.asarray(counts)
         busy = (self._slot_loads(c) > 0).astype(np.int64)
@@ -112,7 +116,8 @@ class Placement:
             out[:, layer] = busy[:, layer] @ onehot
         return out
 
-    def expected_device_loads(self, inclusion, batch_size) -> np.ndarray:
+    def expected_device_loads(self, inclusion: ArrayLike | Routing,
+                              batch_size: int) -> np.ndarray:
         """Exact expected tokens per device, (layer, device), for independent tokens.
 
         Expert e's load in a microbatch of B tokens is Binomial(B, pi_e) whatever the other
@@ -151,7 +156,8 @@ class Placement:
                 "n_experts": self.n_experts}
 
 
-def balanced_placement(popularity, n_devices, redundant_experts=0, *, n_layers=1) -> Placement:
+def balanced_placement(popularity: Routing | ArrayLike, n_devices: int,
+                       redundant_experts: int = 0, *, n_layers: int = 1) -> Placement:
     """Replicate the hottest experts and pack slots onto devices to balance expected load.
 
     Parameters

@@ -14,6 +14,8 @@ scale").
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from scipy import stats
 
@@ -32,6 +34,14 @@ from mcroute._base.validate import (
 )
 from mcroute._routing.spec import as_routing, is_routing
 from mcroute._routing.tables import reuse_tables
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from numpy.typing import ArrayLike
+    from scipy.stats.distributions import rv_frozen
+
+    from mcroute._routing.distributions import Routing
 
 #: ``method="auto"`` switches to count-space sampling (where exact) once the microbatch has at
 #: least this many tokens per expert (B / E). Count-space costs O(E·k) binomial draws per
@@ -194,8 +204,10 @@ def _blocks(routing, batch_size, n_trials, n_layers, entropy, method, chunk_tria
         yield t0, block
 
 
-def sample_counts(routing, batch_size, n_trials, n_layers=1, *, rng=None, method="auto",
-                  out=None, n_experts=None, top_k=None):
+def sample_counts(routing: Routing | str, batch_size: int, n_trials: int, n_layers: int = 1, *,
+                  rng: int | np.random.SeedSequence | np.random.Generator | None = None,
+                  method: str = "auto", out: np.ndarray | None = None,
+                  n_experts: int | None = None, top_k: int | None = None) -> np.ndarray:
     """Tokens routed to each expert in random decode microbatches.
 
     Parameters
@@ -264,8 +276,11 @@ def sample_counts(routing, batch_size, n_trials, n_layers=1, *, rng=None, method
     return out
 
 
-def iter_counts(routing, batch_size, n_trials, n_layers=1, *, rng=None, method="auto",
-                chunk_trials=None, n_experts=None, top_k=None):
+def iter_counts(routing: Routing | str, batch_size: int, n_trials: int, n_layers: int = 1, *,
+                rng: int | np.random.SeedSequence | np.random.Generator | None = None,
+                method: str = "auto", chunk_trials: int | None = None,
+                n_experts: int | None = None,
+                top_k: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Counts of :func:`sample_counts` in blocks of trials, for raw counts at scale.
 
     Yields ``(trial_offset, counts)`` with ``counts`` int64 (trials of the block, layer,
@@ -305,8 +320,10 @@ def iter_counts(routing, batch_size, n_trials, n_layers=1, *, rng=None, method="
     return _blocks(routing, batch_size, n_trials, n_layers, entropy, method, chunk)
 
 
-def sample_assignments(routing, batch_size, n_trials, n_layers=1, *, rng=None, n_experts=None,
-                       top_k=None):
+def sample_assignments(routing: Routing | str, batch_size: int, n_trials: int,
+                       n_layers: int = 1, *,
+                       rng: int | np.random.SeedSequence | np.random.Generator | None = None,
+                       n_experts: int | None = None, top_k: int | None = None) -> np.ndarray:
     """Expert ids chosen by each token, int64 (trial, layer, token, slot), for inspection.
 
     Draws the same numbers as ``sample_counts(..., method="assignment")`` with the same seed:
@@ -337,7 +354,8 @@ def sample_assignments(routing, batch_size, n_trials, n_layers=1, *, rng=None, n
     return routing._draw_assignments(batch_size, n_trials, n_layers, seeds)
 
 
-def device_map(n_experts, n_devices=1, placement=None) -> np.ndarray:
+def device_map(n_experts: int, n_devices: int = 1,
+               placement: ArrayLike | None = None) -> np.ndarray:
     """Device of each expert, int64 (expert,).
 
     ``placement=None`` places experts contiguously: device d holds experts
@@ -361,7 +379,8 @@ def device_map(n_experts, n_devices=1, placement=None) -> np.ndarray:
     return p.astype(np.int64)
 
 
-def microbatch_stats(counts, *, n_devices=1, placement=None, capacity_factor=1.0):
+def microbatch_stats(counts: ArrayLike, *, n_devices: int = 1, placement: ArrayLike | None = None,
+                     capacity_factor: float = 1.0) -> dict[str, np.ndarray]:
     """Statistics of each microbatch, float64 arrays (trial, layer).
 
     Parameters
@@ -414,7 +433,7 @@ def microbatch_stats(counts, *, n_devices=1, placement=None, capacity_factor=1.0
     }
 
 
-def load_histogram(counts, max_load=None) -> np.ndarray:
+def load_histogram(counts: ArrayLike, max_load: int | None = None) -> np.ndarray:
     """Mean number of experts with load m (m = 0 .. max_load) per microbatch, (layer, load)."""
     counts = np.asarray(counts, dtype=np.int64)
     if counts.ndim != 3:
@@ -425,7 +444,9 @@ def load_histogram(counts, max_load=None) -> np.ndarray:
     return K.load_histogram(counts, max_load)
 
 
-def expected_active_experts(routing, batch_size, n_layers=1, *, n_experts=None, top_k=None):
+def expected_active_experts(routing: Routing | str, batch_size: int | Sequence[int],
+                            n_layers: int = 1, *, n_experts: int | None = None,
+                            top_k: int | None = None) -> np.ndarray | float:
     """Exact expected number of distinct experts touched by B independent tokens.
 
     ``E[active] = Σ_e 1 − (1 − π_e)^B`` with π_e the inclusion probability of expert e.
@@ -472,7 +493,8 @@ def expected_active_experts(routing, batch_size, n_layers=1, *, n_experts=None, 
     return out[0] if n_layers == 1 else out
 
 
-def active_experts_variance(routing, batch_size, *, n_experts=None, top_k=None):
+def active_experts_variance(routing: Routing | str, batch_size: int, *,
+                            n_experts: int | None = None, top_k: int | None = None) -> float:
     """Exact variance of the number of distinct experts touched, for uniform or top-1 routing.
 
     With U_e the indicator that expert e is untouched,
@@ -499,7 +521,9 @@ def active_experts_variance(routing, batch_size, *, n_experts=None, top_k=None):
     return float(cov.sum())
 
 
-def expert_load_distribution(routing, batch_size, *, n_experts=None, top_k=None):
+def expert_load_distribution(routing: Routing | str, batch_size: int, *,
+                             n_experts: int | None = None,
+                             top_k: int | None = None) -> rv_frozen:
     """Exact law of one expert's load for uniform routing: ``scipy.stats.binom(B, k/E)``.
 
     A routing string (``"uniform"``) needs ``n_experts`` and ``top_k``.
