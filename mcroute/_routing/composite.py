@@ -123,7 +123,7 @@ class Correlated(Routing):
         self._freeze()
 
     @property
-    def base(self):
+    def base(self) -> Routing:
         """The centre routing (a trace in marginal mode)."""
         return self._base
 
@@ -264,7 +264,7 @@ class GroupLimited(Routing):
         self._freeze()
 
     @property
-    def base(self):
+    def base(self) -> Routing:
         """The routing whose scores are limited to groups."""
         return self._base
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 import os
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -63,6 +64,11 @@ from mcroute._traces.text import file_error as _err
 from mcroute._traces.text import guess_file
 from mcroute._traces.trace import Trace
 
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from mcroute._traces.trace import PopularityTrace
+
 __all__ = ["load_trace", "save_trace", "FORMATS", "CANONICAL_FORMAT", "CANONICAL_VERSION"]
 
 #: Formats :func:`load_trace` understands.
@@ -79,7 +85,7 @@ CANONICAL_VERSION = 1
 # ---------------------------------------------------------------------------------------------
 
 
-def save_trace(trace: Trace, path) -> Path:
+def save_trace(trace: Trace, path: str | os.PathLike) -> Path:
     """Write ``trace`` in the canonical ``.npz`` format (atomically; no pickled objects).
 
     Parameters
@@ -217,9 +223,13 @@ def _load_array(path, ex, n_experts, notes, mode, layer_map, block_size):
 # ---------------------------------------------------------------------------------------------
 
 
-def load_trace(path, format=None, *, n_experts=None, model=None, domain=None, selection="topk",
-               missing_layers="error", max_records=None, warmup_passes="auto", mode="token",
-               layer_map=None, block_size=0, n_model_layers=None):
+def load_trace(path: str | os.PathLike | Sequence[str | os.PathLike], format: str | None = None,
+               *, n_experts: int | None = None, model: str | None = None,
+               domain: str | None = None, selection: str = "topk",
+               missing_layers: str = "error", max_records: int | None = None,
+               warmup_passes: str | int = "auto", mode: str = "token",
+               layer_map: str | Sequence[int] | None = None, block_size: int = 0,
+               n_model_layers: int | None = None) -> Trace | PopularityTrace:
     """Load router decisions from a file or folder as a :class:`~mcroute.Trace`.
 
     Parameters

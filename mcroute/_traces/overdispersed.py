@@ -54,7 +54,7 @@ class Overdispersed(Routing):
     __slots__ = ("_base", "_rho")
     kind = "overdispersed"
 
-    def __init__(self, base, rho):
+    def __init__(self, base: Routing, rho: float) -> None:
         if not isinstance(base, Routing) or isinstance(base, Overdispersed):
             raise McrouteError(f"base must be a routing distribution, got {type(base).__name__}")
         if isinstance(base, Trace) and base.mode == "sequence":
@@ -66,7 +66,7 @@ class Overdispersed(Routing):
         self._freeze()
 
     @property
-    def base(self):
+    def base(self) -> Routing:
         """The routing whose token law each microbatch is centred on."""
         return self._base
 
@@ -80,7 +80,7 @@ class Overdispersed(Routing):
         """Dirichlet-process concentration c = 1/rho − 1 (inf for rho = 0)."""
         return np.inf if self._rho == 0 else 1.0 / self._rho - 1.0
 
-    def params(self):
+    def params(self) -> dict:
         return {"base": self._base.describe(), "rho": self._rho}
 
     def __repr__(self):
@@ -89,11 +89,13 @@ class Overdispersed(Routing):
     def _weights(self, n_layers):
         return self._base._weights(n_layers)
 
-    def popularity(self, n_layers: int = 1):
+    def popularity(self, n_layers: int = 1) -> np.ndarray:
         """Return the base routing's popularity."""
         return self._base.popularity(n_layers)
 
-    def inclusion_probabilities(self, n_layers: int = 1, *, return_error: bool = False):
+    def inclusion_probabilities(
+        self, n_layers: int = 1, *, return_error: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, float]:
         """Return the base routing's inclusion probabilities (the mean over microbatches)."""
         return self._base.inclusion_probabilities(n_layers, return_error=return_error)
 
@@ -113,7 +115,7 @@ class Overdispersed(Routing):
             p[0] = 0.0
         return p
 
-    def expected_active(self, batch_size, n_layers: int = 1):
+    def expected_active(self, batch_size: int, n_layers: int = 1) -> np.ndarray | float:
         """Exact expected distinct experts: Σ_n P(K = n) Σ_e 1 − (1 − π_e)^n, (layer,) or scalar.
 
         Copies add no new experts, so a microbatch with K fresh tokens touches as many experts

@@ -44,6 +44,7 @@ layer *positions*, one per simulated layer. Without one, a mismatch is an error.
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -53,6 +54,11 @@ from mcroute._base.validate import MAX_EXPERTS, McrouteError, check_choice, chec
 from mcroute._routing.distributions import Popularity, Routing
 from mcroute._routing.tables import weighted_tables
 from mcroute._traces.calibrate import calibrate_pl_weights
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from numpy.typing import ArrayLike
 
 __all__ = ["Trace", "PopularityTrace", "LayeredPopularity", "calibrate_pl_weights", "MODES"]
 
@@ -140,7 +146,7 @@ class _TraceLayers:
         return self._n_model_layers
 
     @property
-    def layer_map(self):
+    def layer_map(self) -> str | tuple[int, ...] | None:
         """The layer mapping: None, 'cycle', 'nearest' or a tuple of trace-layer positions."""
         return self._layer_map
 
@@ -210,9 +216,13 @@ class Trace(_TraceLayers, Routing):
                  "_notes", "_counts", "_cache", "_sha")
     kind = "trace"
 
-    def __init__(self, experts, n_experts, *, gate_weights=None, sequence=None, step=None,
-                 batch=None, prefill=None, layer_ids=None, n_model_layers=None, model="",
-                 source="", mode="token", layer_map=None, block_size=0, notes=()):
+    def __init__(self, experts: ArrayLike, n_experts: int, *,
+                 gate_weights: ArrayLike | None = None, sequence: ArrayLike | None = None,
+                 step: ArrayLike | None = None, batch: ArrayLike | None = None,
+                 prefill: ArrayLike | None = None, layer_ids: ArrayLike | None = None,
+                 n_model_layers: int | None = None, model: str = "", source: str = "",
+                 mode: str = "token", layer_map: str | Sequence[int] | None = None,
+                 block_size: int = 0, notes: Sequence[str] = ()) -> None:
         ex = np.asarray(experts)
         if ex.ndim != 3 or not np.issubdtype(ex.dtype, np.integer):
             raise McrouteError(
@@ -321,7 +331,7 @@ class Trace(_TraceLayers, Routing):
         return self._experts
 
     @property
-    def gate_weights(self):
+    def gate_weights(self) -> np.ndarray | None:
         """Gate weights (token, trace_layer, slot) or None; read-only."""
         return self._gate
 
@@ -381,18 +391,18 @@ class Trace(_TraceLayers, Routing):
         args.update(kw)
         return Trace(self._experts if experts is None else experts, self.n_experts, **args)
 
-    def with_mode(self, mode, *, block_size=None):
+    def with_mode(self, mode: str, *, block_size: int | None = None) -> Trace:
         """Return the same trace in another mode (``"token"``, ``"sequence"``, ``"marginal"``)."""
         kw = {"mode": mode}
         if block_size is not None:
             kw["block_size"] = block_size
         return self._replace(**kw)
 
-    def with_layer_map(self, layer_map):
+    def with_layer_map(self, layer_map: str | Sequence[int] | None) -> Trace:
         """Return the same trace with a layer mapping (None, ``"cycle"``, ``"nearest"``, list)."""
         return self._replace(layer_map=layer_map)
 
-    def select(self, tokens):
+    def select(self, tokens: ArrayLike) -> Trace:
         """Return a trace of a subset of tokens (boolean mask or integer indices)."""
         idx = np.arange(self.n_tokens)[np.asarray(tokens)]
         if idx.size == 0:
@@ -402,11 +412,11 @@ class Trace(_TraceLayers, Routing):
                              sequence=self._sequence[idx], step=self._step[idx],
                              batch=self._batch[idx], prefill=self._prefill[idx])
 
-    def decode_only(self):
+    def decode_only(self) -> Trace:
         """Return the decode tokens only (drops prefill tokens)."""
         return self.select(~self._prefill)
 
-    def select_layers(self, positions):
+    def select_layers(self, positions: int | ArrayLike) -> Trace:
         """Return a trace of some trace layers (positions 0 .. L-1); the layer map is reset."""
         pos = np.atleast_1d(np.asarray(positions, dtype=np.int64))
         if pos.size == 0 or pos.min() < 0 or pos.max() >= self.n_trace_layers:
@@ -417,7 +427,7 @@ class Trace(_TraceLayers, Routing):
                              layer_ids=self._layer_ids[pos], layer_map=None)
 
     # -- routing interface --------------------------------------------------------------------
-    def params(self):
+    def params(self) -> dict:
         p = {"model": self._model, "n_tokens": self.n_tokens, "n_layers": self.n_trace_layers,
              "n_experts": self.n_experts, "top_k": self.top_k, "mode": self._mode}
         if self._mode == "sequence":
@@ -427,7 +437,7 @@ class Trace(_TraceLayers, Routing):
                               else list(self._layer_map))
         return p
 
-    def describe(self):
+    def describe(self) -> dict:
         return {"kind": self.kind, **self.params(), "layer_ids": self._layer_ids.tolist(),
                 "source": self._source, "sha256_16": self._sha}
 
@@ -440,7 +450,9 @@ class Trace(_TraceLayers, Routing):
         c = self._counts[idx].astype(float)
         return c / c.sum(axis=1, keepdims=True)
 
-    def inclusion_probabilities(self, n_layers: int = 1, *, return_error: bool = False):
+    def inclusion_probabilities(
+        self, n_layers: int = 1, *, return_error: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, float]:
         """Empirical inclusion probabilities (layer, expert): share of tokens choosing e.
 
         Exact for modes ``"token"`` and ``"sequence"`` (every position of a microbatch is a
@@ -554,8 +566,10 @@ class PopularityTrace(_TraceLayers, Popularity):
                  "_layer_map", "_notes", "_cal_err")
     kind = "popularity_trace"
 
-    def __init__(self, counts, n_tokens, top_k, *, layer_ids=None, n_model_layers=None,
-                 model="", source="", layer_map=None, notes=()):
+    def __init__(self, counts: ArrayLike, n_tokens: int | ArrayLike, top_k: int, *,
+                 layer_ids: ArrayLike | None = None, n_model_layers: int | None = None,
+                 model: str = "", source: str = "", layer_map: str | Sequence[int] | None = None,
+                 notes: Sequence[str] = ()) -> None:
         c = np.asarray(counts)
         if c.ndim == 1:
             c = c[None, :]
@@ -621,7 +635,7 @@ class PopularityTrace(_TraceLayers, Popularity):
         # Popularity's version calls _weights(1), which fails for per-layer weights.
         return self.top_k == 1
 
-    def with_layer_map(self, layer_map):
+    def with_layer_map(self, layer_map: str | Sequence[int] | None) -> PopularityTrace:
         """Return the same histograms with a layer mapping."""
         return PopularityTrace(self._counts, self._n_tok, self.top_k, layer_ids=self._layer_ids,
                                n_model_layers=self._n_model_layers, model=self._model,
@@ -630,13 +644,15 @@ class PopularityTrace(_TraceLayers, Popularity):
     def _weights(self, n_layers):
         return self._w[self._layer_index(n_layers)].copy()
 
-    def inclusion_probabilities(self, n_layers: int = 1, *, return_error: bool = False):
+    def inclusion_probabilities(
+        self, n_layers: int = 1, *, return_error: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, float]:
         """Observed inclusion probabilities count / n_tokens (layer, expert)."""
         n_layers = check_int("n_layers", n_layers, minimum=1)
         pi = (self._counts / self._n_tok[:, None].astype(float))[self._layer_index(n_layers)]
         return (pi, self.calibration_error()) if return_error else pi
 
-    def params(self):
+    def params(self) -> dict:
         p = {"model": self._model, "n_layers": self.n_trace_layers,
              "n_tokens": self._n_tok.tolist(), "n_experts": self.n_experts, "top_k": self.top_k}
         if self._layer_map is not None:
@@ -644,7 +660,7 @@ class PopularityTrace(_TraceLayers, Popularity):
                               else list(self._layer_map))
         return p
 
-    def describe(self):
+    def describe(self) -> dict:
         return {"kind": self.kind, **self.params(), "layer_ids": self._layer_ids.tolist(),
                 "source": self._source}
 
