@@ -52,8 +52,8 @@ _N_TRIALS = Option("n_trials", "int", 1000, "trials",
                    short="-n", metavar="N")
 _CI_PROB = Option("ci_prob", "float", 0.95, "1", "confidence level of the intervals",
                   minimum=0.0, maximum=1.0, open_min=True, open_max=True, metavar="P")
-_SEED = Option("seed", "int", None, "1", "seed (default: fresh entropy, printed); the API's "
-               "rng", minimum=0, short="-s", metavar="SEED")
+_SEED = Option("seed", "int", None, "1", "seed of the random draws (the API's rng)", minimum=0,
+               maximum=2**63 - 1, short="-s", metavar="SEED")
 _METHOD = Option("method", "str", "auto", "1", "sampling method", choices=METHODS)
 _CONTEXT = Option("context", "tokens", REQUIRED, "tokens", "context length L (k = 1024)",
                   minimum=1, maximum=MAX_CONTEXT, vector=True, short="-c", metavar="L[,L...]")
@@ -108,8 +108,7 @@ THROUGHPUT_OPTIONS = (
 
 #: The options of :func:`mcroute.qs_analysis` (its Deployment's are DEPLOYMENT_OPTIONS).
 QS_OPTIONS = (
-    Option("q", "q", None, "1",
-           "quality-equivalence factor: a number or a q string (required unless dense_model)",
+    Option("q", "q", None, "1", "quality-equivalence factor: a number or a q string",
            vector=True),
     _CONTEXT,
     _MODEL_ROUTING,
@@ -120,7 +119,8 @@ QS_OPTIONS = (
     Option("n_q_samples", "int", 256, "1", "draws of an uncertain q", minimum=1,
            maximum=MAX_Q_SAMPLES),
     _METHOD,
-    Option("dense_model", "model", None, "1", "compare with this dense card instead of a twin"),
+    Option("dense_model", "model", None, "1", "compare with this dense card instead of a twin",
+           metavar="NAME|PATH"),
     _N_TRIALS,
     _CI_PROB,
     _SEED,

@@ -443,8 +443,8 @@ def _request(deployment, context, batch_size, routing, n_trials, rng, ci_prob, q
         b_max_mode=b_max_mode, mode=mode, tpot_s=tpot_s,
         n_trials=_OPT["n_trials"].check(n_trials),
         ci_prob=_OPT["ci_prob"].check(ci_prob), quantiles=check_quantiles(quantiles),
-        routing=_resolve_routing(dep, routing), entropy=resolve_seed(rng),
-        method=_OPT["method"].check(method))
+        routing=_resolve_routing(dep, routing), method=_OPT["method"].check(method),
+        entropy=resolve_seed(rng))
 
 
 def _ticker(progress, total: int):

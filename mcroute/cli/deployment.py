@@ -1,18 +1,22 @@
-"""The Deployment flags of ``throughput`` and ``qs``, generated from their declarations.
+"""CLI flags generated from option declarations: Deployment's, and simulate / throughput / qs's.
 
 Front end (5). May import: every floor below; ``mcroute.cli.common``.
 
 Every :class:`mcroute.Deployment` option is declared once (``DEPLOYMENT_OPTIONS``: type, units,
-range, choices, help, metavar, short alias). This module turns each declaration with
-``cli=True`` into a flag spelled as the keyword (``expert_parallel`` -> ``--expert-parallel``),
-reads the given flags back into Deployment keywords (the mapping is the identity), and checks
-each value when the command line is read, naming the flag. Flags not given are not passed, so
-the Deployment's own defaults (and their documented resolution) apply.
+range, choices, help, metavar, short alias), and so is every option of ``simulate``,
+``decode_throughput`` and ``qs_analysis`` (``mcroute._labeled.options``). This module turns each
+declaration with ``cli=True`` into a flag spelled as the keyword (``expert_parallel`` ->
+``--expert-parallel``, plus the declared short alias), reads the given flags back into keywords
+(the mapping is the identity), and checks each value when the command line is read against the
+declared type and range, naming the flag. Deployment flags not given are not passed, so the
+Deployment's own defaults (and their documented resolution) apply; a command's own flags get
+the declared default unless the command documents another (:func:`add_option_flags`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -28,13 +32,14 @@ from mcroute.cli.common import (
     check_input_path,
     name_flags,
     parse_int,
-    parse_int_list,
     parse_real,
     parse_size,
+    parse_size_list,
 )
 
 __all__ = ["add_deployment_flags", "deployment_flags", "flag_spec", "batch_policy_flags",
-           "placement_error", "kernels_line", "DEPLOYMENT_FLAGS", "EXTRA_CHOICES", "FLAG_NAMES"]
+           "placement_error", "kernels_line", "DEPLOYMENT_FLAGS", "EXTRA_CHOICES", "FLAG_NAMES",
+           "add_option_flags", "option_values", "flag_value"]
 
 #: Options every command declares itself (a positional MODEL, and --hardware / --n-gpus whose
 #: requiredness and defaults differ between throughput and qs; they still use the declaration's
@@ -59,8 +64,11 @@ def _range(opt) -> str:
 
     lo, hi = opt.minimum, opt.maximum
     if lo is not None and hi is not None:
-        return f"in {'(' if opt.open_min else '['}{num(lo)}, {num(hi)}]"
-    return f"{'>' if opt.open_min else '>='} {num(lo)}" if lo is not None else f"<= {num(hi)}"
+        return (f"in {'(' if opt.open_min else '['}{num(lo)}, {num(hi)}"
+                f"{')' if opt.open_max else ']'}")
+    if lo is not None:
+        return f"{'>' if opt.open_min else '>='} {num(lo)}"
+    return f"{'<' if opt.open_max else '<='} {num(hi)}"
 
 
 #: Placeholder of a value in help texts, by type, when the declaration names none.
@@ -75,8 +83,15 @@ def _help(opt) -> str:
                                                  or opt.maximum is not None):
         text += f"; {_range(opt)}"
     if opt.default is not None and opt.default is not REQUIRED and opt.type != "bool":
-        text += f" (default {opt.default})"
+        text += f" (default {_shown_default(opt.default)})"
     return name_flags(text, FLAG_NAMES).replace("%", "%%")
+
+
+def _shown_default(value) -> str:
+    """A default as typed on the command line (a list as ``1,8,64``)."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
 
 
 def flag_spec(opt) -> tuple[list[str], dict]:
@@ -95,18 +110,47 @@ def flag_spec(opt) -> tuple[list[str], dict]:
     return names, kw
 
 
-def add_deployment_flags(p, *, batch_policy: bool) -> None:
-    """Add a flag for every declared Deployment option (and, for throughput, the batch policy)."""
+def add_deployment_flags(p) -> None:
+    """Add a flag for every declared Deployment option (but model, hardware and n_gpus)."""
     g = p.add_argument_group("deployment options (mcroute.Deployment keywords; "
                              "docs/assumptions.md)")
     for opt in DEPLOYMENT_FLAGS:
         names, kw = flag_spec(opt)
         g.add_argument(*names, **kw)
-    if batch_policy:
-        p.add_argument("--batch-per-gpu", default=None, metavar="B[,B...]",
-                       help="sequences per GPU instead of --batch-size (batch = B x --n-gpus)")
-        p.add_argument("--tpot", default=None, metavar="SECONDS|50ms",
-                       help="time-per-output-token target: the largest batch meeting it")
+
+
+def add_option_flags(p, options, *, defaults=None, notes=None, skip=()) -> None:
+    """Add a flag for every declared option of a command (``options``: a tuple of Option).
+
+    ``defaults`` maps names to the command's own default where it differs from the declared
+    (API) one, as typed on the command line (``{"n_trials": 2000}``); an option whose default
+    is REQUIRED is a required flag. ``notes`` adds a sentence to an option's help (e.g. what
+    a None default means); ``skip`` names options the command declares itself.
+    """
+    defaults, notes = defaults or {}, notes or {}
+    for opt in options:
+        if not opt.cli or opt.name in skip:
+            continue
+        if opt.name in defaults:
+            opt = dataclasses.replace(opt, default=defaults[opt.name])
+        names, kw = flag_spec(opt)
+        if opt.name in notes:
+            kw["help"] += "; " + notes[opt.name].replace("%", "%%")
+        if opt.required:
+            kw["required"] = True
+        elif opt.default is not None:
+            kw["default"] = opt.default
+        p.add_argument(*names, **kw)
+
+
+def option_values(args, options, skip=()) -> dict:
+    """``{name: value}`` of every declared option of a command, each checked (None: not given).
+
+    Errors name the flag; the values are those the API keyword takes (a list for a list).
+    """
+    return {o.name: (None if getattr(args, o.name, None) is None
+                     else flag_value(o, getattr(args, o.name)))
+            for o in options if o.cli and o.name not in skip}
 
 
 def _read_placement(text: str) -> tuple:
@@ -170,7 +214,8 @@ def _dtype(text: str, flag: str) -> str:
 def _number(opt, text: str, flag: str):
     lo, hi = opt.minimum, opt.maximum
     if opt.type == "float":
-        return parse_real(text, flag, minimum=lo, maximum=hi, open_min=opt.open_min)
+        return parse_real(text, flag, minimum=lo, maximum=hi, open_min=opt.open_min,
+                          open_max=opt.open_max)
     if opt.type == "tokens":
         if lo == 0 and text.strip() == "0":
             return 0
@@ -179,22 +224,57 @@ def _number(opt, text: str, flag: str):
     return parse_int(text, flag, minimum=lo, maximum=int(hi) if hi is not None else 2**63 - 1)
 
 
-def _value(opt, text):
-    """One flag's text as the Deployment keyword's value, checked (errors name the flag)."""
+def _sizes(opt, text, flag: str) -> list[int]:
+    """A comma-separated list of sizes (``1,8,4k``) in the declared range."""
+    return parse_size_list(flag, text, maximum=int(opt.maximum) if opt.maximum is not None
+                           else 2**63 - 1)
+
+
+def _batch(opt, text, flag: str):
+    """``max`` or a list of batch sizes."""
+    if str(text).strip().lower() == "max":
+        return "max"
+    return _sizes(opt, text, flag)
+
+
+def _time(opt, text, flag: str) -> float:
+    try:
+        return parse_tpot(str(text).strip())
+    except McrouteError:
+        raise McrouteError(f"{flag} must be a time in (0, 3600) s: a number of seconds "
+                           f"or like 50ms, got {short_repr(text)}") from None
+
+
+def flag_value(opt, text):
+    """One flag's text as the keyword's value, checked against the declaration.
+
+    Errors name the flag. Formats parsed by their owner after the command line is read
+    (routing and q strings, model names) come back as text.
+    """
     flag = opt.flag
     if opt.type == "bool" or opt.choices is not None:  # argparse converted and checked it
         return EXTRA_CHOICES.get(opt.name, {}).get(text, text)
+    if opt.vector and opt.type in ("int", "tokens"):
+        return _sizes(opt, text, flag)
     if opt.type in ("int", "float", "tokens"):
         return _number(opt, text, flag)
-    if opt.type == "dtype":
-        return _dtype(text, flag)
-    if opt.type == "acceptance":
-        return _acceptance(text, flag)
-    if opt.type == "path":
-        return _kernel_card(text, flag)
-    if opt.type == "placement":
-        return None if text.strip().lower() == "balanced" else _read_placement(text)
-    return text
+    parse = _PARSERS.get(opt.type)
+    return text if parse is None else parse(opt, text, flag)
+
+
+def _placement(opt, text, flag: str):
+    return None if text.strip().lower() == "balanced" else _read_placement(text)
+
+
+#: Parsers of the formats checked when the command line is read, by declared type.
+_PARSERS = {
+    "dtype": lambda opt, text, flag: _dtype(text, flag),
+    "acceptance": lambda opt, text, flag: _acceptance(text, flag),
+    "path": lambda opt, text, flag: _kernel_card(text, flag),
+    "placement": _placement,
+    "batch": _batch,
+    "time": _time,
+}
 
 
 def deployment_flags(args) -> dict:
@@ -209,7 +289,7 @@ def deployment_flags(args) -> dict:
             raise McrouteError("--redundant-experts and --expert-placement FILE cannot be "
                                "combined (with redundant experts the placement is rebuilt "
                                "per layer, EPLB-style)")
-        value = _value(opt, text)
+        value = flag_value(opt, text)
         if value is not None:
             opts[opt.name] = value
     if opts.get("mtp_depth", 0) > 0 and "mtp_acceptance" not in opts:
@@ -220,24 +300,20 @@ def deployment_flags(args) -> dict:
     return opts
 
 
-def batch_policy_flags(args, batch_given: bool) -> dict:
-    """``--batch-per-gpu`` / ``--tpot`` as decode_throughput keywords (one batch policy)."""
+def batch_policy_flags(values: dict) -> dict:
+    """``--batch-per-gpu`` / ``--tpot`` as decode_throughput keywords (one batch policy).
+
+    ``values``: the parsed flags (:func:`option_values`); ``--batch-size`` counts as given
+    unless it is ``max`` or absent.
+    """
+    batch_given = values.get("batch_size") not in (None, "max")
     given = [f for f, v in (("--batch-size", batch_given),
-                            ("--batch-per-gpu", args.batch_per_gpu), ("--tpot", args.tpot)) if v]
+                            ("--batch-per-gpu", values.get("batch_per_gpu") is not None),
+                            ("--tpot", values.get("tpot") is not None)) if v]
     if len(given) > 1:
         raise McrouteError(f"give one of --batch-size, --batch-per-gpu and --tpot, got "
                            f"{' and '.join(given)}")
-    out = {}
-    if args.batch_per_gpu is not None:
-        out["batch_per_gpu"] = parse_int_list("--batch-per-gpu", args.batch_per_gpu,
-                                              maximum=2**40)
-    if args.tpot is not None:
-        try:
-            out["tpot"] = parse_tpot(args.tpot.strip())
-        except McrouteError:
-            raise McrouteError(f"--tpot must be a time in (0, 3600) s: a number of seconds "
-                               f"or like 50ms, got {short_repr(args.tpot)}") from None
-    return out
+    return {k: values[k] for k in ("batch_per_gpu", "tpot") if values.get(k) is not None}
 
 
 def placement_error(exc: McrouteError, args) -> McrouteError:

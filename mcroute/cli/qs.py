@@ -15,9 +15,10 @@ import sys
 import numpy as np
 import xarray as xr
 
-from mcroute._base.validate import MAX_CONTEXT, MAX_Q, McrouteError, check_prob
+from mcroute._base.validate import MAX_Q, McrouteError
 from mcroute._cards.cards import load_hardware, load_model
 from mcroute._cost.deployment import DEPLOYMENT_OPTIONS
+from mcroute._labeled.options import QS_OPTIONS
 from mcroute._labeled.qs import (
     PAPER_CASES,
     PAPER_CONTEXTS,
@@ -28,26 +29,36 @@ from mcroute._labeled.qs import (
 )
 from mcroute._quality.quality import as_q, parse_q
 from mcroute.cli.common import (
-    ROUTING_HELP,
     check_input_path,
     check_output_path,
     parse_int,
     parse_real,
     parse_routing,
-    parse_size_list,
     refuse_renamed,
     write_output,
 )
 from mcroute.cli.deployment import (
     add_deployment_flags,
+    add_option_flags,
     deployment_flags,
     flag_spec,
     kernels_line,
+    option_values,
     placement_error,
 )
 from mcroute.cli.output import Column, Est, Printer, add_output_flags, fmt_tokens, fmt_value
 
 _OPT = {o.name: o for o in DEPLOYMENT_OPTIONS}
+#: The command's defaults where they differ from the API's (mcroute._labeled.options): the
+#: paper's contexts written as typed, fewer trials per context, a fixed seed.
+_DEFAULT_CONTEXTS = "4k,8k,16k,32k,64k,128k"
+_CLI_DEFAULTS = {"context": _DEFAULT_CONTEXTS, "n_trials": 400, "seed": 0}
+#: Help of the flags whose declared default means "resolved": what it resolves to.
+_NOTES = {"q": "lognormal:MEDIAN,SIGMA, uniform:LO,HI, estimate, ...; default: benchmark "
+               "estimate, else scaling law",
+          "routing": "default: the model card's routing (uniform, group-limited for "
+                     "DeepSeek-V2/V3)",
+          "dense_style": "widen: same attention and KV"}
 
 
 def register(sub) -> None:
@@ -65,27 +76,8 @@ def register(sub) -> None:
     for name, default in (("hardware", "h200"), ("n_gpus", "8")):  # spelled as declared
         names, kw = flag_spec(_OPT[name])
         p.add_argument(*names, **(kw | {"help": f"{kw['help']} (default {default})"}))
-    p.add_argument("--dense-n-gpus", default=None, metavar="N",
-                   help="GPUs of the dense twin (default --n-gpus)")
-    p.add_argument("--q", default=None,
-                   help="quality factor: a number, lognormal:MEDIAN,SIGMA, uniform:LO,HI, "
-                   "estimate (default: benchmark estimate, else scaling law)")
-    p.add_argument("-c", "--context", default="4k,8k,16k,32k,64k,128k", metavar="L[,L...]",
-                   help="comma-separated contexts (k = 1024), default 4k..128k")
-    p.add_argument("-r", "--routing", default=None,
-                   help=ROUTING_HELP + "; default: the model card's routing (uniform, "
-                   "group-limited for DeepSeek-V2/V3)")
-    p.add_argument("--dense-style", default="widen", choices=["widen", "llama"],
-                   help="how the dense twin is built (default widen: same attention and KV)")
-    p.add_argument("--dense-model", default=None,
-                   help="compare against this dense card instead of a built twin")
-    add_deployment_flags(p, batch_policy=False)
-    p.add_argument("-n", "--n-trials", default="400", metavar="N",
-                   help="Monte Carlo steps per context (default 400)")
-    p.add_argument("--n-q-samples", default="256", metavar="N",
-                   help="draws of an uncertain q (default 256)")
-    p.add_argument("--ci-prob", default=0.95, type=float, help="confidence level (default 0.95)")
-    p.add_argument("-s", "--seed", default="0", help="seed (default 0)")
+    add_option_flags(p, QS_OPTIONS, defaults=_CLI_DEFAULTS, notes=_NOTES)
+    add_deployment_flags(p)
     p.add_argument("-o", "--output", default=None,
                    help="write results to FILE.nc, .csv or .json")
     add_output_flags(p)
@@ -205,17 +197,14 @@ def _checked(args) -> dict:
     max_gpus = int(_OPT["n_gpus"].maximum)
     if args.hardware is not None:
         load_hardware(args.hardware)  # an unknown name fails here, before anything is printed
+    v = option_values(args, QS_OPTIONS, skip=("q",))  # each checked against its declaration
     return {
-        "contexts": parse_size_list("--context", args.context, maximum=MAX_CONTEXT),
-        "trials": parse_int(args.n_trials, "--n-trials", minimum=2),
-        "q_samples": parse_int(args.n_q_samples, "--n-q-samples", minimum=1),
-        "seed": parse_int(args.seed, "--seed", minimum=0),
-        "ci_prob": check_prob("--ci-prob", args.ci_prob),
+        "contexts": v["context"], "trials": v["n_trials"], "q_samples": v["n_q_samples"],
+        "seed": v["seed"], "ci_prob": v["ci_prob"], "method": v["method"],
         "hardware": PAPER_HARDWARE if args.hardware is None else args.hardware,
         "gpus": (PAPER_GPUS if args.n_gpus is None
                  else parse_int(args.n_gpus, "--n-gpus", 1, max_gpus)),
-        "dense_gpus": (None if args.dense_n_gpus is None
-                       else parse_int(args.dense_n_gpus, "--dense-n-gpus", 1, max_gpus)),
+        "dense_gpus": v["dense_n_gpus"],
         "options": deployment_flags(args),
         "q": _given_q(args),
     }
@@ -240,7 +229,7 @@ def _cases(args, run) -> list:
         cases = [(args.model, dict(dict(PAPER_CASES).get(args.model, {})))]
     else:
         cases = list(PAPER_CASES)
-        if args.context == "4k,8k,16k,32k,64k,128k":
+        if args.context == _DEFAULT_CONTEXTS:
             run["contexts"] = list(PAPER_CONTEXTS)
     run["routings"] = {}
     for name, _ in cases:
@@ -273,7 +262,7 @@ def _one_case(args, run, out, name, defaults):
                          run["routings"][name], n_trials=run["trials"], rng=run["seed"],
                          ci_prob=run["ci_prob"], dense_style=args.dense_style,
                          dense_n_gpus=run["dense_gpus"], n_q_samples=run["q_samples"],
-                         dense_model=args.dense_model, **opts)
+                         dense_model=args.dense_model, method=run["method"], **opts)
     except McrouteError as exc:
         raise placement_error(exc, args) from None
     dep = json.loads(ds.attrs.get("deployment", "{}"))

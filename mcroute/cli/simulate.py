@@ -5,25 +5,11 @@ May import: every floor below (front end); ``mcroute.cli.common``.
 
 from __future__ import annotations
 
-from mcroute._base.validate import (
-    MAX_BATCH_SIZE,
-    MAX_CAPACITY_FACTOR,
-    MAX_EXPERTS,
-    MAX_LAYERS,
-    check_int,
-    check_prob,
-)
+from mcroute._base.validate import check_int
+from mcroute._labeled.options import SIMULATE_OPTIONS
 from mcroute._labeled.simulate import simulate
-from mcroute.cli.common import (
-    ROUTING_HELP,
-    check_output_path,
-    parse_int,
-    parse_int_list,
-    parse_real,
-    parse_routing,
-    refuse_renamed,
-    write_output,
-)
+from mcroute.cli.common import check_output_path, parse_routing, refuse_renamed, write_output
+from mcroute.cli.deployment import add_option_flags, option_values
 from mcroute.cli.output import Column, Est, Printer, add_output_flags, fmt_value
 
 #: Columns of the printed table: (variable, header).
@@ -35,8 +21,12 @@ _SHOWN = [
 ]
 
 
+#: The command's defaults where they differ from the API's (mcroute._labeled.options).
+_CLI_DEFAULTS = {"batch_size": "1,8,64,512,4096", "n_trials": 2000}
+
+
 def register(sub) -> None:
-    """Add the ``simulate`` subcommand."""
+    """Add the ``simulate`` subcommand (its flags generated from SIMULATE_OPTIONS)."""
     p = sub.add_parser(
         "simulate",
         help="Monte Carlo of expert routing in decode microbatches",
@@ -44,27 +34,9 @@ def register(sub) -> None:
         "experts touched, weight reuse and per-device load, with confidence intervals of the "
         "mean and 5-95%% bands of single microbatches.",
     )
-    p.add_argument("-E", "--n-experts", required=True, metavar="E",
-                   help="routed experts per layer")
-    p.add_argument("-k", "--top-k", required=True, metavar="K", help="experts per token")
-    p.add_argument("-b", "--batch-size", default="1,8,64,512,4096", metavar="B[,B...]",
-                   help="comma-separated batch sizes (tokens per microbatch), e.g. 1,8,64,4k "
-                   "(default 1,8,64,512,4096)")
-    p.add_argument("-r", "--routing", default="uniform",
-                   help=ROUTING_HELP + " (default uniform)")
-    p.add_argument("-n", "--n-trials", default="2000", metavar="N",
-                   help="microbatches per batch size (default 2000)")
-    p.add_argument("--n-layers", default="1", metavar="L",
-                   help="MoE layers per microbatch (default 1)")
-    p.add_argument("--n-devices", default="1", metavar="D",
-                   help="devices for expert parallelism (default 1)")
-    p.add_argument("--capacity-factor", default="1.0",
-                   help="expert capacity factor for the overflow fraction, in (0, "
-                   f"{MAX_CAPACITY_FACTOR:g}] (default 1.0)")
-    p.add_argument("--method", default="auto", choices=["auto", "assignment", "counts"],
-                   help="sampling method (default auto)")
-    p.add_argument("--ci-prob", default=0.95, type=float, help="confidence level (default 0.95)")
-    p.add_argument("-s", "--seed", default=None, help="seed (default: fresh entropy, printed)")
+    add_option_flags(p, SIMULATE_OPTIONS, defaults=_CLI_DEFAULTS,
+                     notes={"seed": "default: fresh entropy, printed",
+                            "batch_size": "comma-separated, e.g. 1,8,64,4k"})
     p.add_argument("-o", "--output", default=None,
                    help="write results to FILE.nc, .csv or .json")
     add_output_flags(p)
@@ -75,19 +47,14 @@ def register(sub) -> None:
 def run(args) -> int:
     """Run ``mcroute simulate``."""
     check_output_path(args.output)
-    e = parse_int(args.n_experts, "--n-experts", minimum=1, maximum=MAX_EXPERTS)
-    k = check_int("--top-k", parse_int(args.top_k, "--top-k"), minimum=1, maximum=e)
-    routing = parse_routing(args.routing, e, k)
-    batches = parse_int_list("--batch-size", args.batch_size, maximum=MAX_BATCH_SIZE)
-    trials = parse_int(args.n_trials, "--n-trials", minimum=2)
-    layers = parse_int(args.n_layers, "--n-layers", minimum=1, maximum=MAX_LAYERS)
-    devices = parse_int(args.n_devices, "--n-devices", minimum=1, maximum=MAX_EXPERTS)
-    ci_prob = check_prob("--ci-prob", args.ci_prob)
-    cf = parse_real(args.capacity_factor, "--capacity-factor", minimum=0.0,
-                    maximum=MAX_CAPACITY_FACTOR, open_min=True)
-    seed = None if args.seed is None else parse_int(args.seed, "--seed", minimum=0)
-    ds = simulate(routing, batches, trials, layers, devices, rng=seed, ci_prob=ci_prob,
-                  capacity_factor=cf, method=args.method)
+    v = option_values(args, SIMULATE_OPTIONS)  # each checked against its declaration
+    e = v["n_experts"]
+    k = check_int("--top-k", v["top_k"], minimum=1, maximum=e)
+    routing = parse_routing(v["routing"], e, k)
+    trials, layers, devices, ci_prob = (v[n] for n in ("n_trials", "n_layers", "n_devices",
+                                                       "ci_prob"))
+    ds = simulate(routing, v["batch_size"], trials, layers, devices, rng=v["seed"],
+                  ci_prob=ci_prob, capacity_factor=v["capacity_factor"], method=v["method"])
     out = Printer(args)
     out.line(f"{routing!r}, {trials} trials, {layers} layer(s), {devices} device(s), "
              f"seed {ds.attrs['seed']}")

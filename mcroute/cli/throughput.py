@@ -7,35 +7,40 @@ from __future__ import annotations
 
 import sys
 
-from mcroute._base.validate import MAX_CONTEXT, McrouteError, check_prob
+from mcroute._base.validate import McrouteError
 from mcroute._cards.cards import load_hardware, load_model
 from mcroute._cost.deployment import DEPLOYMENT_OPTIONS, Deployment
+from mcroute._labeled.options import THROUGHPUT_OPTIONS
 from mcroute._labeled.throughput import decode_throughput
 from mcroute.cli.common import (
-    ROUTING_HELP,
     check_input_path,
     check_output_path,
     is_tty,
     name_flags,
     parse_int,
-    parse_int_list,
     parse_routing,
-    parse_size_list,
     refuse_renamed,
     write_output,
 )
 from mcroute.cli.deployment import (
     FLAG_NAMES,
     add_deployment_flags,
+    add_option_flags,
     batch_policy_flags,
     deployment_flags,
     flag_spec,
     kernels_line,
+    option_values,
     placement_error,
 )
 from mcroute.cli.output import Column, Est, Printer, add_output_flags, fmt_tokens
 
 _OPT = {o.name: o for o in DEPLOYMENT_OPTIONS}
+#: Help of the flags whose declared default means "resolved": what it resolves to.
+_NOTES = {"routing": "default: the model card's routing (uniform, group-limited for "
+                     "DeepSeek-V2/V3)",
+          "seed": "default: fresh entropy, printed",
+          "batch_per_gpu": "batch = B x --n-gpus"}
 
 
 def register(sub) -> None:
@@ -57,19 +62,9 @@ def register(sub) -> None:
     for name in ("hardware", "n_gpus"):  # required here; spelled as declared
         names, kw = flag_spec(_OPT[name])
         p.add_argument(*names, **kw, required=True)
-    p.add_argument("-c", "--context", default="4k,32k,128k", metavar="L[,L...]",
-                   help="comma-separated context lengths, k = 1024 (default 4k,32k,128k)")
-    p.add_argument("-b", "--batch-size", default=None, metavar="max|B[,B...]",
-                   help="'max' (the admissible batch at each context, default) or "
-                   "comma-separated batch sizes (sequences per replica)")
-    p.add_argument("-r", "--routing", default=None,
-                   help=ROUTING_HELP + "; default: the model card's routing (uniform, "
-                   "group-limited for DeepSeek-V2/V3)")
-    add_deployment_flags(p, batch_policy=True)
-    p.add_argument("-n", "--n-trials", default="1000", metavar="N",
-                   help="Monte Carlo steps per point (default 1000)")
-    p.add_argument("--ci-prob", default=0.95, type=float, help="confidence level (default 0.95)")
-    p.add_argument("-s", "--seed", default=None, help="seed (default: fresh entropy, printed)")
+    add_option_flags(p, THROUGHPUT_OPTIONS, defaults={"context": "4k,32k,128k"},
+                     notes=_NOTES)
+    add_deployment_flags(p)
     p.add_argument("-o", "--output", default=None,
                    help="write results to FILE.nc, .csv or .json")
     add_output_flags(p)
@@ -85,30 +80,27 @@ def run(args) -> int:
     model = load_model(args.model)
     hardware = load_hardware(args.hardware)
     gpus = parse_int(args.n_gpus, "--n-gpus", 1, int(_OPT["n_gpus"].maximum))
-    contexts = parse_size_list("--context", args.context, maximum=MAX_CONTEXT)
-    batch_given = args.batch_size is not None and str(args.batch_size).strip().lower() != "max"
-    batch = parse_int_list("--batch-size", args.batch_size) if batch_given else "max"
-    policy = batch_policy_flags(args, batch_given)
+    v = option_values(args, THROUGHPUT_OPTIONS)  # each checked against its declaration
+    policy = batch_policy_flags(v)
     options = deployment_flags(args)
-    trials = parse_int(args.n_trials, "--n-trials", minimum=2)
-    ci_prob = check_prob("--ci-prob", args.ci_prob)
-    seed = None if args.seed is None else parse_int(args.seed, "--seed", minimum=0)
     try:
         dep = Deployment(model, hardware, gpus, **options)
     except McrouteError as exc:
         raise placement_error(exc, args) from None
     routing = None
     if model.is_moe:
-        routing = (model.default_routing() if args.routing is None
-                   else parse_routing(args.routing, model.n_experts, model.top_k))
-    elif args.routing is not None and str(args.routing).strip().lower() != "uniform":
+        routing = (model.default_routing() if v["routing"] is None
+                   else parse_routing(v["routing"], model.n_experts, model.top_k))
+    elif v["routing"] is not None and str(v["routing"]).strip().lower() != "uniform":
         raise McrouteError(f"--routing: model {model.name!r} is dense (no routed experts)")
     show = is_tty() and not args.quiet
 
     def progress(frac):
         print(f"\r  {frac:6.1%} of trials", end="", file=sys.stderr, flush=True)
 
-    ds = decode_throughput(dep, contexts, batch, routing, trials, rng=seed, ci_prob=ci_prob,
+    batch, trials, ci_prob = v["batch_size"], v["n_trials"], v["ci_prob"]
+    ds = decode_throughput(dep, v["context"], batch, routing, trials, rng=v["seed"],
+                           ci_prob=ci_prob, method=v["method"],
                            progress=progress if show else None, **policy)
     if show:
         print("\r" + " " * 20 + "\r", end="", file=sys.stderr, flush=True)

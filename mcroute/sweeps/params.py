@@ -2,9 +2,10 @@
 
 A parameter is an :class:`~mcroute._base.options.Option`, the one declaration of an option
 (``Param`` is its name here): the sweep key is the API keyword, with its type, default, units,
-range and one line of documentation. The Deployment options of the ``throughput`` and ``qs``
-kinds are Deployment's own declarations (``DEPLOYMENT_OPTIONS``), so a sweep accepts exactly
-the values ``Deployment`` does. :func:`normalize` turns a value read from a spec into its
+range and one line of documentation. The parameters of the built-in kinds are the functions'
+own declarations (``mcroute._labeled.options``) and Deployment's (``DEPLOYMENT_OPTIONS``), the
+ones the CLI flags are generated from, so a sweep accepts exactly the values the API and the
+CLI do. :func:`normalize` turns a value read from a spec into its
 canonical form (the coordinate of an axis and part of the cell's seed): the simple types
 (int, float, bool, str, tokens) through :meth:`Option.check
 <mcroute._base.options.Option.check>`, the sweep's string formats (routing strings through the
