@@ -150,7 +150,7 @@ def _hf_config_path(path: Path) -> Path | None:
     return path if path.suffix.lower() == ".json" else None
 
 
-def load_model(name_or_path) -> ModelSpec:
+def load_model(name_or_path: str | os.PathLike) -> ModelSpec:
     """Load a model card by name (see :func:`list_models`), ``.toml`` path or HF config.json.
 
     Parameters
@@ -197,7 +197,7 @@ def load_model(name_or_path) -> ModelSpec:
     return ModelSpec.from_dict(data, origin=origin)
 
 
-def load_hardware(name_or_path) -> HardwareSpec:
+def load_hardware(name_or_path: str | os.PathLike) -> HardwareSpec:
     """Load a hardware card by name (see :func:`list_hardware`), alias or ``.toml`` path.
 
     Parameters

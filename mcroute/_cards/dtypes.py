@@ -13,7 +13,7 @@ __all__ = ["DTYPE_BYTES", "dtype_bytes"]
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1, "fp4": 0.5, "int4": 0.5}
 
 
-def dtype_bytes(dtype) -> float:
+def dtype_bytes(dtype: str) -> float:
     """Bytes per value of ``dtype`` [B].
 
     Parameters

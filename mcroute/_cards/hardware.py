@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 from mcroute._base.validate import McrouteError
 from mcroute._cards.dtypes import DTYPE_BYTES
@@ -58,7 +59,7 @@ class HardwareSpec:
     scaleout_bandwidth: float = 0.0
     scaleout_latency: float = 0.0
 
-    def peak_flops(self, dtype="bf16") -> float:
+    def peak_flops(self, dtype: str = "bf16") -> float:
         """Dense peak FLOP/s for ``dtype`` [FLOP/s]; error naming the dtypes this GPU has.
 
         Examples
@@ -73,7 +74,7 @@ class HardwareSpec:
                                f"known: {', '.join(self.flops)}")
         return self.flops[key]
 
-    def replace(self, **changes) -> HardwareSpec:
+    def replace(self, **changes: Any) -> HardwareSpec:
         """Return a copy with fields replaced (:func:`dataclasses.replace`)."""
         return dataclasses.replace(self, **changes)
 

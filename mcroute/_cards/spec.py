@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from mcroute._base.validate import McrouteError
 from mcroute._cards.dtypes import dtype_bytes
@@ -33,6 +34,9 @@ from mcroute._cards.hf import _hf_to_card, _read_hf
 from mcroute._cards.schema import FFN_MATRICES, _malformed, _validate_model_card
 from mcroute._routing.composite import GroupLimited
 from mcroute._routing.distributions import Uniform
+
+if TYPE_CHECKING:
+    import os
 
 __all__ = ["LayerSpec", "ModelSpec"]
 
@@ -256,7 +260,7 @@ class ModelSpec:
         """Whether the card routes group-limited (``n_groups`` > 0)."""
         return self.n_groups > 0
 
-    def default_routing(self):
+    def default_routing(self) -> Uniform | GroupLimited | None:
         """The routing assumed when none is given: uniform, group-limited when the card says so.
 
         ``GroupLimited(Uniform(E, k), n_groups, topk_groups)`` for a group-limited card,
@@ -286,7 +290,7 @@ class ModelSpec:
         """Whether the decode blocks cross-attend to an encoded input."""
         return any(la.cross_kv_values_per_token for la in self.decode_layers)
 
-    def kv_bytes_per_token(self, dtype="bf16", context=None) -> float:
+    def kv_bytes_per_token(self, dtype: str = "bf16", context: int | None = None) -> float:
         """KV-cache bytes per context token, summed over the decode blocks [B].
 
         Parameters
@@ -323,7 +327,7 @@ class ModelSpec:
             total += la.kv_values_per_token * frac
         return total * b
 
-    def kv_bytes(self, context, dtype="bf16", encoder_tokens=0) -> float:
+    def kv_bytes(self, context: int, dtype: str = "bf16", encoder_tokens: int = 0) -> float:
         """KV-cache bytes of ONE sequence of ``context`` tokens [B].
 
         Parameters
@@ -354,7 +358,7 @@ class ModelSpec:
         return float(total) * b
 
     # -- construction / conversion -----------------------------------------------------------
-    def replace(self, **changes) -> ModelSpec:
+    def replace(self, **changes: Any) -> ModelSpec:
         """Return a copy with fields replaced (:func:`dataclasses.replace`)."""
         return dataclasses.replace(self, **changes)
 
@@ -419,7 +423,8 @@ class ModelSpec:
         return out
 
     @classmethod
-    def from_hf_config(cls, path_or_dict, name: str | None = None) -> ModelSpec:
+    def from_hf_config(cls, path_or_dict: str | os.PathLike | dict,
+                       name: str | None = None) -> ModelSpec:
         """Build a spec from a Hugging Face ``config.json``.
 
         Supported ``model_type`` values: ``deepseek_v2``, ``deepseek_v3``, ``qwen3_moe``,
