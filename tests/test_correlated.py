@@ -185,6 +185,7 @@ def test_fit_and_check_validation():
 REPORTED = {"active_experts": -0.0243, "max_expert_load": 0.0843}
 
 
+@pytest.mark.slow  # about 15-30 s
 @needs_qwen
 def test_holdout_on_qwen_reproduces_the_reported_errors():
     t = mr.load_trace(QWEN, n_experts=60)
