@@ -29,6 +29,7 @@ number of cached tokens each sequence attends to in that step.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from mcroute._base.options import option, options_of
 from mcroute._base.validate import MAX_BATCH_SIZE, MAX_CONTEXT, MAX_GPUS, McrouteError
@@ -383,7 +384,7 @@ class Deployment(ResolveMixin, MemoryMixin, StepMixin):
         """Expert-parallel degree D: ``expert_parallel`` resolved (n_gpus by default)."""
         return int(self._ep)
 
-    def replace(self, **changes) -> Deployment:
+    def replace(self, **changes: Any) -> Deployment:
         """Return a copy with fields changed (defaults left as None are resolved again)."""
         check_deployment_options(changes)
         if "weight_dtype" not in changes and self._weight_dtype_given is None:

@@ -9,10 +9,15 @@ arrays; :class:`mcroute._cost.deployment.Deployment` binds them to a model, a GP
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from mcroute._base.validate import MAX_BATCH_SIZE, McrouteError, check_int, check_real
 from mcroute._cards.cards import dtype_bytes
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 __all__ = [
     "roofline_time",
@@ -55,7 +60,8 @@ def _out(a: np.ndarray):
     return float(a) if np.ndim(a) == 0 else a
 
 
-def roofline_time(flops, bytes_moved, *, peak_flops, mem_bandwidth):
+def roofline_time(flops: ArrayLike, bytes_moved: ArrayLike, *, peak_flops: float,
+                  mem_bandwidth: float) -> float | np.ndarray:
     """Roofline time of one operator: ``max(flops / peak_flops, bytes_moved / mem_bandwidth)``.
 
     Parameters

@@ -1,7 +1,7 @@
 """Decode step time of a deployment: roofline bound and calibrated kernels (array floor, 3).
 
 May import: numpy, ``mcroute._kernels``, ``mcroute._base``, ``mcroute._cost.roofline``,
-``mcroute._cost.calibrated``.
+``mcroute._cost.calibrated`` (and, for type hints only, ``mcroute._routing``).
 
 :class:`StepMixin` holds the step-time methods of :class:`mcroute._cost.deployment.Deployment`
 (and the expert layout and kernel parameters they use).
@@ -10,6 +10,7 @@ May import: numpy, ``mcroute._kernels``, ``mcroute._base``, ``mcroute._cost.roof
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,6 +30,11 @@ from mcroute._cost.calibrated import (
 )
 from mcroute._cost.roofline import OPERATORS, _nonneg_array, _out, attended_positions
 
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
+    from mcroute._routing.distributions import Routing
+
 
 class StepMixin:
     """Step-time methods of ``Deployment`` (roofline terms, calibrated step, breakdown)."""
@@ -44,7 +50,7 @@ class StepMixin:
         """Tokens each sequence carries through a step, ``1 + mtp_depth``."""
         return 1 + self.mtp_depth
 
-    def kernel_params(self, n_trials: int, entropy: int):
+    def kernel_params(self, n_trials: int, entropy: int) -> dict | None:
         """Kernel parameters for ``n_trials`` trials of a run with seed ``entropy``.
 
         Per-trial draws (``KernelCard.draw``) from the stream keyed by the seed and the fixed
@@ -59,7 +65,7 @@ class StepMixin:
             return self._kcard.point()
         return self._kcard.draw(int(n_trials), generator(int(entropy), CALIBRATION_STREAM))
 
-    def expert_layout(self, routing=None):
+    def expert_layout(self, routing: Routing | None = None) -> ExpertLayout | None:
         """Expert slots and their groups per MoE layer (``ExpertLayout``).
 
         With ``redundant_experts`` the replicas go to the hottest experts of each layer under
@@ -94,7 +100,8 @@ class StepMixin:
                             p.redundant_experts)
 
     # -- step cost -----------------------------------------------------------------------------
-    def weight_bytes_per_step(self, batch_size, active_experts=None):
+    def weight_bytes_per_step(self, batch_size: int,
+                              active_experts: ArrayLike | None = None) -> float | np.ndarray:
         """Weights read from HBM in one step, all GPUs together [B].
 
         All non-expert weights of the decode layers and the LM head, the B embedding rows
@@ -299,7 +306,9 @@ class StepMixin:
             out[("op", op)] = cal[op]
         return out
 
-    def step_breakdown(self, context, batch_size, counts=None, *, routing=None) -> dict:
+    def step_breakdown(self, context: int | str, batch_size: int | str,
+                       counts: ArrayLike | None = None, *,
+                       routing: Routing | None = None) -> dict:
         """Cost of one decode step by operator, on the busiest GPU, summed over layers.
 
         Parameters
@@ -379,7 +388,9 @@ class StepMixin:
             a = a[1] / (a[1] + a[2])
         return float(accepted_tokens(a, self.mtp_depth))
 
-    def step_time(self, context, batch_size, max_tokens=None, max_active=None):
+    def step_time(self, context: int | str, batch_size: int | str,
+                  max_tokens: ArrayLike | None = None,
+                  max_active: ArrayLike | None = None) -> np.ndarray:
         """Roofline (bound) decode step time [s] per trial, from the busiest group's statistics.
 
         The roofline model whatever ``kernels`` is (the calibrated time needs the per-expert
