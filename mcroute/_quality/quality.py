@@ -31,6 +31,7 @@ import numbers
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
@@ -44,6 +45,10 @@ from mcroute._base.validate import (
     short_repr,
 )
 from mcroute._quality.estimate import DEFAULT_ESTIMATE_SEED, estimate_samples
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+    from scipy.stats.distributions import rv_frozen
 
 __all__ = [
     "QSpec",
@@ -78,7 +83,8 @@ class QSpec:
 
     __slots__ = ("kind", "value", "name", "source")
 
-    def __init__(self, kind, value, name="q", source=None):
+    def __init__(self, kind: str, value: float | np.ndarray | rv_frozen, name: str = "q",
+                 source: dict | None = None) -> None:
         self.kind = kind
         self.value = value
         self.name = name
@@ -113,7 +119,9 @@ class QSpec:
             return float(a), float(b)
         return float(self.value.ppf(lo)), float(self.value.ppf(hi))
 
-    def sample(self, n, rng=None) -> np.ndarray:
+    def sample(self, n: int,
+               rng: int | np.random.SeedSequence | np.random.Generator | None = None
+               ) -> np.ndarray:
         """Draw ``n`` values of q ``[1]``, reproducibly from ``rng``.
 
         Parameters
@@ -179,7 +187,9 @@ class EstimateQ:
 
     model: str | None = None
 
-    def resolve(self, model=None, *, rng=None, **kwargs) -> QSpec:
+    def resolve(self, model: str | None = None, *,
+                rng: int | np.random.SeedSequence | np.random.Generator | None = None,
+                **kwargs: Any) -> QSpec:
         """Run the estimate of :func:`estimate_q` and return its bootstrap draws as a QSpec.
 
         ``rng=None`` means the fixed seed :data:`DEFAULT_ESTIMATE_SEED`, so that "estimate" is
@@ -261,7 +271,9 @@ def _qspec_from_samples(vals, name, src):
     return QSpec("samples", _check_samples(name, vals), name, source=src)
 
 
-def as_q(q, name: str = "q", *, model=None, rng=None) -> QSpec:
+def as_q(q: float | ArrayLike | rv_frozen | str | QSpec | EstimateQ | xr.Dataset,
+         name: str = "q", *, model: str | None = None,
+         rng: int | np.random.SeedSequence | np.random.Generator | None = None) -> QSpec:
     """Normalise a quality-equivalence factor q into a :class:`QSpec`.
 
     Parameters
@@ -353,7 +365,7 @@ def _two_numbers(name, kind, arg):
     return float(m.group(1)), float(m.group(2))
 
 
-def parse_q(text, name: str = "q"):
+def parse_q(text: str, name: str = "q") -> QSpec | EstimateQ:
     """Parse the text form of q used by the CLI.
 
     Parameters

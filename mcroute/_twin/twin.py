@@ -92,7 +92,8 @@ def _llama_params(hidden, vocab, tied):
     return layers * per_layer + emb, layers, ffn, n_heads, n_kv
 
 
-def dense_twin(model, q, style="widen", *, name=None) -> ModelSpec:
+def dense_twin(model: str | ModelSpec, q: float, style: str = "widen", *,
+               name: str | None = None) -> ModelSpec:
     """A dense model with ``q · N_active`` parameters, the MoE's quality-matched twin.
 
     Parameters
