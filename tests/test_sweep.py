@@ -301,6 +301,19 @@ def test_throughput_and_qs_kinds_match_direct_calls():
     assert ds["penalty_mean"].dims == ("q", "context")
 
 
+def test_cells_without_routing_use_the_model_cards_routing_as_the_api_does():
+    """One set of defaults (issue 12): a throughput cell for DeepSeek-V3 with no routing key
+    routes group-limited, like ``decode_throughput`` and the CLI, and gives the same numbers."""
+    spec = {"kind": "throughput", "seed": 1, "n_trials": 4,
+            "fixed": {"model": "deepseek-v3", "hardware": "h200", "n_gpus": 8, "batch_size": 8,
+                      "context": "4k"}}
+    ds = mr.sweep(spec, progress=False)
+    assert json.loads(ds.attrs["routing"])["kind"] == "group_limited"
+    direct = mr.decode_throughput(mr.Deployment("deepseek-v3", "h200", 8), 4096, 8, n_trials=4,
+                                  rng=int(ds["cell_seed"]))
+    np.testing.assert_array_equal(ds["throughput_mean"], direct["throughput_mean"])
+
+
 def test_register_a_kind_is_one_function():
     def run(p, *, rng, n_trials, ci_prob, quantiles):
         x = np.random.default_rng(rng).normal(p["mu"], size=n_trials)

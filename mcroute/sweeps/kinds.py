@@ -61,7 +61,7 @@ def _cell_params(options, **sweep_defaults) -> tuple:
 
     Run-level options (``n_trials``, ``ci_prob``, ``seed``: set once per sweep) are not cell
     parameters. ``sweep_defaults`` are the defaults a sweep documents where they differ from
-    the function's (a spec must give ``context``; routing is ``"uniform"`` unless given).
+    the function's (a spec must give ``context``).
     """
     out = []
     for o in options:
@@ -89,6 +89,9 @@ def _deployment(p):
 
 
 def _model_routing(text, model):
+    """The cell's routing; ``None`` (not given) is the model card's routing, as in the API."""
+    if text is None:
+        return None
     if not model.is_moe:
         if text != "uniform":
             raise McrouteError(f"routing {text!r}: model {model.name!r} is dense (no routed "
@@ -103,7 +106,7 @@ def _context(p):
 
 def _run_throughput(p, *, rng, n_trials, ci_prob, quantiles):
     dep = _deployment(p)
-    routing = _model_routing(p.get("routing", "uniform"), dep.model)
+    routing = _model_routing(p.get("routing"), dep.model)
     batch = p.get("batch_size", "max")
     batch = list(batch) if isinstance(batch, tuple) else batch
     kw = _batch_policy(p)
@@ -129,7 +132,7 @@ def _batch_policy(p) -> dict:
 
 def _prepare_throughput(p):
     dep = _deployment(p)
-    _model_routing(p.get("routing", "uniform"), dep.model)
+    _model_routing(p.get("routing"), dep.model)
     _batch_policy(p)
 
 
@@ -137,7 +140,7 @@ _THROUGHPUT_PARAMS = (
     _DEPLOYMENT_OPTION["model"],
     _DEPLOYMENT_OPTION["hardware"],
     _DEPLOYMENT_OPTION["n_gpus"],
-    *_cell_params(THROUGHPUT_OPTIONS, routing="uniform"),
+    *_cell_params(THROUGHPUT_OPTIONS),
     *DEPLOYMENT_PARAMS,
 )
 
@@ -147,7 +150,7 @@ _QS_OWN = ("dense_style", "dense_n_gpus", "n_q_samples", "method", "dense_model"
 
 def _run_qs(p, *, rng, n_trials, ci_prob, quantiles):
     model = load_model(p["model"])
-    routing = _model_routing(p.get("routing", "uniform"), model)
+    routing = _model_routing(p.get("routing"), model)
     q = p.get("q")
     q = list(q) if isinstance(q, tuple) else q
     kw = {k: p[k] for k in (*_QS_OWN, *DEPLOYMENT_KEYS) if k in p}
@@ -164,7 +167,7 @@ def _prepare_qs(p):
     if "q" not in p and "dense_model" not in p:
         raise McrouteError("q is required unless dense_model is given")
     _deployment(p)
-    _model_routing(p.get("routing", "uniform"), model)
+    _model_routing(p.get("routing"), model)
 
 
 _QS_PARAMS = (
@@ -172,7 +175,7 @@ _QS_PARAMS = (
                         doc="Mixture-of-Experts model card name or path"),
     _DEPLOYMENT_OPTION["hardware"],
     dataclasses.replace(_DEPLOYMENT_OPTION["n_gpus"], doc="GPUs serving the MoE (and the twin)"),
-    *_cell_params(QS_OPTIONS, context=REQUIRED, routing="uniform"),
+    *_cell_params(QS_OPTIONS, context=REQUIRED),
     *DEPLOYMENT_PARAMS,
 )
 
