@@ -119,7 +119,10 @@ def _simulate_grid(centre, grid, sizes, n_layers, n_trials, entropy, key, stats_
     return out, se
 
 
-def fit_correlated(trace, *, warmup="auto", n_trials=200, n_boot=500, ci_prob=0.95, rng=None):
+def fit_correlated(trace: Trace, *, warmup: str | int = "auto", n_trials: int = 200,
+                   n_boot: int = 500, ci_prob: float = 0.95,
+                   rng: int | np.random.SeedSequence | np.random.Generator | None = None
+                   ) -> dict:
     """Fit the shared logit noise σ of :class:`~mcroute.Correlated` to real decode steps.
 
     Parameters

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
@@ -30,6 +31,9 @@ import xarray as xr
 from mcroute._base.atomic import atomic_path
 from mcroute._base.validate import McrouteError, check_path
 from mcroute._labeled.results import attr_value, strict_json
+
+if TYPE_CHECKING:
+    import os
 
 __all__ = ["save_dataset", "tidy_frame"]
 
@@ -114,7 +118,7 @@ def _to_json_dict(ds: xr.Dataset) -> dict:
     return d
 
 
-def save_dataset(ds: xr.Dataset, path) -> Path:
+def save_dataset(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     """Write ``ds`` to ``.nc`` (NetCDF4 via h5netcdf), ``.csv`` (tidy) or ``.json``.
 
     Parameters

@@ -1,16 +1,21 @@
 """The paper's four cases and the default q of the main job (``mcroute qs``, docs/qs.md).
 
-Labeled floor (4). May import: the floors below (``mcroute._base``, ``mcroute._quality``).
+Labeled floor (4). May import: the floors below (``mcroute._base``, ``mcroute._quality``; for type hints only,
+``mcroute._cards``).
 """
 
 from __future__ import annotations
 
 import csv
 import functools
+from typing import TYPE_CHECKING
 
 from mcroute._base.resources import project_data_dir
 from mcroute._base.validate import McrouteError
-from mcroute._quality.quality import as_q, parse_q
+from mcroute._quality.quality import QSpec, as_q, parse_q
+
+if TYPE_CHECKING:
+    from mcroute._cards.spec import ModelSpec
 
 __all__ = ["PAPER_CASES", "PAPER_CONTEXTS", "PAPER_GPUS", "PAPER_HARDWARE",
            "SCALING_LAW_LOG_SD", "default_q", "paper_cases"]
@@ -37,7 +42,7 @@ PAPER_CONTEXTS = (4096, 8192, 16384, 32768, 65536, 131072)
 SCALING_LAW_LOG_SD = 0.5
 
 
-def default_q(model):
+def default_q(model: str | ModelSpec) -> tuple[QSpec, str]:
     """The q used when none is given: the benchmark-fit estimate, else the scaling law.
 
     1. :func:`mcroute.estimate_q` from the shared benchmark tables (a bootstrap distribution),

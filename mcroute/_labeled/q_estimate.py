@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
@@ -28,30 +29,37 @@ from mcroute._quality.estimate import (
 )
 from mcroute._quality.tables import card_name
 
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Sequence
+
+    from mcroute._quality.tables import QualityTable
+
 __all__ = ["estimate_q", "q_summary"]
 
 
 def estimate_q(
-    moe,
-    tables=None,
+    moe: str,
+    tables: str | os.PathLike | QualityTable
+    | Sequence[str | os.PathLike | QualityTable] | None = None,
     *,
-    method="fit",
-    benchmarks=None,
-    family="auto",
-    n_boot=2000,
-    rng=None,
-    ci_prob=0.95,
-    max_extrapolation=2.0,
-    allow_extrapolation=False,
-    min_sizes=3,
-    min_slope_t=2.0,
-    resample="both",
-    combine="mean",
-    n_active=None,
-    n_active_source="table",
-    n_experts=None,
-    top_k=None,
-    quantiles=(0.1, 0.5, 0.9),
+    method: str = "fit",
+    benchmarks: Sequence[str] | None = None,
+    family: str = "auto",
+    n_boot: int = 2000,
+    rng: int | np.random.SeedSequence | np.random.Generator | None = None,
+    ci_prob: float = 0.95,
+    max_extrapolation: float = 2.0,
+    allow_extrapolation: bool = False,
+    min_sizes: int = 3,
+    min_slope_t: float = 2.0,
+    resample: str = "both",
+    combine: str = "mean",
+    n_active: float | None = None,
+    n_active_source: str = "table",
+    n_experts: int | None = None,
+    top_k: int | None = None,
+    quantiles: Sequence[float] = (0.1, 0.5, 0.9),
 ) -> xr.Dataset:
     """Estimate the quality-equivalence factor q of an MoE, with a bootstrap distribution.
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import json
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
@@ -26,6 +27,9 @@ from scipy import stats
 
 from mcroute._base.validate import McrouteError, check_prob, check_unique
 from mcroute._version import __version__
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
 
 #: Default quantile levels of the single-draw band ``<name>_q``.
 DEFAULT_QUANTILES = (0.05, 0.5, 0.95)
@@ -190,10 +194,10 @@ def build_dataset(data: dict, coords: dict, attrs: dict | None = None) -> xr.Dat
 
 def summarize(
     ds: xr.Dataset,
-    names,
+    names: Iterable[str],
     *,
     ci_prob: float = 0.95,
-    quantiles=DEFAULT_QUANTILES,
+    quantiles: Sequence[float] = DEFAULT_QUANTILES,
     dim: str = "trial",
 ) -> xr.Dataset:
     """Add ``_mean``, ``_se``, ``_ci`` and ``_q`` summaries of per-trial variables.

@@ -27,7 +27,7 @@ from mcroute._base.validate import (
     check_prob,
 )
 from mcroute._labeled.results import provenance
-from mcroute._routing.distributions import LogNormal, Zipf
+from mcroute._routing.distributions import LogNormal, Popularity, Zipf
 from mcroute._routing.sampling import sample_counts
 from mcroute._traces.trace import LayeredPopularity, PopularityTrace, Trace
 
@@ -218,7 +218,9 @@ def overdispersion(trace, *, n_boot=1000, ci_prob=0.95, rng=None, block=None):
             "block": block}
 
 
-def fit_routing(trace, *, n_boot=200, ci_prob=0.95, rng=None):
+def fit_routing(trace: Trace | PopularityTrace, *, n_boot: int = 200, ci_prob: float = 0.95,
+                rng: int | np.random.SeedSequence | np.random.Generator | None = None
+                ) -> xr.Dataset:
     """Fit Zipf and log-normal popularity per layer, and the overdispersion, to a trace.
 
     Parameters
@@ -376,7 +378,7 @@ def fit_routing(trace, *, n_boot=200, ci_prob=0.95, rng=None):
     return ds
 
 
-def fitted_routing(trace, fit, family):
+def fitted_routing(trace: Trace | PopularityTrace, fit: xr.Dataset, family: str) -> Popularity:
     """Routing with the fitted popularity per trace layer, on the experts' observed ranks.
 
     Parameters

@@ -80,8 +80,11 @@ def _pooled_exact_active(tok, rhos, uniq, pos, n_lay):
     return per_size[:, pos].mean(axis=1)
 
 
-def real_batch_check(trace, *, n_trials=400, n_boot=1000, ci_prob=0.95, rng=None, fit=None,
-                     holdout=None, routing="correlated"):
+def real_batch_check(trace: Trace, *, n_trials: int = 400, n_boot: int = 1000,
+                     ci_prob: float = 0.95,
+                     rng: int | np.random.SeedSequence | np.random.Generator | None = None,
+                     fit: xr.Dataset | None = None, holdout: str | None = None,
+                     routing: str = "correlated") -> xr.Dataset:
     """Distinct experts and busiest-expert load of real decode batches vs. model predictions.
 
     For every real decode step (a microbatch of n_b tokens, ``trace.batch``), the observed

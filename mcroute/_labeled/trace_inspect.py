@@ -10,7 +10,7 @@ import numpy as np
 import xarray as xr
 
 from mcroute._labeled.routing_fit import layer_data
-from mcroute._traces.trace import Trace
+from mcroute._traces.trace import PopularityTrace, Trace
 
 __all__ = ["inspect_trace"]
 
@@ -37,7 +37,7 @@ def _cramers_v(a, b, n_a, n_b):
     return float(np.sqrt(phi2c / d)) if d > 0 else np.nan
 
 
-def inspect_trace(trace) -> xr.Dataset:
+def inspect_trace(trace: Trace | PopularityTrace) -> xr.Dataset:
     """Per-layer summary of a trace: skew, spread and correlation of the choices.
 
     Returns
