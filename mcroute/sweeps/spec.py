@@ -128,20 +128,7 @@ def _check_trials(value, where) -> int:
     return int(value)
 
 
-def _check_n_cells(n: int, where: str) -> None:
-    if n > MAX_CELLS:
-        raise McrouteError(f"{where}: the grid has {n:,} cells (the product of the axis "
-                           f"lengths), more than the {MAX_CELLS:,} a sweep may have; split it "
-                           "into several sweeps")
-
-
-def _check_trials(value, where) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
-        raise McrouteError(f"{where} must be an integer >= 2, got {value!r}")
-    return int(value)
-
-
-def load_sweep_spec(source) -> SweepSpec:
+def load_sweep_spec(source: str | os.PathLike | Mapping) -> SweepSpec:
     """Read and validate a sweep spec (a TOML file, or a mapping with the same keys).
 
     Parameters
