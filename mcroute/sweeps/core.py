@@ -25,6 +25,8 @@ grid, the output is written atomically and only then is the parts folder removed
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import xarray as xr
 
 from mcroute.sweeps.kinds import CELL_KINDS, register_cell_kind
@@ -32,12 +34,20 @@ from mcroute.sweeps.params import CellKind, Param
 from mcroute.sweeps.run import SweepInterrupted, run_sweep
 from mcroute.sweeps.spec import SweepSpec, cell_seed, load_sweep_spec
 
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Mapping
+
+    from distributed import Client
+
 __all__ = ["CELL_KINDS", "CellKind", "Param", "SweepInterrupted", "SweepSpec", "cell_seed",
            "load_sweep_spec", "register_cell_kind", "sweep"]
 
 
-def sweep(spec, output=None, *, resume=False, workers=None, scheduler=None, client=None,
-          progress=None, n_trials=None, recompute_bad=False) -> xr.Dataset:
+def sweep(spec: SweepSpec | str | os.PathLike | Mapping, output: str | os.PathLike | None = None,
+          *, resume: bool = False, workers: int | None = None, scheduler: str | None = None,
+          client: Client | None = None, progress: bool | None = None, n_trials: int | None = None,
+          recompute_bad: bool = False) -> xr.Dataset:
     """Run a parameter sweep: every cell of the spec's grid, in-process or on Dask.
 
     Parameters

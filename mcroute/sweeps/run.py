@@ -55,7 +55,7 @@ class SweepInterrupted(KeyboardInterrupt):
         The parts folder ``resume`` continues from (None without an output file).
     """
 
-    def __init__(self, saved: int, total: int, folder: Path | None):
+    def __init__(self, saved: int, total: int, folder: Path | None) -> None:
         self.saved, self.total, self.folder = saved, total, folder
         if folder is None:
             text = (f"interrupted: {total} cells, none kept (no output file: the parts were "
