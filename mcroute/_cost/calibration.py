@@ -119,7 +119,8 @@ def _param(p: Mapping, name: str, ndim: int):
 
 def _nonneg(name: str, x) -> np.ndarray:
     a = np.asarray(x, dtype=float)
-    if not np.all(np.isfinite(a)) or np.any(a < 0):
+    # two reductions (NaN fails both comparisons); this runs on every call of the kernel model
+    if a.size and not (a.min() >= 0.0 and a.max() < math.inf):
         raise McrouteError(f"{name} must be finite and >= 0")
     return a
 
