@@ -1,7 +1,7 @@
 """The paper's four cases and the default q of the main job (``mcroute qs``, docs/qs.md).
 
-Labeled floor (4). May import: the floors below (``mcroute._base``, ``mcroute._quality``; for type hints only,
-``mcroute._cards``).
+Labeled floor (4). May import: the floors below (``mcroute._base``, ``mcroute._quality``;
+for type hints only, ``mcroute._cards``).
 """
 
 from __future__ import annotations
