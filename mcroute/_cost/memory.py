@@ -8,10 +8,15 @@ they read the per-layer arrays that ``Deployment.__post_init__`` resolves.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from mcroute._base.units import parse_size
 from mcroute._base.validate import MAX_BATCH_SIZE, MAX_CONTEXT, McrouteError, check_int
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 from mcroute._cost.roofline import (
     _admissible,
     _gb,
@@ -145,7 +150,7 @@ class MemoryMixin:
             return self._kv_seq(L)
         return (self._kv_share * self._kv_layer_bytes(L)).sum(axis=-1)
 
-    def kv_bytes_per_sequence(self, context):
+    def kv_bytes_per_sequence(self, context: int | str | ArrayLike) -> float | np.ndarray:
         """KV cache of one sequence at context L, all layers (windows and cross-attention) [B].
 
         Under ``memory_layout="engine"`` with an FP8 cache, the model card's
@@ -156,7 +161,7 @@ class MemoryMixin:
         L, shape = _contexts(context)
         return _shaped(self._kv_seq(L), shape, float)
 
-    def kv_bytes_per_sequence_per_gpu(self, context):
+    def kv_bytes_per_sequence_per_gpu(self, context: int | str | ArrayLike) -> float | np.ndarray:
         """KV cache of one sequence held by one GPU at context L [B] (int or array of ints).
 
         Data-parallel attention: the whole sequence (on the GPU serving it). Tensor-parallel
@@ -167,7 +172,8 @@ class MemoryMixin:
         L, shape = _contexts(context)
         return _shaped(self._kv_seq_gpu(L), shape, float)
 
-    def kv_bytes_per_token(self, context=None):
+    def kv_bytes_per_token(self, context: int | str | ArrayLike | None = None
+                           ) -> float | np.ndarray:
         """KV cache per context token [B/token].
 
         Without ``context``: the full-attention rate Σ_layers kv_values · kv_bytes (a sliding
@@ -179,7 +185,7 @@ class MemoryMixin:
         L, shape = _contexts(context)
         return _shaped(self._kv_seq(L) / L, shape, float)
 
-    def kv_bytes_by_attention(self, context) -> dict:
+    def kv_bytes_by_attention(self, context: int | str) -> dict:
         """KV cache of one sequence at context L split by attention kind (``"mla"``, ...) [B]."""
         L = parse_size("context", context, MAX_CONTEXT)
         out = {}
@@ -231,7 +237,7 @@ class MemoryMixin:
         b.setflags(write=False)
         return b
 
-    def max_batch_size(self, context):
+    def max_batch_size(self, context: int | str | ArrayLike) -> int | np.ndarray:
         """Admissible batch at context L: most sequences whose KV caches fit next to the weights.
 
         ``attention_parallel="tensor"``: under ``memory_layout="ideal"`` each GPU holds 1/n of
@@ -251,7 +257,7 @@ class MemoryMixin:
         mc = getattr(self.model, "max_context", 0) or 0
         return (L > mc) if mc else np.zeros(L.shape, dtype=bool)
 
-    def exceeds_max_context(self, context):
+    def exceeds_max_context(self, context: int | str | ArrayLike) -> bool | np.ndarray:
         """Whether L is above the model card's ``max_context`` (int, or array of ints)."""
         L, shape = _contexts(context)
         return _shaped(self._exceeds(L), shape, bool)
@@ -282,7 +288,8 @@ class MemoryMixin:
             stage[(stage == 0) & (b > b_max)] = 4
         return stage, b_max, b
 
-    def infeasibility(self, context, batch_size=None):
+    def infeasibility(self, context: int | str | ArrayLike,
+                      batch_size: int | str | ArrayLike | None = None) -> str | np.ndarray:
         """Why (context, batch_size) cannot run, or ``""`` if it can.
 
         ``batch_size=None`` asks whether any batch (B >= 1) fits. ``context`` (and
@@ -315,7 +322,8 @@ class MemoryMixin:
             )
         return f"batch_size {b} exceeds the admissible {b_max} at context {L}"
 
-    def feasible(self, context, batch_size=None):
+    def feasible(self, context: int | str | ArrayLike,
+                 batch_size: int | str | ArrayLike | None = None) -> bool | np.ndarray:
         """Whether (context, batch_size) fits; see :meth:`infeasibility` for the reason.
 
         ``context`` (and ``batch_size``) may be arrays of ints: a bool array of that shape.
