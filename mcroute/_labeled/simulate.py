@@ -6,6 +6,8 @@ May import: numpy, xarray, and the array layer (``_sampling``, ``_routing``, ``_
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import xarray as xr
 
@@ -17,6 +19,13 @@ from mcroute._labeled.options import SIMULATE_OPTIONS, by_name, check_sizes
 from mcroute._labeled.results import DEFAULT_QUANTILES, provenance, summarize
 from mcroute._routing import as_routing
 from mcroute._routing.placement import Placement
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from numpy.typing import ArrayLike
+
+    from mcroute._routing.distributions import Routing
 from mcroute._routing.sampling import (
     check_routing,
     check_sampling_request,
@@ -56,24 +65,24 @@ _BLOCK_ELEMENTS = 4_000_000
 
 
 def simulate(
-    routing,
-    batch_size,
-    n_trials=1000,
-    n_layers=1,
-    n_devices=1,
+    routing: Routing | str,
+    batch_size: int | str | Sequence[int | str],
+    n_trials: int = 1000,
+    n_layers: int = 1,
+    n_devices: int = 1,
     *,
-    placement=None,
-    capacity_factor=1.0,
-    rng=None,
-    ci_prob=0.95,
-    quantiles=DEFAULT_QUANTILES,
-    method="auto",
-    expert_load=False,
-    histogram=False,
-    n_experts=None,
-    top_k=None,
-    progress=None,
-):
+    placement: ArrayLike | Placement | None = None,
+    capacity_factor: float = 1.0,
+    rng: int | np.random.SeedSequence | np.random.Generator | None = None,
+    ci_prob: float = 0.95,
+    quantiles: Sequence[float] = DEFAULT_QUANTILES,
+    method: str = "auto",
+    expert_load: bool = False,
+    histogram: bool = False,
+    n_experts: int | None = None,
+    top_k: int | None = None,
+    progress: bool | Callable[[float], object] | None = None,
+) -> xr.Dataset:
     """Monte Carlo of decode microbatches: fragmentation and load statistics with intervals.
 
     Parameters
