@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
@@ -38,6 +39,11 @@ from mcroute._labeled.results import (
 from mcroute._routing import as_routing
 from mcroute._routing.composite import GroupLimited
 from mcroute._routing.distributions import Uniform
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from mcroute._routing.distributions import Routing
 from mcroute._routing.sampling import (
     check_routing,
     check_sampling_request,
@@ -264,20 +270,20 @@ def _tpot_batch(dep, routing, L, b_max, tpot, entropy, method, run):
 
 
 def decode_throughput(
-    deployment,
-    context,
-    batch_size="max",
-    routing=None,
-    n_trials=1000,
+    deployment: Deployment,
+    context: int | str | Sequence[int | str],
+    batch_size: str | int | Sequence[int] = "max",
+    routing: Routing | str | None = None,
+    n_trials: int = 1000,
     *,
-    rng=None,
-    ci_prob=0.95,
-    quantiles=DEFAULT_QUANTILES,
-    method="auto",
-    progress=None,
-    batch_per_gpu=None,
-    tpot=None,
-):
+    rng: int | np.random.SeedSequence | np.random.Generator | None = None,
+    ci_prob: float = 0.95,
+    quantiles: Sequence[float] = DEFAULT_QUANTILES,
+    method: str = "auto",
+    progress: bool | Callable[[float], object] | None = None,
+    batch_per_gpu: int | Sequence[int] | None = None,
+    tpot: float | str | None = None,
+) -> xr.Dataset:
     """Decode throughput of a deployment, by Monte Carlo over routing, with intervals.
 
     For each context L (and batch size B) the step time is the sum over decode layers and
