@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -64,6 +65,17 @@ from mcroute._labeled.throughput import _run_context, decode_throughput
 from mcroute._quality.quality import QSpec, as_q
 from mcroute._twin import DENSE_STYLES, check_moe, check_q_value, dense_twin, twin_for
 
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    import xarray as xr
+    from numpy.typing import ArrayLike
+    from scipy.stats.distributions import rv_frozen
+
+    from mcroute._cards.hardware import HardwareSpec
+    from mcroute._quality.quality import EstimateQ
+    from mcroute._routing.distributions import Routing
+
 __all__ = ["DENSE_STYLES", "dense_twin", "qs_analysis", "min_gpus", "crossover_context",
            "default_q", "paper_cases", "PAPER_CASES", "PAPER_CONTEXTS", "PAPER_GPUS",
            "PAPER_HARDWARE", "SCALING_LAW_LOG_SD"]
@@ -74,7 +86,9 @@ Q_STREAM = (7,)
 _MOE_SHARE = 0.8
 
 
-def min_gpus(model, hardware, context, *, candidates=None, **deployment_options) -> int | None:
+def min_gpus(model: str | ModelSpec, hardware: str | HardwareSpec, context: int, *,
+             candidates: int | Sequence[int] | None = None,
+             **deployment_options: Any) -> int | None:
     """Smallest GPU count on which ``model`` can decode one sequence at ``context``.
 
     Tries ``candidates`` (default powers of two 1 … 4096) in increasing order; counts for which
@@ -356,25 +370,26 @@ def _scaled(progress, lo: float, hi: float):
 
 
 def qs_analysis(
-    model,
-    hardware,
-    n_gpus,
-    q=None,
-    context=PAPER_CONTEXTS,
-    routing=None,
+    model: str | ModelSpec,
+    hardware: str | HardwareSpec,
+    n_gpus: int,
+    q: float | Sequence[float] | ArrayLike | rv_frozen | str | QSpec | EstimateQ | xr.Dataset
+    | None = None,
+    context: int | str | Sequence[int | str] = PAPER_CONTEXTS,
+    routing: Routing | str | None = None,
     *,
-    n_trials=1000,
-    rng=None,
-    ci_prob=0.95,
-    quantiles=DEFAULT_QUANTILES,
-    dense_style="widen",
-    dense_n_gpus=None,
-    n_q_samples=256,
-    method="auto",
-    dense_model=None,
-    progress=None,
-    **deployment_options,
-):
+    n_trials: int = 1000,
+    rng: int | np.random.SeedSequence | np.random.Generator | None = None,
+    ci_prob: float = 0.95,
+    quantiles: Sequence[float] = DEFAULT_QUANTILES,
+    dense_style: str = "widen",
+    dense_n_gpus: int | None = None,
+    n_q_samples: int = 256,
+    method: str = "auto",
+    dense_model: str | ModelSpec | None = None,
+    progress: bool | Callable[[float], object] | None = None,
+    **deployment_options: Any,
+) -> xr.Dataset:
     """MoE vs quality-matched dense twin at decode: throughput penalty with intervals.
 
     Parameters
