@@ -139,12 +139,20 @@ def test_shapes_and_types_of_array_results():
 
 
 @pytest.mark.parametrize("bad", [[4096, 0], [1.5, 2], [True, False], [4096, -3], ["8x"],
-                                 [2**41], ["8k"], "8k", 0, None])
+                                 [2**41], ["8q"], "8x", "", 0, None])
 def test_bad_context_arrays_are_refused_naming_context(bad):
     dep = Deployment("llama-3.1-70b", "h100-sxm", 4)
     for f in (dep.max_batch_size, dep.feasible, dep.infeasibility, dep.kv_bytes_per_sequence):
-        with pytest.raises(mr.McrouteError, match="context must be an integer"):
+        with pytest.raises(mr.McrouteError, match=r"context must be (an|a positive) integer"):
             f(bad)
+
+
+def test_size_strings_are_contexts_as_in_the_cli():
+    """Issue 12: the API accepts every string the CLI accepts ("8k" = 8192)."""
+    dep = Deployment("llama-3.1-70b", "h100-sxm", 4)
+    for f in (dep.max_batch_size, dep.feasible, dep.infeasibility, dep.kv_bytes_per_sequence):
+        assert f("8k") == f(8192)
+        np.testing.assert_array_equal(f(["8k", "16k"]), f([8192, 16384]))
 
 
 def test_batch_sizes_must_match_the_contexts():
