@@ -121,7 +121,12 @@ def _refused(call, *patterns, seconds=5.0):
     return msg
 
 
-LIM = {name: re.escape(str(getattr(V, name))) for name in
+# Each limit as printed: in full, or as a power of two (2^40) in "in [1, 2^40]" ranges.
+def _limit_pattern(value: int) -> str:
+    return f"(?:{re.escape(str(value))}|{re.escape(V.format_bound(value))})"
+
+
+LIM = {name: _limit_pattern(getattr(V, name)) for name in
        ("MAX_BATCH_SIZE", "MAX_LAYERS", "MAX_EXPERTS", "MAX_GPUS", "MAX_CONTEXT",
         "MAX_Q_SAMPLES", "MAX_BOOT_DRAWS", "MAX_CARD_BYTES", "INT64_MAX", "MAX_LINE_BYTES")}
 

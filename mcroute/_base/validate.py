@@ -33,6 +33,7 @@ __all__ = [
     "check_work",
     "read_bounded",
     "short_repr",
+    "format_bound",
     "INT64_MAX",
     "MAX_BATCH_SIZE",
     "MAX_EXPERTS",
@@ -332,11 +333,18 @@ def check_prob(name: str, value) -> float:
     return check_real(name, value, minimum=0.0, maximum=1.0, open_min=True, open_max=True)
 
 
+def format_bound(x) -> str:
+    """A range bound as people read it: large powers of two as ``2^40``, else as given."""
+    if isinstance(x, int) and x >= 1 << 16 and x & (x - 1) == 0:
+        return f"2^{x.bit_length() - 1}"
+    return str(x)
+
+
 def _range(minimum, maximum) -> str:
     if minimum is not None and maximum is not None:
-        return f" in [{minimum}, {maximum}]"
+        return f" in [{format_bound(minimum)}, {format_bound(maximum)}]"
     if minimum is not None:
-        return f" >= {minimum}"
+        return f" >= {format_bound(minimum)}"
     if maximum is not None:
-        return f" <= {maximum}"
+        return f" <= {format_bound(maximum)}"
     return ""

@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 
 from mcroute._base.options import REQUIRED
-from mcroute._base.validate import McrouteError, short_repr
+from mcroute._base.validate import McrouteError, format_bound, short_repr
 from mcroute._cards.cards import DTYPE_BYTES
 from mcroute._cost.calibrated import parse_acceptance
 from mcroute._cost.calibration import load_kernel_card
@@ -58,9 +58,9 @@ _MAX_PLACEMENT_BYTES = 1 << 22
 
 
 def _range(opt) -> str:
-    """``in [1, 1048576]``, ``in (0, 1]``, ``>= 0``: the declared range in help texts."""
+    """``in [1, 2^20]``, ``in (0, 1]``, ``>= 0``: the declared range in help texts."""
     def num(x):
-        return f"{int(x)}" if opt.type != "float" or float(x).is_integer() else f"{x:g}"
+        return format_bound(int(x)) if opt.type != "float" or float(x).is_integer() else f"{x:g}"
 
     lo, hi = opt.minimum, opt.maximum
     if lo is not None and hi is not None:
