@@ -37,8 +37,6 @@ from mcroute._labeled.results import (
     summary_variables_many,
 )
 from mcroute._routing import as_routing
-from mcroute._routing.composite import GroupLimited
-from mcroute._routing.distributions import Uniform
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -87,11 +85,8 @@ parse_tokens = parse_size
 def _resolve_routing(dep: Deployment, routing):
     if dep.n_moe_layers == 0:
         return None
-    if routing is None:
-        # the card's routing: group-limited (DeepSeek-V2/V3) when it says so, else uniform
-        ng, tg = getattr(dep.model, "n_groups", 0), getattr(dep.model, "topk_groups", 0)
-        base = Uniform(dep.n_experts, dep.top_k)
-        return GroupLimited(base, ng, tg) if ng else base
+    if routing is None:  # the card's routing: group-limited (DeepSeek-V2/V3), else uniform
+        return dep.model.default_routing()
     if isinstance(routing, str):  # the CLI's routing strings, e.g. "zipf:1.2"
         routing = as_routing(routing, dep.n_experts, dep.top_k)
     check_routing(routing)

@@ -279,9 +279,7 @@ def _qs_floor_case(model, options, contexts, n_trials, q_draws):
     twin_opts = {**options, "replicate_dense": False}  # as qs_analysis builds the twin
     twins = [mr.Deployment(mr.dense_twin(dep.model, q), PAPER_HARDWARE, PAPER_GPUS, **twin_opts)
              for q in q_draws]
-    base = mr.Uniform(dep.n_experts, dep.top_k)
-    ng, tg = getattr(dep.model, "n_groups", 0), getattr(dep.model, "topk_groups", 0)
-    routing = mr.GroupLimited(base, ng, tg) if ng else base
+    routing = dep.model.default_routing()  # as qs_analysis routes it
     params = dep.kernel_params(n_trials, 0)
     layout = dep.expert_layout(routing)
     r = dep.tokens_per_seq
